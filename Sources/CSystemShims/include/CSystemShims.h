@@ -1,0 +1,14 @@
+#ifndef KEYSTORE_CSYSTEMSHIMS_H
+#define KEYSTORE_CSYSTEMSHIMS_H
+#include <sys/types.h>
+
+/// prctl(PR_SET_DUMPABLE, 0): no core dumps, no ptrace attach by same-uid processes.
+/// Returns 0 or -1 with errno set.
+int ks_disable_dumpable(void);
+/// Current value of prctl(PR_GET_DUMPABLE).
+int ks_get_dumpable(void);
+/// getsockopt(SO_PEERCRED) on a connected Unix socket. Returns 0 or -1 with errno set.
+int ks_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
+/// madvise(MADV_DONTDUMP) over a range (page-aligned by the caller). Returns 0 or -1.
+int ks_madvise_dontdump(void *addr, size_t len);
+#endif

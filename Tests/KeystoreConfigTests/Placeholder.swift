@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderKeystoreConfigTests: XCTestCase { func testNothing() {} }

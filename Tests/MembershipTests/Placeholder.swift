@@ -1,0 +1,2 @@
+import XCTest
+final class PlaceholderMembershipTests: XCTestCase { func testNothing() {} }
