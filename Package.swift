@@ -39,6 +39,11 @@ let package = Package(
             "COpenSSL", "COpenSSLShims",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
+        // The versioned, length-prefixed, size-limited peer frame format (pure codec).
+        .target(name: "PeerWire", dependencies: [
+            "SecretMemory", "ReplicatedStore", "Membership",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         // Blocking HTTP/1.1-over-Unix-socket client for the local API (CLI and tests).
         .target(name: "KeystoreClient", dependencies: []),
         // The local HTTP/1.1 + JSON API on a Unix socket with SO_PEERCRED ACLs.
@@ -51,7 +56,7 @@ let package = Package(
         ]),
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
-            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "PeerTLS", "LocalAPI",
+            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "LocalAPI",
             "CSodium", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -71,6 +76,10 @@ let package = Package(
         .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
+        .testTarget(name: "PeerWireTests", dependencies: [
+            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         .testTarget(name: "PeerTLSTests", dependencies: [
             "PeerTLS",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -84,6 +93,6 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
     ]
 )

@@ -1,2 +1,39 @@
 #include "COpenSSLShims.h"
-int ks_openssl_shims_placeholder(void) { return 0; }
+#include <time.h>
+
+int ks_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) { return (int)SSL_CTX_set_min_proto_version(ctx, version); }
+int ks_SSL_CTX_set_max_proto_version(SSL_CTX *ctx, int version) { return (int)SSL_CTX_set_max_proto_version(ctx, version); }
+long ks_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_session_cache_mode(ctx, mode); }
+long ks_SSL_SESS_CACHE_OFF(void) { return SSL_SESS_CACHE_OFF; }
+uint64_t ks_peer_ssl_options(void) {
+    return (uint64_t)(SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+}
+int ks_SSL_set_tlsext_host_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
+size_t ks_BIO_pending(BIO *bio) { return BIO_ctrl_pending(bio); }
+
+GENERAL_NAMES *ks_X509_get_subject_alt_names(X509 *cert) {
+    return (GENERAL_NAMES *)X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+}
+int ks_general_names_count(const GENERAL_NAMES *names) { return names ? sk_GENERAL_NAME_num(names) : 0; }
+int ks_general_name_dns_at(const GENERAL_NAMES *names, int i, const unsigned char **data, int *len) {
+    if (!names || i < 0 || i >= sk_GENERAL_NAME_num(names)) return 0;
+    const GENERAL_NAME *gn = sk_GENERAL_NAME_value(names, i);
+    if (!gn || gn->type != GEN_DNS || !gn->d.dNSName) return 0;
+    *data = ASN1_STRING_get0_data(gn->d.dNSName);
+    *len = ASN1_STRING_length(gn->d.dNSName);
+    return 1;
+}
+void ks_general_names_free(GENERAL_NAMES *names) { GENERAL_NAMES_free(names); }
+
+X509 *ks_SSL_peer_chain_leaf(const SSL *ssl) {
+    STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+    if (!chain || sk_X509_num(chain) < 1) return NULL;
+    return sk_X509_value(chain, 0);
+}
+int ks_X509_not_after_epoch(const X509 *cert, int64_t *out) {
+    const ASN1_TIME *t = X509_get0_notAfter(cert);
+    struct tm tm;
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1) return 0;
+    *out = (int64_t)timegm(&tm);
+    return 1;
+}

@@ -1,0 +1,286 @@
+import KeystoreConfig
+import LocalAPI
+import Logging
+import NIOCore
+import NIOHTTP1
+import ReplicatedStore
+import SecretMemory
+
+/// A snapshot of cluster membership for `/v1/cluster` and health.
+public struct ClusterStatus: Sendable {
+    public struct Member: Sendable {
+        public var node: String
+        public var address: String
+        public var state: String
+        public var lastContactMillis: UInt64?
+        public var version: String?
+    }
+    public var members: [Member]
+    public var aliveNodes: Set<String>
+}
+
+/// What the router needs from the rest of the node.
+public protocol NodeServices: AnyObject, Sendable {
+    var state: NodeState { get }
+    /// Locally created versions to push to peers.
+    func publish(_ delta: StoreDelta)
+    func clusterStatus() -> ClusterStatus
+    /// Reread PSK files; returns the keys whose content changed.
+    func reload() throws -> [KeyRef]
+    /// Whether secret memory is locked (else health shows a warning).
+    var memoryLocked: Bool { get }
+    var logger: Logger { get }
+}
+
+public let keystoreVersion = "0.1.0"
+
+/// Routes local API requests (DESIGN.md "HTTP routes"), enforcing the per-domain ACL first so
+/// a caller learns nothing about domains it may not use.
+public final class APIRouter: APIResponder {
+    let services: NodeServices
+    let acl: AccessControl
+    let domains: [String: DomainConfig]
+
+    public init(services: NodeServices, acl: AccessControl) {
+        self.services = services
+        self.acl = acl
+        self.domains = services.state.config.domains
+    }
+
+    public func handle(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) -> APIResult {
+        let result: APIResult
+        do {
+            result = try route(request, allocator: allocator, eventLoop: eventLoop)
+        } catch let error as APIError {
+            result = .response(.error(error, allocator: allocator))
+        } catch {
+            services.logger.error("request \(request.requestID) failed: \(error)")
+            result = .response(.error(APIError(.internalError, "internal error; see the node's log (request \(request.requestID))"), allocator: allocator))
+        }
+        return result
+    }
+
+    private func require(_ permission: Permission, domain: String?, _ request: APIRequest) throws(APIError) {
+        let caller = request.caller
+        guard acl.permits(uid: caller.uid, gids: [caller.gid], permission: permission, domain: domain) else {
+            services.logger.notice("request \(request.requestID): uid \(caller.uid) gid \(caller.gid) denied \(permission.rawValue) on \(domain ?? "*")")
+            let scope = domain.map { "domain \($0)" } ?? "this node"
+            throw APIError(.forbidden, "uid \(caller.uid) (gid \(caller.gid)) is not allowed \(permission.rawValue) on \(scope); add a clients rule to the config")
+        }
+    }
+
+    private func requireMethod(_ request: APIRequest, _ allowed: HTTPMethod) throws(APIError) {
+        guard request.method == allowed else {
+            throw APIError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(request.uri); use \(allowed.rawValue)")
+        }
+    }
+
+    private func domain(_ name: String) throws(APIError) -> DomainConfig {
+        guard let domain = domains[name] else { throw APIError(.notFound, "no domain \(name) on this node") }
+        return domain
+    }
+
+    private func route(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) throws -> APIResult {
+        guard let path = request.pathSegments else {
+            throw APIError(.badRequest, "request path is not valid percent-encoded UTF-8")
+        }
+        switch path.count {
+        case 2 where path[0] == "v1" && path[1] == "health":
+            try requireMethod(request, .GET)
+            return .response(health(allocator))
+        case 2 where path[0] == "v1" && path[1] == "cluster":
+            try requireMethod(request, .GET)
+            try require(.clusterRead, domain: nil, request)
+            return .response(cluster(allocator))
+        case 2 where path[0] == "v1" && path[1] == "reload":
+            try requireMethod(request, .POST)
+            try require(.admin, domain: nil, request)
+            let changed = try services.reload()
+            var json = JSONWriter(allocator: allocator)
+            json.beginObject()
+            json.key("reloaded"); json.bool(true)
+            json.key("changed"); json.beginArray()
+            for ref in changed { json.string("\(ref.domain)/\(ref.name)") }
+            json.endArray()
+            json.endObject(); json.newline()
+            return .response(APIResponse(body: json.buffer))
+        case 4 where path[0] == "v1" && path[1] == "domains" && path[3] == "keys":
+            try requireMethod(request, .GET)
+            try require(.keysRead, domain: path[2], request)
+            return .response(listKeys(try domain(path[2]), allocator))
+        case 5 where path[0] == "v1" && path[1] == "domains" && path[3] == "keys":
+            try requireMethod(request, .GET)
+            try require(.keysRead, domain: path[2], request)
+            return .response(try getKey(try domain(path[2]), name: path[4], allocator))
+        case 6 where path[0] == "v1" && path[1] == "domains" && path[3] == "keys" && path[5] == "rotate":
+            try requireMethod(request, .POST)
+            try require(.keysRotate, domain: path[2], request)
+            return .response(try rotate(try domain(path[2]), name: path[4], request, allocator))
+        default:
+            if path.first == "metrics" && path.count == 1 {
+                throw APIError(.notFound, "metrics are not available in this version")
+            }
+            throw APIError(.notFound, "no route \(request.method.rawValue) \(request.uri); see DESIGN.md for the v1 routes")
+        }
+    }
+
+    private func health(_ allocator: ByteBufferAllocator) -> APIResponse {
+        let state = services.state
+        let status = services.clusterStatus()
+        let mismatches = state.pskMismatches(among: status.aliveNodes.union([state.nodeName]))
+        var json = JSONWriter(allocator: allocator)
+        json.beginObject()
+        json.key("status"); json.string(mismatches.isEmpty ? "ok" : "degraded")
+        json.key("ready"); json.bool(state.isReady)
+        json.key("node"); json.string(state.nodeName)
+        json.key("cluster"); json.string(state.config.cluster)
+        json.key("version"); json.string(keystoreVersion)
+        json.key("memory_locked"); json.bool(services.memoryLocked)
+        if !mismatches.isEmpty {
+            json.key("problems"); json.beginArray()
+            for m in mismatches {
+                json.string("PSK \(m.key.domain)/\(m.key.name) differs between nodes \(m.fingerprintsByNode.keys.sorted().joined(separator: ", "))")
+            }
+            json.endArray()
+        }
+        json.endObject(); json.newline()
+        return APIResponse(body: json.buffer)
+    }
+
+    private func cluster(_ allocator: ByteBufferAllocator) -> APIResponse {
+        let state = services.state
+        let status = services.clusterStatus()
+        let mismatches = state.pskMismatches(among: status.aliveNodes.union([state.nodeName]))
+        var json = JSONWriter(allocator: allocator, capacity: 512)
+        json.beginObject()
+        json.key("node"); json.string(state.nodeName)
+        json.key("cluster"); json.string(state.config.cluster)
+        json.key("ready"); json.bool(state.isReady)
+        json.key("members"); json.beginArray()
+        for member in status.members {
+            json.beginObject()
+            json.key("node"); json.string(member.node)
+            json.key("address"); json.string(member.address)
+            json.key("state"); json.string(member.state)
+            if let last = member.lastContactMillis { json.key("last_contact"); json.string(iso8601(millis: last)) }
+            if let version = member.version { json.key("version"); json.string(version) }
+            json.endObject()
+        }
+        json.endArray()
+        json.key("psk_mismatches"); json.beginArray()
+        for m in mismatches {
+            json.beginObject()
+            json.key("domain"); json.string(m.key.domain)
+            json.key("name"); json.string(m.key.name)
+            json.key("fingerprints"); json.beginObject()
+            for (node, fp) in m.fingerprintsByNode.sorted(by: { $0.key < $1.key }) {
+                json.key(node); json.string(fp.prefix(8).map(byteHex).joined())
+            }
+            json.endObject()
+            json.endObject()
+        }
+        json.endArray()
+        json.endObject(); json.newline()
+        return APIResponse(body: json.buffer)
+    }
+
+    private func listKeys(_ domain: DomainConfig, _ allocator: ByteBufferAllocator) -> APIResponse {
+        var json = JSONWriter(allocator: allocator)
+        json.beginObject()
+        json.key("domain"); json.string(domain.name)
+        json.key("keys"); json.beginArray()
+        for key in domain.keys {
+            json.beginObject()
+            json.key("name"); json.string(key.name)
+            switch key.kind {
+            case .ram: json.key("type"); json.string("ram")
+            case .file: json.key("type"); json.string("file")
+            }
+            json.key("versions")
+            if let count = services.state.versionCount(KeyRef(domain: domain.name, name: key.name)) { json.int(count) } else { json.null() }
+            json.endObject()
+        }
+        json.endArray()
+        json.endObject(); json.newline()
+        return APIResponse(body: json.buffer)
+    }
+
+    private func getKey(_ domain: DomainConfig, name: String, _ allocator: ByteBufferAllocator) throws(APIError) -> APIResponse {
+        let ref = KeyRef(domain: domain.name, name: name)
+        switch services.state.lookup(ref) {
+        case .notFound:
+            throw APIError(.notFound, "no key named \(name) in domain \(domain.name)")
+        case .notReady:
+            throw APIError(.notReady, "this node is still joining the cluster and cannot serve ram key \(name) yet; retry shortly", status: .serviceUnavailable)
+        case .file(let fileKey):
+            var json = keyHeader(ref, type: "file", capacity: SecretBytes.base64Length(fileKey.secret.count) + 256, allocator)
+            json.beginObject()
+            json.key("id"); json.string(fileKey.versionID)
+            json.key("key"); json.rawString(length: SecretBytes.base64Length(fileKey.secret.count)) { fileKey.secret.writeBase64(into: $0) }
+            json.key("primary"); json.bool(true)
+            json.key("created"); json.string(iso8601(millis: fileKey.loadedAtMillis))
+            json.endObject()
+            return keyFooter(&json)
+        case .ram(let versions):
+            let size = versions.reduce(0) { $0 + SecretBytes.base64Length($1.secret.count) + 160 }
+            var json = keyHeader(ref, type: "ram", capacity: size + 128, allocator)
+            for (view, secret) in versions {
+                json.beginObject()
+                json.key("id"); json.string(view.version.id.description)
+                json.key("key"); json.rawString(length: SecretBytes.base64Length(secret.count)) { secret.writeBase64(into: $0) }
+                json.key("primary"); json.bool(view.isPrimary)
+                json.key("created"); json.string(iso8601(millis: view.version.id.created.wallMillis))
+                if let expires = view.expiresAtMillis { json.key("expires"); json.string(iso8601(millis: expires)) }
+                json.endObject()
+            }
+            return keyFooter(&json)
+        }
+    }
+
+    private func keyHeader(_ ref: KeyRef, type: String, capacity: Int, _ allocator: ByteBufferAllocator) -> JSONWriter {
+        var json = JSONWriter(allocator: allocator, capacity: capacity)
+        json.beginObject()
+        json.key("domain"); json.string(ref.domain)
+        json.key("name"); json.string(ref.name)
+        json.key("type"); json.string(type)
+        json.key("versions"); json.beginArray()
+        return json
+    }
+
+    private func keyFooter(_ json: inout JSONWriter) -> APIResponse {
+        json.endArray()
+        json.endObject(); json.newline()
+        return APIResponse(body: json.buffer, extraHeaders: [("cache-control", "no-store")])
+    }
+
+    private func rotate(_ domain: DomainConfig, name: String, _ request: APIRequest, _ allocator: ByteBufferAllocator) throws -> APIResponse {
+        let ref = KeyRef(domain: domain.name, name: name)
+        let version: KeyVersion
+        let delta: StoreDelta
+        do {
+            (version, delta) = try services.state.rotate(ref)
+        } catch NodeStateError.unknownKey {
+            throw APIError(.notFound, "no key named \(name) in domain \(domain.name)")
+        } catch NodeStateError.notRAMKey(let key) {
+            throw APIError(.badRequest, NodeStateError.notRAMKey(key).description)
+        } catch NodeStateError.notReady {
+            throw APIError(.notReady, NodeStateError.notReady.description)
+        }
+        services.publish(delta)
+        services.logger.info("request \(request.requestID): uid \(request.caller.uid) rotated \(domain.name)/\(name); new primary \(version.id)")
+        // The new metadata: the GET shape without key material.
+        guard case .ram(let versions) = services.state.lookup(ref) else {
+            throw APIError(.notReady, NodeStateError.notReady.description)
+        }
+        var json = keyHeader(ref, type: "ram", capacity: 128 * versions.count + 128, allocator)
+        for (view, _) in versions {
+            json.beginObject()
+            json.key("id"); json.string(view.version.id.description)
+            json.key("primary"); json.bool(view.isPrimary)
+            json.key("created"); json.string(iso8601(millis: view.version.id.created.wallMillis))
+            if let expires = view.expiresAtMillis { json.key("expires"); json.string(iso8601(millis: expires)) }
+            json.endObject()
+        }
+        return keyFooter(&json)
+    }
+}

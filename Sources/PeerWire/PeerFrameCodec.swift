@@ -1,0 +1,352 @@
+import Membership
+import NIOCore
+import ReplicatedStore
+import SecretMemory
+
+/// Why a peer frame was refused. The connection that sent it is closed; the node goes on.
+public enum PeerWireError: Error, CustomStringConvertible, Equatable {
+    case frameTooLarge(Int, limit: Int)
+    case unsupportedVersion(UInt8)
+    case unknownMessageType(UInt8)
+    case truncated(String)
+    case invalidField(String)
+    case trailingBytes(Int)
+    case secretMemory(String)
+
+    public var description: String {
+        switch self {
+        case .frameTooLarge(let size, let limit): return "peer frame of \(size) bytes exceeds the \(limit)-byte limit"
+        case .unsupportedVersion(let v): return "peer speaks wire version \(v); this node speaks \(PeerFrameCodec.version) (upgrade the older node)"
+        case .unknownMessageType(let t): return "unknown peer message type \(t)"
+        case .truncated(let what): return "peer frame ends inside \(what)"
+        case .invalidField(let what): return "invalid \(what) in peer frame"
+        case .trailingBytes(let n): return "\(n) unexpected bytes after the peer message"
+        case .secretMemory(let message): return message
+        }
+    }
+}
+
+/// The versioned, length-prefixed peer wire format.
+///
+/// A frame is `u32 length | u8 version | u8 type | payload`, big-endian, `length` counting
+/// version+type+payload and bounded by `maxFrameBytes`. Strings are `u16 length + UTF-8`,
+/// lists carry a `u32` count checked against what the remaining bytes could hold, so a
+/// hostile count cannot make the decoder allocate. Hand-written rather than protobuf: the
+/// messages are few and fixed, and decoding key material straight into protected memory
+/// needs control over every byte.
+public enum PeerFrameCodec {
+    public static let version: UInt8 = 1
+    public static let maxFrameBytes = 4 << 20
+    /// Deltas are split so each frame stays well under the limit.
+    public static let deltaChunkBytes = 1 << 20
+    static let maxStringBytes = 1024
+
+    enum MessageType: UInt8 {
+        case hello = 1, swim = 2, digest = 3, bucketDigests = 4, delta = 5, syncRequest = 6, syncDone = 7
+    }
+
+    // MARK: Framing
+
+    /// Extracts one whole frame's body (version onwards) if `buffer` holds one.
+    public static func nextFrame(from buffer: inout ByteBuffer) throws(PeerWireError) -> ByteBuffer? {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
+        guard length >= 2, Int(length) <= maxFrameBytes else { throw .frameTooLarge(Int(length), limit: maxFrameBytes) }
+        guard buffer.readableBytes >= 4 + Int(length) else { return nil }
+        buffer.moveReaderIndex(forwardBy: 4)
+        return buffer.readSlice(length: Int(length))
+    }
+
+    public static func encode(_ message: PeerMessage, into out: inout ByteBuffer) {
+        let start = out.writerIndex
+        out.writeInteger(UInt32(0))
+        out.writeInteger(version)
+        switch message {
+        case .hello(let hello):
+            out.writeInteger(MessageType.hello.rawValue)
+            writeString(hello.cluster, &out)
+            writeString(hello.node, &out)
+            out.writeInteger(hello.instance)
+            writeString(hello.address, &out)
+            writeString(hello.softwareVersion, &out)
+            writeStamp(hello.stamp, &out)
+        case .swim(let swim):
+            out.writeInteger(MessageType.swim.rawValue)
+            writeSWIM(swim, &out)
+        case .digest(let root, let stamp):
+            out.writeInteger(MessageType.digest.rawValue)
+            out.writeInteger(root)
+            writeStamp(stamp, &out)
+        case .bucketDigests(let digests, let stamp):
+            out.writeInteger(MessageType.bucketDigests.rawValue)
+            writeStamp(stamp, &out)
+            out.writeInteger(UInt32(digests.count))
+            for d in digests { out.writeInteger(d) }
+        case .delta(let delta, let purpose, let stamp):
+            out.writeInteger(MessageType.delta.rawValue)
+            writeStamp(stamp, &out)
+            switch purpose {
+            case .push: out.writeInteger(UInt8(0))
+            case .repair(let buckets):
+                out.writeInteger(UInt8(1))
+                out.writeInteger(UInt32(buckets.count))
+                for b in buckets { out.writeInteger(UInt32(b)) }
+            case .repairReply: out.writeInteger(UInt8(2))
+            case .sync: out.writeInteger(UInt8(3))
+            }
+            out.writeInteger(UInt32(delta.versions.count))
+            for v in delta.versions {
+                writeString(v.key.domain, &out)
+                writeString(v.key.name, &out)
+                writeVersionID(v.version.id, &out)
+                out.writeInteger(v.version.generation)
+                out.writeInteger(UInt32(v.secret.count))
+                v.secret.withUnsafeBytes { _ = out.writeBytes($0) }
+            }
+            out.writeInteger(UInt32(delta.pskFingerprints.count))
+            for fp in delta.pskFingerprints {
+                writeString(fp.node, &out)
+                writeString(fp.key.domain, &out)
+                writeString(fp.key.name, &out)
+                out.writeInteger(UInt16(fp.fingerprint.count))
+                out.writeBytes(fp.fingerprint)
+                writeStamp(fp.stamp, &out)
+            }
+        case .syncRequest(let stamp):
+            out.writeInteger(MessageType.syncRequest.rawValue)
+            writeStamp(stamp, &out)
+        case .syncDone(let stamp):
+            out.writeInteger(MessageType.syncDone.rawValue)
+            writeStamp(stamp, &out)
+        }
+        out.setInteger(UInt32(out.writerIndex - start - 4), at: start)
+    }
+
+    /// Splits a delta into frames of at most ~`deltaChunkBytes` each (secrets dominate size).
+    public static func chunks(of delta: WireDelta, limit: Int = deltaChunkBytes) -> [WireDelta] {
+        var result: [WireDelta] = []
+        var current = WireDelta(pskFingerprints: delta.pskFingerprints)
+        var size = 0
+        for v in delta.versions {
+            let cost = v.secret.count + 128
+            if size + cost > limit && !current.versions.isEmpty {
+                result.append(current)
+                current = WireDelta()
+                size = 0
+            }
+            current.versions.append(v)
+            size += cost
+        }
+        if !current.isEmpty || result.isEmpty { result.append(current) }
+        return result
+    }
+
+    /// Decodes one frame body (from `nextFrame`). Secrets are copied straight into `arena`.
+    public static func decode(_ frame: ByteBuffer, arena: SecretArena) throws(PeerWireError) -> PeerMessage {
+        var b = frame
+        let v: UInt8 = try read(&b, "version")
+        guard v == version else { throw .unsupportedVersion(v) }
+        let rawType: UInt8 = try read(&b, "message type")
+        guard let type = MessageType(rawValue: rawType) else { throw .unknownMessageType(rawType) }
+        let message: PeerMessage
+        switch type {
+        case .hello:
+            let cluster = try readString(&b, "cluster name")
+            let node = try readString(&b, "node name")
+            let instance: UInt64 = try read(&b, "instance")
+            let address = try readString(&b, "address")
+            let software = try readString(&b, "software version")
+            let stamp = try readStamp(&b)
+            message = .hello(PeerHello(cluster: cluster, node: node, instance: instance, address: address, softwareVersion: software, stamp: stamp))
+        case .swim:
+            message = .swim(try readSWIM(&b))
+        case .digest:
+            let root: UInt64 = try read(&b, "digest")
+            message = .digest(root: root, stamp: try readStamp(&b))
+        case .bucketDigests:
+            let stamp = try readStamp(&b)
+            let count = try readCount(&b, minimumElementBytes: 8, "bucket digests")
+            var digests: [UInt64] = []
+            digests.reserveCapacity(count)
+            for _ in 0..<count { digests.append(try read(&b, "bucket digest")) }
+            message = .bucketDigests(digests, stamp: stamp)
+        case .delta:
+            let stamp = try readStamp(&b)
+            let purposeTag: UInt8 = try read(&b, "delta purpose")
+            let purpose: DeltaPurpose
+            switch purposeTag {
+            case 0: purpose = .push
+            case 1:
+                let count = try readCount(&b, minimumElementBytes: 4, "repair buckets")
+                var buckets: [Int] = []
+                for _ in 0..<count {
+                    let bucket: UInt32 = try read(&b, "bucket index")
+                    guard bucket < 1 << 16 else { throw .invalidField("bucket index \(bucket)") }
+                    buckets.append(Int(bucket))
+                }
+                purpose = .repair(buckets: buckets)
+            case 2: purpose = .repairReply
+            case 3: purpose = .sync
+            default: throw .invalidField("delta purpose \(purposeTag)")
+            }
+            var delta = WireDelta()
+            let versionCount = try readCount(&b, minimumElementBytes: 4 + 4 + 8 + 4 + 2 + 4 + 4, "key versions")
+            for _ in 0..<versionCount {
+                let domain = try readString(&b, "key domain")
+                let name = try readString(&b, "key name")
+                let id = try readVersionID(&b)
+                let generation: UInt32 = try read(&b, "generation")
+                let length: UInt32 = try read(&b, "secret length")
+                guard length > 0, Int(length) <= SecretArena.maxSecretSize else { throw .invalidField("secret length \(length)") }
+                guard b.readableBytes >= Int(length) else { throw .truncated("a key secret") }
+                let secret: SecretBytes
+                do {
+                    secret = try b.readWithUnsafeReadableBytes { raw in
+                        (Int(length), try SecretBytes.copy(of: UnsafeRawBufferPointer(rebasing: raw.prefix(Int(length))), in: arena))
+                    }
+                } catch {
+                    throw .secretMemory("\(error)")
+                }
+                delta.versions.append(WireKeyVersion(key: KeyRef(domain: domain, name: name), version: KeyVersion(id: id, generation: generation), secret: secret))
+            }
+            let fpCount = try readCount(&b, minimumElementBytes: 2 + 2 + 2 + 2 + 12, "PSK fingerprints")
+            for _ in 0..<fpCount {
+                let node = try readString(&b, "fingerprint node")
+                let domain = try readString(&b, "fingerprint domain")
+                let name = try readString(&b, "fingerprint key")
+                let length: UInt16 = try read(&b, "fingerprint length")
+                guard length <= 64 else { throw .invalidField("fingerprint length \(length)") }
+                guard let bytes = b.readBytes(length: Int(length)) else { throw .truncated("a fingerprint") }
+                let stamp = try readStamp(&b)
+                delta.pskFingerprints.append(PSKFingerprint(node: node, key: KeyRef(domain: domain, name: name), fingerprint: bytes, stamp: stamp))
+            }
+            message = .delta(delta, purpose: purpose, stamp: stamp)
+        case .syncRequest:
+            message = .syncRequest(stamp: try readStamp(&b))
+        case .syncDone:
+            message = .syncDone(stamp: try readStamp(&b))
+        }
+        guard b.readableBytes == 0 else { throw .trailingBytes(b.readableBytes) }
+        return message
+    }
+
+    // MARK: SWIM
+
+    private static func writeSWIM(_ m: SWIMMessage, _ out: inout ByteBuffer) {
+        switch m {
+        case .ping(let seq, let gossip):
+            out.writeInteger(UInt8(1)); out.writeInteger(seq); writeGossip(gossip, &out)
+        case .pingRequest(let seq, let target, let address, let gossip):
+            out.writeInteger(UInt8(2)); out.writeInteger(seq); writeString(target, &out); writeString(address, &out); writeGossip(gossip, &out)
+        case .ack(let seq, let target, let gossip):
+            out.writeInteger(UInt8(3)); out.writeInteger(seq); writeString(target, &out); writeGossip(gossip, &out)
+        case .nack(let seq, let target):
+            out.writeInteger(UInt8(4)); out.writeInteger(seq); writeString(target, &out)
+        }
+    }
+
+    private static func readSWIM(_ b: inout ByteBuffer) throws(PeerWireError) -> SWIMMessage {
+        let tag: UInt8 = try read(&b, "swim message kind")
+        let seq: UInt64 = try read(&b, "swim sequence")
+        switch tag {
+        case 1: return .ping(sequence: seq, gossip: try readGossip(&b))
+        case 2:
+            let target = try readString(&b, "ping-request target")
+            let address = try readString(&b, "ping-request address")
+            return .pingRequest(sequence: seq, target: target, targetAddress: address, gossip: try readGossip(&b))
+        case 3:
+            let target = try readString(&b, "ack target")
+            return .ack(sequence: seq, target: target, gossip: try readGossip(&b))
+        case 4: return .nack(sequence: seq, target: try readString(&b, "nack target"))
+        default: throw .invalidField("swim message kind \(tag)")
+        }
+    }
+
+    private static func writeGossip(_ gossip: [GossipUpdate], _ out: inout ByteBuffer) {
+        out.writeInteger(UInt32(gossip.count))
+        for g in gossip {
+            writeString(g.node, &out)
+            writeString(g.address, &out)
+            out.writeInteger(g.instance)
+            out.writeInteger(g.incarnation)
+            switch g.status {
+            case .alive: out.writeInteger(UInt8(0))
+            case .suspect: out.writeInteger(UInt8(1))
+            case .dead: out.writeInteger(UInt8(2))
+            }
+        }
+    }
+
+    private static func readGossip(_ b: inout ByteBuffer) throws(PeerWireError) -> [GossipUpdate] {
+        let count = try readCount(&b, minimumElementBytes: 2 + 2 + 8 + 8 + 1, "gossip updates")
+        var result: [GossipUpdate] = []
+        result.reserveCapacity(count)
+        for _ in 0..<count {
+            let node = try readString(&b, "gossip node")
+            let address = try readString(&b, "gossip address")
+            let instance: UInt64 = try read(&b, "gossip instance")
+            let incarnation: UInt64 = try read(&b, "gossip incarnation")
+            let statusTag: UInt8 = try read(&b, "gossip status")
+            let status: MemberStatus
+            switch statusTag {
+            case 0: status = .alive
+            case 1: status = .suspect
+            case 2: status = .dead
+            default: throw .invalidField("gossip status \(statusTag)")
+            }
+            result.append(GossipUpdate(node: node, address: address, instance: instance, incarnation: incarnation, status: status))
+        }
+        return result
+    }
+
+    // MARK: Primitives
+
+    private static func writeString(_ s: String, _ out: inout ByteBuffer) {
+        let utf8 = s.utf8
+        let count = min(utf8.count, maxStringBytes)
+        out.writeInteger(UInt16(count))
+        out.writeBytes(utf8.prefix(count))
+    }
+
+    private static func readString(_ b: inout ByteBuffer, _ what: String) throws(PeerWireError) -> String {
+        let length: UInt16 = try read(&b, "\(what) length")
+        guard Int(length) <= maxStringBytes else { throw .invalidField("\(what) length \(length)") }
+        guard let bytes = b.readBytes(length: Int(length)) else { throw .truncated(what) }
+        guard let string = String(validating: bytes, as: UTF8.self) else { throw .invalidField("\(what) (not UTF-8)") }
+        return string
+    }
+
+    private static func writeStamp(_ s: HLCTimestamp, _ out: inout ByteBuffer) {
+        out.writeInteger(s.wallMillis)
+        out.writeInteger(s.logical)
+    }
+
+    private static func readStamp(_ b: inout ByteBuffer) throws(PeerWireError) -> HLCTimestamp {
+        let wall: UInt64 = try read(&b, "timestamp")
+        let logical: UInt32 = try read(&b, "timestamp")
+        return HLCTimestamp(wallMillis: wall, logical: logical)
+    }
+
+    private static func writeVersionID(_ id: VersionID, _ out: inout ByteBuffer) {
+        writeStamp(id.created, &out)
+        writeString(id.origin, &out)
+    }
+
+    private static func readVersionID(_ b: inout ByteBuffer) throws(PeerWireError) -> VersionID {
+        let created = try readStamp(&b)
+        let origin = try readString(&b, "version origin")
+        guard !origin.isEmpty else { throw .invalidField("empty version origin") }
+        return VersionID(created: created, origin: origin)
+    }
+
+    private static func read<I: FixedWidthInteger>(_ b: inout ByteBuffer, _ what: String) throws(PeerWireError) -> I {
+        guard let value = b.readInteger(as: I.self) else { throw .truncated(what) }
+        return value
+    }
+
+    /// A list count that the remaining bytes could actually hold.
+    private static func readCount(_ b: inout ByteBuffer, minimumElementBytes: Int, _ what: String) throws(PeerWireError) -> Int {
+        let count: UInt32 = try read(&b, "\(what) count")
+        guard Int(count) * minimumElementBytes <= b.readableBytes else { throw .truncated(what) }
+        return Int(count)
+    }
+}

@@ -1,0 +1,182 @@
+public typealias NodeID = String
+
+/// A key's identity; the store never looks at the key's type or config (the shell filters).
+public struct KeyRef: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public var domain: String
+    public var name: String
+
+    public init(domain: String, name: String) {
+        self.domain = domain
+        self.name = name
+    }
+
+    public static func < (lhs: KeyRef, rhs: KeyRef) -> Bool {
+        if lhs.domain != rhs.domain { return lhs.domain < rhs.domain }
+        return lhs.name < rhs.name
+    }
+
+    public var description: String { "\(domain)/\(name)" }
+}
+
+/// Identity of one key version: unique cluster-wide because each node's HLC is strictly
+/// monotonic and the origin disambiguates equal timestamps from different nodes.
+public struct VersionID: Hashable, Comparable, Sendable, LosslessStringConvertible {
+    public var created: HLCTimestamp
+    public var origin: NodeID
+
+    public init(created: HLCTimestamp, origin: NodeID) {
+        self.created = created
+        self.origin = origin
+    }
+
+    public static func < (lhs: VersionID, rhs: VersionID) -> Bool {
+        if lhs.created != rhs.created { return lhs.created < rhs.created }
+        return lhs.origin < rhs.origin
+    }
+
+    /// The `id` users see in the API, so it must never change format: `<wall>.<logical>.<origin>`.
+    public var description: String { "\(created.wallMillis).\(created.logical).\(origin)" }
+
+    /// Longest origin accepted when parsing; node names are short config identifiers, and a
+    /// bound keeps a hostile `id` path segment from becoming a large allocation.
+    public static let maxOriginBytes = 255
+
+    /// Accepts only the canonical form produced by `description` (no signs, spaces or leading
+    /// zeros), so parse(description) round-trips and two spellings never name one version.
+    /// The origin is everything after the second dot and may itself contain dots.
+    public init?(_ string: String) {
+        let utf8 = Array(string.utf8)
+        guard let firstDot = utf8.firstIndex(of: UInt8(ascii: ".")) else { return nil }
+        guard let secondDot = utf8[(firstDot + 1)...].firstIndex(of: UInt8(ascii: ".")) else { return nil }
+        guard let wall = Self.parseCanonical(utf8[..<firstDot], max: UInt64.max),
+              let logical = Self.parseCanonical(utf8[(firstDot + 1)..<secondDot], max: UInt64(UInt32.max))
+        else { return nil }
+        let originBytes = utf8[(secondDot + 1)...]
+        guard !originBytes.isEmpty, originBytes.count <= Self.maxOriginBytes else { return nil }
+        // Control characters and spaces would make ids ambiguous in logs and URLs.
+        guard originBytes.allSatisfy({ $0 > 0x20 && $0 != 0x7F }) else { return nil }
+        self.init(created: HLCTimestamp(wallMillis: wall, logical: UInt32(logical)),
+                  origin: String(decoding: originBytes, as: UTF8.self))
+    }
+
+    private static func parseCanonical(_ digits: ArraySlice<UInt8>, max: UInt64) -> UInt64? {
+        guard !digits.isEmpty, digits.count <= 20 else { return nil }
+        if digits.count > 1 && digits.first == UInt8(ascii: "0") { return nil }
+        var value: UInt64 = 0
+        for byte in digits {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+            let (sum, o2) = times10.addingReportingOverflow(UInt64(byte - UInt8(ascii: "0")))
+            guard !o1, !o2, sum <= max else { return nil }
+            value = sum
+        }
+        return value
+    }
+}
+
+/// Metadata of one RAM key version. The secret bytes live in the shell's vault, indexed by `id`.
+public struct KeyVersion: Hashable, Sendable {
+    public var id: VersionID
+    /// Rotation count: a rotate produces max(live generations) + 1, so a rotation always
+    /// outranks every version it has seen regardless of clock skew.
+    public var generation: UInt32
+
+    public init(id: VersionID, generation: UInt32) {
+        self.id = id
+        self.generation = generation
+    }
+
+    /// Rank order of DESIGN "RAM keys" 4–5: generation DESC, then created ASC, then origin ASC.
+    @inlinable
+    public static func ranksBefore(_ a: KeyVersion, _ b: KeyVersion) -> Bool {
+        if a.generation != b.generation { return a.generation > b.generation }
+        return a.id < b.id
+    }
+}
+
+public struct KeyVersionView: Hashable, Sendable {
+    public var version: KeyVersion
+    public var isPrimary: Bool
+    /// Unix epoch ms from which the version is no longer served (valid while now < this);
+    /// nil for the primary, which never expires.
+    public var expiresAtMillis: UInt64?
+
+    public init(version: KeyVersion, isPrimary: Bool, expiresAtMillis: UInt64?) {
+        self.version = version
+        self.isPrimary = isPrimary
+        self.expiresAtMillis = expiresAtMillis
+    }
+}
+
+/// A node's keyed hash of its local PSK for one key (never the PSK). `fingerprint == []`
+/// means "this node no longer has the key" and is kept as a tombstone so LWW stays correct.
+public struct PSKFingerprint: Hashable, Sendable {
+    public var node: NodeID
+    public var key: KeyRef
+    public var fingerprint: [UInt8]
+    public var stamp: HLCTimestamp
+
+    public init(node: NodeID, key: KeyRef, fingerprint: [UInt8], stamp: HLCTimestamp) {
+        self.node = node
+        self.key = key
+        self.fingerprint = fingerprint
+        self.stamp = stamp
+    }
+
+    public var isDeletion: Bool { fingerprint.isEmpty }
+
+    /// Last-writer-wins with a total order (stamp, then bytes), so every replica picks the
+    /// same record whatever order the gossip arrives in.
+    public func supersedes(_ other: PSKFingerprint) -> Bool {
+        if stamp != other.stamp { return stamp > other.stamp }
+        return other.fingerprint.lexicographicallyPrecedes(fingerprint)
+    }
+}
+
+public struct PSKMismatch: Hashable, Sendable {
+    public var key: KeyRef
+    public var fingerprintsByNode: [NodeID: [UInt8]]
+
+    public init(key: KeyRef, fingerprintsByNode: [NodeID: [UInt8]]) {
+        self.key = key
+        self.fingerprintsByNode = fingerprintsByNode
+    }
+}
+
+/// A piece of replicated state as exchanged between nodes (metadata only, no secrets).
+public struct StoreDelta: Hashable, Sendable {
+    public var keyVersions: [KeyRef: [KeyVersion]]
+    public var pskFingerprints: [PSKFingerprint]
+
+    public init(keyVersions: [KeyRef: [KeyVersion]] = [:], pskFingerprints: [PSKFingerprint] = []) {
+        self.keyVersions = keyVersions
+        self.pskFingerprints = pskFingerprints
+    }
+
+    public var isEmpty: Bool {
+        pskFingerprints.isEmpty && keyVersions.values.allSatisfy { $0.isEmpty }
+    }
+}
+
+public struct MergeOutcome: Sendable {
+    /// Versions admitted by this merge (new ids, or an id whose generation was raised by a
+    /// conflicting record): the shell must keep their secret bytes.
+    public var added: [(KeyRef, KeyVersion)]
+    /// Versions this replica held before and dropped (expired): the shell zeroes their secrets.
+    /// Incoming versions that were already expired on arrival are in neither list.
+    public var pruned: [(KeyRef, VersionID)]
+    public var primaryChanged: [KeyRef]
+    public var pskChanged: Bool
+    /// The part of the input that changed this replica; gossip it on (eager push).
+    public var forwardable: StoreDelta
+
+    public init(added: [(KeyRef, KeyVersion)] = [], pruned: [(KeyRef, VersionID)] = [],
+                primaryChanged: [KeyRef] = [], pskChanged: Bool = false,
+                forwardable: StoreDelta = StoreDelta()) {
+        self.added = added
+        self.pruned = pruned
+        self.primaryChanged = primaryChanged
+        self.pskChanged = pskChanged
+        self.forwardable = forwardable
+    }
+}

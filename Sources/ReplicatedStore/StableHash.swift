@@ -1,0 +1,101 @@
+/// FNV-1a 64 over length-prefixed fields, finished with a 64-bit avalanche mix.
+/// Swift's `Hasher` is seeded per process, so it cannot be used for digests two nodes compare;
+/// this one is identical in every process and on every platform (fields are encoded
+/// little-endian explicitly). The final mix matters because bucket digests *add* entry hashes:
+/// raw FNV outputs of near-identical inputs are correlated in the low bits.
+struct StableHasher {
+    private var state: UInt64 = 0xcbf2_9ce4_8422_2325
+
+    @inline(__always)
+    mutating func byte(_ b: UInt8) {
+        state ^= UInt64(b)
+        state &*= 0x0000_0100_0000_01B3
+    }
+
+    mutating func u32(_ v: UInt32) {
+        var v = v
+        for _ in 0..<4 { byte(UInt8(truncatingIfNeeded: v)); v >>= 8 }
+    }
+
+    mutating func u64(_ v: UInt64) {
+        var v = v
+        for _ in 0..<8 { byte(UInt8(truncatingIfNeeded: v)); v >>= 8 }
+    }
+
+    /// Length prefix so ("ab","c") and ("a","bc") encode differently.
+    mutating func string(_ s: String) {
+        u64(UInt64(s.utf8.count))
+        for b in s.utf8 { byte(b) }
+    }
+
+    mutating func bytes(_ bs: [UInt8]) {
+        u64(UInt64(bs.count))
+        for b in bs { byte(b) }
+    }
+
+    func finalize() -> UInt64 { mix64(state) }
+}
+
+/// MurmurHash3 fmix64: a bijective avalanche step.
+@inline(__always)
+func mix64(_ x: UInt64) -> UInt64 {
+    var k = x
+    k ^= k >> 33
+    k &*= 0xff51_afd7_ed55_8ccd
+    k ^= k >> 33
+    k &*= 0xc4ce_b9fe_1a85_ec53
+    k ^= k >> 33
+    return k
+}
+
+/// Domain-separation tags: a key version and a PSK record can never hash alike by construction.
+enum EntryTag: UInt8 {
+    case keyVersion = 1
+    case pskFingerprint = 2
+    case keyIdentity = 3
+    case pskIdentity = 4
+    case root = 5
+}
+
+enum StableHash {
+    static func entry(_ key: KeyRef, _ v: KeyVersion) -> UInt64 {
+        var h = StableHasher()
+        h.byte(EntryTag.keyVersion.rawValue)
+        h.string(key.domain)
+        h.string(key.name)
+        h.u64(v.id.created.wallMillis)
+        h.u32(v.id.created.logical)
+        h.string(v.id.origin)
+        h.u32(v.generation)
+        return h.finalize()
+    }
+
+    static func entry(_ fp: PSKFingerprint) -> UInt64 {
+        var h = StableHasher()
+        h.byte(EntryTag.pskFingerprint.rawValue)
+        h.string(fp.key.domain)
+        h.string(fp.key.name)
+        h.string(fp.node)
+        h.bytes(fp.fingerprint)
+        h.u64(fp.stamp.wallMillis)
+        h.u32(fp.stamp.logical)
+        return h.finalize()
+    }
+
+    static func identity(_ key: KeyRef) -> UInt64 {
+        var h = StableHasher()
+        h.byte(EntryTag.keyIdentity.rawValue)
+        h.string(key.domain)
+        h.string(key.name)
+        return h.finalize()
+    }
+
+    static func identity(node: NodeID, key: KeyRef) -> UInt64 {
+        var h = StableHasher()
+        h.byte(EntryTag.pskIdentity.rawValue)
+        h.string(key.domain)
+        h.string(key.name)
+        h.string(node)
+        return h.finalize()
+    }
+}

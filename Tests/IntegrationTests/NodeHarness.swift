@@ -1,0 +1,267 @@
+import Foundation
+import KeystoreClient
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where the built products (keystored, keystorectl) live: next to the test bundle.
+enum Products {
+    static var directory: URL {
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        var dir = exe.deletingLastPathComponent()
+        // `swift test` runs .build/<triple>/debug/<pkg>PackageTests.xctest directly.
+        if dir.lastPathComponent.hasSuffix(".xctest") { dir = dir.deletingLastPathComponent() }
+        return dir
+    }
+    static var keystored: String { directory.appendingPathComponent("keystored").path }
+    static var keystorectl: String { directory.appendingPathComponent("keystorectl").path }
+    static var repositoryRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes. Used instead of fixed sleeps: the
+/// test continues the moment the system reaches the state it waits for.
+@discardableResult
+func waitUntil(_ what: String, timeout: TimeInterval = 20, file: StaticString = #filePath, line: UInt = #line,
+               _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    var delay: useconds_t = 2_000
+    while Date() < deadline {
+        if try condition() { return true }
+        usleep(delay)
+        delay = min(delay * 2, 100_000)
+    }
+    if try condition() { return true }
+    XCTFail("timed out after \(timeout)s waiting until \(what)", file: file, line: line)
+    return false
+}
+
+/// A scratch directory with a short path (Unix socket paths are limited to 107 bytes).
+final class ScratchDirectory {
+    let path: String
+    init(prefix: String = "ks") throws {
+        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw POSIXError(.EIO) }
+        path = String(cString: made)
+    }
+    func file(_ name: String) -> String { path + "/" + name }
+    func write(_ name: String, _ contents: String, mode: mode_t = 0o600) throws {
+        let target = file(name)
+        try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try contents.write(toFile: target, atomically: false, encoding: .utf8)
+        chmod(target, mode)
+    }
+    func remove() { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Cluster CA and node certificates made once per test run with deploy/gen-certs.sh.
+enum SharedCertificates {
+    nonisolated(unsafe) private static var cached: String?
+    private static let lock = NSLock()
+
+    static let nodeNames = (1...6).map { "node\($0)" }
+
+    static func directory() throws -> String {
+        lock.lock(); defer { lock.unlock() }
+        if let cached { return cached }
+        let dir = try ScratchDirectory(prefix: "ks-certs").path
+        try run(Products.repositoryRoot.appendingPathComponent("deploy/gen-certs.sh").path, [dir] + nodeNames)
+        cached = dir
+        return dir
+    }
+
+    @discardableResult
+    static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        for (k, v) in environment { env[k] = v }
+        process.environment = env
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw NSError(domain: "harness", code: Int(process.terminationStatus), userInfo: [NSLocalizedDescriptionKey: "\(executable) \(arguments) failed: \(text)"])
+        }
+        return text
+    }
+}
+
+/// One real `keystored` process.
+final class NodeProcess {
+    let name: String
+    let socketPath: String
+    let logPath: String
+    let process: Process
+
+    init(name: String, socketPath: String, logPath: String, process: Process) {
+        self.name = name
+        self.socketPath = socketPath
+        self.logPath = logPath
+        self.process = process
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+    var client: KeystoreClient { KeystoreClient(socketPath: socketPath, timeoutSeconds: 5) }
+
+    func signal(_ signo: Int32) { kill(process.processIdentifier, signo) }
+
+    /// SIGTERM and wait for exit (SIGKILL after `timeout`).
+    func stop(timeout: TimeInterval = 10) {
+        guard process.isRunning else { return }
+        signal(SIGTERM)
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(5_000) }
+        if process.isRunning { signal(SIGKILL); process.waitUntilExit() }
+    }
+
+    func kill9() {
+        guard process.isRunning else { return }
+        signal(SIGKILL)
+        process.waitUntilExit()
+    }
+}
+
+/// Builds a cluster config in a scratch directory and starts/stops real keystored nodes.
+final class ClusterHarness {
+    let scratch: ScratchDirectory
+    let nodeNames: [String]
+    var ports: [String: Int] = [:]
+    var processes: [String: NodeProcess] = [:]
+    var configPath: String { scratch.file("cluster.json") }
+    private var retired: [NodeProcess] = []
+
+    /// - Parameter extra: mutates the config dictionary before it is written.
+    init(nodes: [String], joinTimeoutMillis: Int = 1500, domains: [String: Any]? = nil, clients: [[String: Any]]? = nil,
+         extra: (inout [String: Any]) -> Void = { _ in }) throws {
+        scratch = try ScratchDirectory()
+        nodeNames = nodes
+        let certs = try SharedCertificates.directory()
+        for node in nodes { ports[node] = try freeTCPPort() }
+        try scratch.write("psk/first_provision", "  first-psk-secret \n")
+        try scratch.write("psk/second_provision", "second-psk-secret\n")
+        var nodeEntries: [String: Any] = [:]
+        for node in nodes {
+            nodeEntries[node] = ["peer": "127.0.0.1:\(ports[node]!)", "socket": "\(scratch.path)/{node}.sock",
+                                 "data_dir": "\(scratch.path)/data/{node}"]
+        }
+        var config: [String: Any] = [
+            "cluster": "test-cluster",
+            "tls": ["ca": "\(certs)/ca.pem", "cert": "\(certs)/{node}.pem", "key": "\(certs)/{node}.key"],
+            "join_timeout_ms": joinTimeoutMillis,
+            "grace_period_s": 3600,
+            "ram_key_size": 2048,
+            "nodes": nodeEntries,
+            "domains": domains ?? [
+                "first.com": ["keys": [
+                    ["name": "token_secret", "type": "ram"],
+                    ["name": "provision_pre_shared", "type": "file", "path": "psk/first_provision"]]],
+                "second.com": ["ram_key_size": 64, "keys": [
+                    ["name": "token_secret", "type": "ram"],
+                    ["name": "provision_pre_shared", "type": "file", "path": "psk/second_provision"]]],
+            ],
+        ]
+        if let clients { config["clients"] = clients }
+        extra(&config)
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try scratch.write("cluster.json", String(decoding: data, as: UTF8.self), mode: 0o644)
+    }
+
+    func socketPath(_ node: String) -> String { "\(scratch.path)/\(node).sock" }
+
+    /// Starts `node`; returns once its socket answers (not necessarily ready).
+    @discardableResult
+    func start(_ node: String, arguments: [String] = [], waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
+        let logPath = scratch.file("\(node).\(retired.count + processes.count).log")
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Products.keystored)
+        process.arguments = ["--config", configPath, "--node", node, "--log-level", "debug"] + arguments
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+        let handle = NodeProcess(name: node, socketPath: socketPath(node), logPath: logPath, process: process)
+        if let old = processes[node] { retired.append(old) }
+        processes[node] = handle
+        if waitForSocket {
+            waitUntil("\(node)'s socket answers", file: file, line: line) {
+                guard handle.isRunning else { return true }
+                return (try? handle.client.health()) != nil
+            }
+            XCTAssertTrue(handle.isRunning, "\(node) exited early:\n\(handle.log)", file: file, line: line)
+        }
+        return handle
+    }
+
+    func waitReady(_ node: String, timeout: TimeInterval = 20, file: StaticString = #filePath, line: UInt = #line) {
+        guard let handle = processes[node] else { return XCTFail("\(node) not started", file: file, line: line) }
+        waitUntil("\(node) is ready", timeout: timeout, file: file, line: line) {
+            (try? handle.client.health().ready) == true
+        }
+    }
+
+    func client(_ node: String) -> KeystoreClient { KeystoreClient(socketPath: socketPath(node), timeoutSeconds: 5) }
+
+    /// Every log this harness produced, for failure reports.
+    var allLogs: String {
+        (retired + processes.values.sorted { $0.name < $1.name }).map { "===== \($0.name) (\($0.logPath)) =====\n\($0.log)" }.joined(separator: "\n")
+    }
+
+    func shutdown(dumpLogs: Bool) {
+        for process in processes.values { process.stop() }
+        if dumpLogs { print(allLogs) }
+        scratch.remove()
+    }
+}
+
+/// A free loopback TCP port (bound then released; the kernel does not hand it out again at once).
+func freeTCPPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Base class: tears the cluster down and prints every node's log only when the test failed.
+class ClusterTestCase: XCTestCase {
+    var harnesses: [ClusterHarness] = []
+
+    func makeCluster(nodes: [String], joinTimeoutMillis: Int = 1500, domains: [String: Any]? = nil,
+                     clients: [[String: Any]]? = nil, extra: (inout [String: Any]) -> Void = { _ in }) throws -> ClusterHarness {
+        let harness = try ClusterHarness(nodes: nodes, joinTimeoutMillis: joinTimeoutMillis, domains: domains, clients: clients, extra: extra)
+        harnesses.append(harness)
+        return harness
+    }
+
+    override func tearDown() {
+        let failed = (testRun?.failureCount ?? 0) + (testRun?.unexpectedExceptionCount ?? 0) > 0
+        for harness in harnesses { harness.shutdown(dumpLogs: failed) }
+        harnesses.removeAll()
+        super.tearDown()
+    }
+}
+
+extension HTTPResponse {
+    var bodyText: String { String(decoding: body, as: UTF8.self) }
+    func throwIfError() throws {
+        guard (200..<300).contains(status) else { throw KeystoreClientError.malformedResponse("HTTP \(status): \(bodyText)") }
+    }
+}

@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderKeystoreConfigTests: XCTestCase { func testNothing() {} }

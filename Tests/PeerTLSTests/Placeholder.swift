@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderPeerTLSTests: XCTestCase { func testNothing() {} }

@@ -1,0 +1,94 @@
+import XCTest
+import ReplicatedStore
+
+final class DigestTests: XCTestCase {
+    func populated(keys: Int, bucketCount: Int = 64) -> ReplicatedStore {
+        var store = ReplicatedStore(graceMillis: 60_000, bucketCount: bucketCount)
+        var delta = StoreDelta()
+        for i in 0..<keys {
+            delta.keyVersions[KeyRef(domain: "d\(i % 7).com", name: "key\(i)")] =
+                [KeyVersion(id: vid(1_000 + UInt64(i), "node\(i % 3)"), generation: 0)]
+        }
+        delta.pskFingerprints = (0..<20).map {
+            PSKFingerprint(node: "node\($0 % 3)", key: KeyRef(domain: "p.com", name: "psk\($0)"),
+                           fingerprint: [UInt8($0), 7], stamp: ts(5))
+        }
+        _ = store.merge(delta, nowMillis: 2_000)
+        return store
+    }
+
+    func testEqualStatesHaveEqualDigestsWhateverTheInsertionOrder() {
+        let a = populated(keys: 300)
+        var b = ReplicatedStore(graceMillis: 60_000)
+        var rng = SeededGenerator(seed: 9)
+        let full = a.fullDelta()
+        for key in full.keyVersions.keys.shuffled(using: &rng) {
+            _ = b.merge(StoreDelta(keyVersions: [key: full.keyVersions[key]!]), nowMillis: 2_000)
+        }
+        for fp in full.pskFingerprints.shuffled(using: &rng) { _ = b.merge(StoreDelta(pskFingerprints: [fp]), nowMillis: 2_000) }
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(a.rootDigest(), b.rootDigest())
+        XCTAssertEqual(a.bucketDigests(), b.bucketDigests())
+        XCTAssertEqual(ReplicatedStore.differingBuckets(mine: a.bucketDigests(), theirs: b.bucketDigests()), [])
+        XCTAssertEqual(ReplicatedStore(graceMillis: 1).rootDigest(), ReplicatedStore(graceMillis: 1).rootDigest())
+        XCTAssertNotEqual(ReplicatedStore(graceMillis: 1).rootDigest(), a.rootDigest())
+    }
+
+    /// Digests are compared between processes, so they must not depend on per-process seeds:
+    /// pin the value of a fixed state.
+    func testDigestIsStableAcrossProcesses() {
+        var store = ReplicatedStore(graceMillis: 1_000, bucketCount: 4)
+        _ = store.createInitialVersion(of: tokenKey, id: vid(1_700_000_000_000, "node1", logical: 2))
+        _ = store.setLocalPSKFingerprint(PSKFingerprint(node: "node1", key: tokenKey, fingerprint: [1, 2, 3], stamp: ts(9, 1)))
+        XCTAssertEqual(store.rootDigest(), 11_268_888_318_102_939_449)
+        XCTAssertEqual(store.bucketDigests().count, 4)
+        XCTAssertEqual(store.bucketDigests().filter { $0 != 0 }.count, 2, "key and PSK land in different buckets here")
+    }
+
+    func testDifferingBucketsIdentifyAOneEntryDifference() {
+        let base = populated(keys: 500)
+        let key = KeyRef(domain: "d3.com", name: "key10")
+
+        var a = base, b = base
+        _ = a.rotate(key, id: vid(3_000, "node1"))
+        XCTAssertNotEqual(a.rootDigest(), b.rootDigest())
+        var differing = ReplicatedStore.differingBuckets(mine: a.bucketDigests(), theirs: b.bucketDigests())
+        XCTAssertEqual(differing.count, 1)
+        let fromA = a.delta(forBuckets: differing)
+        XCTAssertNotNil(fromA.keyVersions[key])
+        XCTAssertLessThan(fromA.keyVersions.count, 40, "a bucket, not the state")
+        _ = b.merge(fromA, nowMillis: 3_000)
+        _ = a.merge(b.delta(forBuckets: differing), nowMillis: 3_000)
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(a.rootDigest(), b.rootDigest())
+
+        // One PSK record.
+        _ = a.setLocalPSKFingerprint(PSKFingerprint(node: "node9", key: tokenKey, fingerprint: [1], stamp: ts(1)))
+        differing = b.differingBuckets(mine: b.bucketDigests(), theirs: a.bucketDigests())
+        XCTAssertEqual(differing.count, 1)
+        XCTAssertEqual(a.delta(forBuckets: differing).pskFingerprints.filter { $0.node == "node9" }.count, 1)
+        XCTAssertTrue(b.delta(forBuckets: differing).pskFingerprints.allSatisfy { $0.node != "node9" })
+        _ = b.merge(a.delta(forBuckets: differing), nowMillis: 3_000)
+        XCTAssertEqual(a.rootDigest(), b.rootDigest())
+
+        // An expiry is a one-entry difference too.
+        _ = a.expire(nowMillis: 3_000 + 60_000)
+        differing = ReplicatedStore.differingBuckets(mine: a.bucketDigests(), theirs: b.bucketDigests())
+        XCTAssertEqual(differing.count, 1)
+        XCTAssertNotEqual(a.rootDigest(), b.rootDigest())
+        _ = b.expire(nowMillis: 3_000 + 60_000)
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(a.rootDigest(), b.rootDigest())
+    }
+
+    func testBucketEdgeCases() {
+        XCTAssertEqual(ReplicatedStore.differingBuckets(mine: [1, 2], theirs: [1, 2, 3]), [0, 1, 2])
+        XCTAssertEqual(ReplicatedStore.differingBuckets(mine: [1, 2, 3], theirs: [1, 5, 3]), [1])
+        let store = populated(keys: 50, bucketCount: 0)     // clamped, not a trap
+        XCTAssertEqual(store.bucketCount, 1)
+        XCTAssertEqual(store.bucketDigests().count, 1)
+        XCTAssertEqual(store.delta(forBuckets: [0]), store.fullDelta())
+        XCTAssertTrue(store.delta(forBuckets: [-1, 7, Int.max]).isEmpty)
+        XCTAssertNotEqual(populated(keys: 50, bucketCount: 8).rootDigest(), populated(keys: 50, bucketCount: 16).rootDigest())
+    }
+}

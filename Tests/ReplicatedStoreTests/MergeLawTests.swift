@@ -1,0 +1,123 @@
+import XCTest
+import ReplicatedStore
+
+/// Randomized CRDT laws. Small value ranges on purpose: id collisions, generation conflicts,
+/// LWW ties and expiry boundaries all happen often.
+final class MergeLawTests: XCTestCase {
+    let grace: UInt64 = 5_000
+    let keyPool = [KeyRef(domain: "a.com", name: "k1"), KeyRef(domain: "a.com", name: "k2"),
+                   KeyRef(domain: "b.org", name: "k1"), KeyRef(domain: "b.org", name: "zz")]
+    let nodes: [NodeID] = ["n1", "n2", "n3", "n4"]
+
+    func randomDelta(_ rng: inout SeededGenerator) -> StoreDelta {
+        var delta = StoreDelta()
+        for _ in 0..<Int.random(in: 0...5, using: &rng) {
+            let key = keyPool.randomElement(using: &rng)!
+            let version = KeyVersion(
+                id: vid(UInt64.random(in: 0...30, using: &rng) * 1_000, nodes.randomElement(using: &rng)!,
+                        logical: UInt32.random(in: 0...1, using: &rng)),
+                generation: UInt32.random(in: 0...3, using: &rng))
+            delta.keyVersions[key, default: []].append(version)
+        }
+        let fingerprints: [[UInt8]] = [[], [1], [2], [1, 2]]
+        for _ in 0..<Int.random(in: 0...3, using: &rng) {
+            delta.pskFingerprints.append(PSKFingerprint(
+                node: nodes.randomElement(using: &rng)!, key: keyPool.randomElement(using: &rng)!,
+                fingerprint: fingerprints.randomElement(using: &rng)!,
+                stamp: ts(UInt64.random(in: 0...3, using: &rng), UInt32.random(in: 0...1, using: &rng))))
+        }
+        return delta
+    }
+
+    func assertConverged(_ replicas: [ReplicatedStore], _ context: String, file: StaticString = #filePath, line: UInt = #line) {
+        for r in replicas.dropFirst() {
+            XCTAssertEqual(r, replicas[0], context, file: file, line: line)
+            XCTAssertEqual(r.rootDigest(), replicas[0].rootDigest(), context, file: file, line: line)
+            XCTAssertEqual(r.bucketDigests(), replicas[0].bucketDigests(), context, file: file, line: line)
+        }
+    }
+
+    func testMergeIsIdempotentCommutativeAssociativeAtFixedTime() {
+        var rng = SeededGenerator(seed: 0xC0FFEE)
+        var distinctStatesSeen = 0
+        for iteration in 0..<300 {
+            let deltas = (0..<6).map { _ in randomDelta(&rng) }
+            let now = UInt64.random(in: 0...40_000, using: &rng)
+            let ctx = "iteration \(iteration) now \(now)"
+
+            var replicas: [ReplicatedStore] = []
+            for _ in 0..<4 {
+                var r = ReplicatedStore(graceMillis: grace, bucketCount: 8)
+                for d in deltas.shuffled(using: &rng) {
+                    let before = r
+                    let out = r.merge(d, nowMillis: now)
+                    // `forwardable` carries the whole change and only input records.
+                    var replay = before
+                    _ = replay.merge(out.forwardable, nowMillis: now)
+                    XCTAssertEqual(replay, r, ctx)
+                    for (k, vs) in out.forwardable.keyVersions {
+                        for v in vs { XCTAssertTrue(d.keyVersions[k]?.contains(v) ?? false, ctx) }
+                    }
+                    XCTAssertTrue(out.forwardable.pskFingerprints.allSatisfy(d.pskFingerprints.contains), ctx)
+                    XCTAssertEqual(out.pskChanged, !out.forwardable.pskFingerprints.isEmpty, ctx)
+                    // Digests equal iff states equal.
+                    XCTAssertEqual(before == r, before.rootDigest() == r.rootDigest(), ctx)
+                    if before != r { distinctStatesSeen += 1 }
+                }
+                replicas.append(r)
+            }
+            // Associativity: pre-merged groups, and one combined delta.
+            var left = ReplicatedStore(graceMillis: grace, bucketCount: 8)
+            var right = left
+            for d in deltas[0..<3] { _ = left.merge(d, nowMillis: now) }
+            for d in deltas[3...] { _ = right.merge(d, nowMillis: now) }
+            var grouped = ReplicatedStore(graceMillis: grace, bucketCount: 8)
+            _ = grouped.merge(right.fullDelta(), nowMillis: now)
+            _ = grouped.merge(left.fullDelta(), nowMillis: now)
+            var oneShot = ReplicatedStore(graceMillis: grace, bucketCount: 8)
+            _ = oneShot.merge(combine(deltas), nowMillis: now)
+            replicas += [grouped, oneShot]
+            assertConverged(replicas, ctx)
+
+            // Idempotence: re-applying anything already merged changes nothing and forwards nothing.
+            var again = replicas[0]
+            for d in deltas + [replicas[1].fullDelta()] {
+                let out = again.merge(d, nowMillis: now)
+                XCTAssertTrue(out.added.isEmpty && out.pruned.isEmpty && out.primaryChanged.isEmpty, ctx)
+                XCTAssertFalse(out.pskChanged, ctx)
+                XCTAssertTrue(out.forwardable.isEmpty, ctx)
+            }
+            XCTAssertEqual(again, replicas[0], ctx)
+        }
+        XCTAssertGreaterThan(distinctStatesSeen, 1_000, "generator too weak to exercise the laws")
+    }
+
+    /// Replicas merge at different, advancing times and expire in between; after a final
+    /// expire they must equal one merge of everything at the final time.
+    func testConvergenceWithAdvancingTimeAndInterleavedExpiry() {
+        var rng = SeededGenerator(seed: 42)
+        var prunesSeen = 0
+        for iteration in 0..<300 {
+            let deltas = (0..<6).map { _ in randomDelta(&rng) }
+            let finalNow = UInt64.random(in: 0...45_000, using: &rng)
+            var reference = ReplicatedStore(graceMillis: grace, bucketCount: 8)
+            _ = reference.merge(combine(deltas), nowMillis: finalNow)
+
+            var replicas: [ReplicatedStore] = [reference]
+            for _ in 0..<3 {
+                var r = ReplicatedStore(graceMillis: grace, bucketCount: 8)
+                var now: UInt64 = 0
+                for d in deltas.shuffled(using: &rng) {
+                    now = UInt64.random(in: now...finalNow, using: &rng)
+                    let pruned = r.merge(d, nowMillis: now).pruned
+                    prunesSeen += pruned.count
+                    if Bool.random(using: &rng) { prunesSeen += r.expire(nowMillis: now).count }
+                }
+                _ = r.expire(nowMillis: finalNow)
+                replicas.append(r)
+            }
+            assertConverged(replicas, "iteration \(iteration) finalNow \(finalNow)")
+        }
+        XCTAssertGreaterThan(prunesSeen, 50, "expiry paths not exercised")
+    }
+}

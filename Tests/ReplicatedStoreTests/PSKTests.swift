@@ -1,0 +1,71 @@
+import XCTest
+import ReplicatedStore
+
+final class PSKTests: XCTestCase {
+    let psk1 = KeyRef(domain: "first.com", name: "provision_pre_shared")
+    let psk2 = KeyRef(domain: "second.com", name: "provision_pre_shared")
+
+    func fp(_ node: NodeID, _ key: KeyRef, _ bytes: [UInt8], _ wall: UInt64, _ logical: UInt32 = 0) -> PSKFingerprint {
+        PSKFingerprint(node: node, key: key, fingerprint: bytes, stamp: ts(wall, logical))
+    }
+
+    func testLastWriterWinsInAnyOrder() {
+        let records = [fp("n1", psk1, [1], 10), fp("n1", psk1, [2], 20), fp("n1", psk1, [], 15),
+                       fp("n1", psk1, [0], 20), fp("n1", psk1, [3], 19, 9)]
+        var rng = SeededGenerator(seed: 3)
+        var results: Set<[PSKFingerprint]> = []
+        for _ in 0..<20 {
+            var store = ReplicatedStore(graceMillis: 1)
+            for r in records.shuffled(using: &rng) { _ = store.merge(StoreDelta(pskFingerprints: [r]), nowMillis: 0) }
+            results.insert(store.pskFingerprints())
+        }
+        // Stamp 20 ties: larger bytes win.
+        XCTAssertEqual(results, [[fp("n1", psk1, [2], 20)]])
+    }
+
+    func testSetLocalReportsChangesOnlyAndDeletionsAreKept() {
+        var store = ReplicatedStore(graceMillis: 1)
+        XCTAssertTrue(store.setLocalPSKFingerprint(fp("n1", psk1, [1], 10)))
+        XCTAssertFalse(store.setLocalPSKFingerprint(fp("n1", psk1, [1], 10)), "identical")
+        XCTAssertFalse(store.setLocalPSKFingerprint(fp("n1", psk1, [9], 9)), "older")
+        let digest = store.rootDigest()
+        XCTAssertTrue(store.setLocalPSKFingerprint(fp("n1", psk1, [], 11)))
+        XCTAssertNotEqual(store.rootDigest(), digest)
+        XCTAssertEqual(store.pskFingerprints(), [fp("n1", psk1, [], 11)])
+        // A stale copy of the old fingerprint does not undo the deletion.
+        let out = store.merge(StoreDelta(pskFingerprints: [fp("n1", psk1, [1], 10)]), nowMillis: 0)
+        XCTAssertFalse(out.pskChanged)
+        XCTAssertTrue(out.forwardable.isEmpty)
+        XCTAssertEqual(store.pskFingerprints(), [fp("n1", psk1, [], 11)])
+    }
+
+    func testMergeForwardsOnlyTheWinningRecordPerSlot() {
+        var store = ReplicatedStore(graceMillis: 1)
+        let out = store.merge(StoreDelta(pskFingerprints: [fp("n1", psk1, [1], 10), fp("n1", psk1, [2], 12),
+                                                          fp("n2", psk1, [1], 3)]), nowMillis: 0)
+        XCTAssertTrue(out.pskChanged)
+        XCTAssertEqual(out.forwardable.pskFingerprints, [fp("n1", psk1, [2], 12), fp("n2", psk1, [1], 3)])
+    }
+
+    func testMismatchesAmongAliveNodes() {
+        var store = ReplicatedStore(graceMillis: 1)
+        let records = [fp("n1", psk1, [1], 1), fp("n2", psk1, [1], 1), fp("n3", psk1, [2], 1),
+                       fp("n1", psk2, [5], 1), fp("n2", psk2, [6], 1), fp("n3", psk2, [], 1)]
+        _ = store.merge(StoreDelta(pskFingerprints: records), nowMillis: 0)
+
+        XCTAssertEqual(store.pskMismatches(among: ["n1"]), [])
+        XCTAssertEqual(store.pskMismatches(among: ["n1", "n3"]).map(\.key), [psk1])
+        XCTAssertEqual(store.pskMismatches(among: ["n1", "n2"]),
+                       [PSKMismatch(key: psk2, fingerprintsByNode: ["n1": [5], "n2": [6]])])
+        XCTAssertEqual(store.pskMismatches(among: ["n1", "n2", "n3", "dead"]), [
+            PSKMismatch(key: psk1, fingerprintsByNode: ["n1": [1], "n2": [1], "n3": [2]]),
+            PSKMismatch(key: psk2, fingerprintsByNode: ["n1": [5], "n2": [6]]),
+        ])
+        // n3 fixes its deploy: the mismatch on psk1 disappears once the new record arrives.
+        _ = store.merge(StoreDelta(pskFingerprints: [fp("n3", psk1, [1], 2)]), nowMillis: 0)
+        XCTAssertEqual(store.pskMismatches(among: ["n1", "n2", "n3"]).map(\.key), [psk2])
+        // A node that deleted its file is not a mismatch.
+        _ = store.merge(StoreDelta(pskFingerprints: [fp("n2", psk2, [], 2)]), nowMillis: 0)
+        XCTAssertEqual(store.pskMismatches(among: ["n1", "n2", "n3"]), [])
+    }
+}

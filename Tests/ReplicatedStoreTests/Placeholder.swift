@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderReplicatedStoreTests: XCTestCase { func testNothing() {} }
