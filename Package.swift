@@ -56,7 +56,7 @@ let package = Package(
         ]),
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
-            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "LocalAPI",
+            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "PeerTLS", "PeerWire", "LocalAPI",
             "CSodium", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -92,6 +92,7 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
+        .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
         .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
     ]

@@ -4,6 +4,7 @@ import LocalAPI
 import Logging
 import NIOCore
 import NIOPosix
+import PeerTLS
 import ReplicatedStore
 import SecretMemory
 import Synchronization
@@ -34,14 +35,15 @@ public final class KeystoreDaemon: NodeServices {
     public let logger: Logger
     let group: MultiThreadedEventLoopGroup
     let arena: SecretArena
-    private let api = Mutex<LocalAPIServer?>(nil)
+    let cluster: ClusterShell
     private let stopRequested = Mutex<CheckedContinuation<Void, Never>?>(nil)
 
-    private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup) {
+    private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext) {
         self.state = state
         self.arena = arena
         self.logger = logger
         self.group = group
+        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger)
     }
 
     public var memoryLocked: Bool {
@@ -68,8 +70,18 @@ public final class KeystoreDaemon: NodeServices {
         } catch let error as ConfigError {
             throw DaemonError.config(error.description)
         }
+        let tls: PeerTLSContext
+        do {
+            tls = try PeerTLSContext(caFile: config.tls.ca, certificateFile: config.tls.certificate, privateKeyFile: config.tls.privateKey)
+            let names = try PeerTLSContext.dnsNames(inCertificateFile: config.tls.certificate)
+            guard names.contains(node) else {
+                throw DaemonError.config("tls.cert: \(config.tls.certificate) names \(names.isEmpty ? "no DNS names" : names.joined(separator: ", ")), not this node '\(node)'; issue it with subjectAltName DNS:\(node) (deploy/gen-certs.sh)")
+            }
+        } catch let error as PeerTLSError {
+            throw DaemonError.config("tls: \(error.description)")
+        }
         let threads = min(System.coreCount, 4)
-        return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads))
+        return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads), tls: tls)
     }
 
     /// Serves until SIGTERM/SIGINT (or `stop()`), then shuts down cleanly.
@@ -86,16 +98,33 @@ public final class KeystoreDaemon: NodeServices {
         let server = try await LocalAPIServer.start(
             configuration: LocalAPIServerConfiguration(socketPath: me.socketPath, socketMode: me.socketMode, socketGroupID: groupID),
             responder: router, group: group, logger: logger)
-        api.withLock { $0 = server }
         logger.info("serving the local API on \(me.socketPath) (mode \(String(me.socketMode, radix: 8)))")
 
         let signals = installSignalHandlers()
         defer { for source in signals { source.cancel() } }
 
-        // Single node for now: nobody to join, so the bootstrap decision is immediate.
+        do {
+            try await cluster.start()
+        } catch {
+            await server.close()
+            throw error
+        }
+        // DESIGN.md RAM keys 2: adopt the cluster's keys before generating any.
+        let started = monotonicMillis()
+        let outcome = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis)
         let created = try state.becomeReady()
         publish(created)
-        logger.info("ready: \(state.ramKeys.count) ram keys, \(state.fileKeyPaths.count) file keys")
+        let generated = created.keyVersions.count
+        switch outcome {
+        case .adopted(let peer):
+            logger.info("ready after \(monotonicMillis() - started) ms: adopted the cluster's keys from \(peer); generated \(generated) missing ram keys")
+        case .clusterStarting:
+            logger.info("ready: the whole cluster is starting; generated \(generated) ram keys")
+        case .timedOut:
+            logger.notice("ready: no peer answered within join_timeout_ms=\(state.config.joinTimeoutMillis); bootstrapped alone with \(generated) new ram keys")
+        case .alone:
+            logger.info("ready: single-node cluster; generated \(generated) ram keys")
+        }
 
         let expiry = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [state, logger] _ in
             for (ref, id) in state.expire() { logger.info("version \(id) of \(ref) expired after its grace period") }
@@ -107,6 +136,7 @@ public final class KeystoreDaemon: NodeServices {
         expiry.cancel()
         logger.info("shutting down")
         await server.close()
+        await cluster.shutdown()
         try? await group.shutdownGracefully()
     }
 
@@ -145,17 +175,18 @@ public final class KeystoreDaemon: NodeServices {
     // MARK: NodeServices
 
     public func publish(_ delta: StoreDelta) {
-        // Replication arrives with the cluster shell.
+        cluster.publish(delta)
     }
 
     public func clusterStatus() -> ClusterStatus {
-        let me = state.config.me
-        return ClusterStatus(
-            members: [ClusterStatus.Member(node: me.name, address: me.peerAddress, state: "alive", lastContactMillis: wallClockMillis(), version: keystoreVersion)],
-            aliveNodes: [me.name])
+        cluster.status
     }
 
     public func reload() throws -> [KeyRef] {
-        try state.loadFileKeys()
+        let changed = try state.loadFileKeys()
+        // New PSK fingerprints go out at once so mismatches show up cluster-wide.
+        let mine = state.withStore { $0.store.pskFingerprints().filter { $0.node == state.nodeName && changed.contains($0.key) } }
+        publish(StoreDelta(pskFingerprints: mine))
+        return changed
     }
 }

@@ -1,4 +1,5 @@
 import KeystoreConfig
+import PeerWire
 import ReplicatedStore
 import SecretMemory
 import Synchronization
@@ -207,5 +208,76 @@ public final class NodeState: Sendable {
     /// PSK keys whose fingerprints differ among `nodes`.
     func pskMismatches(among nodes: Set<String>) -> [PSKMismatch] {
         inner.withLock { $0.store.pskMismatches(among: nodes) }
+    }
+}
+
+// MARK: Replication
+
+
+
+extension NodeState {
+    /// Attaches the secrets to locally known versions (versions whose secret is gone are
+    /// left out: they were pruned meanwhile).
+    func wireDelta(for delta: StoreDelta) -> WireDelta {
+        withStore { state in
+            var wire = WireDelta(pskFingerprints: delta.pskFingerprints)
+            for (ref, versions) in delta.keyVersions.sorted(by: { $0.key < $1.key }) {
+                for version in versions {
+                    if let secret = state.ramSecrets[version.id] {
+                        wire.versions.append(WireKeyVersion(key: ref, version: version, secret: secret))
+                    }
+                }
+            }
+            return wire
+        }
+    }
+
+    func fullWireDelta() -> WireDelta {
+        wireDelta(for: withStore { $0.store.fullDelta() })
+    }
+
+    func wireDelta(forBuckets buckets: [Int]) -> WireDelta {
+        wireDelta(for: withStore { $0.store.delta(forBuckets: buckets) })
+    }
+
+    var rootDigest: UInt64 { withStore { $0.store.rootDigest() } }
+    var bucketDigests: [UInt64] { withStore { $0.store.bucketDigests() } }
+
+    func differingBuckets(theirs: [UInt64]) -> [Int] {
+        withStore { $0.store.differingBuckets(mine: $0.store.bucketDigests(), theirs: theirs) }
+    }
+
+    /// Current HLC reading for outgoing messages.
+    func stamp() -> HLCTimestamp {
+        let now = wallClockMillis()
+        return withStore { $0.clock.now(wallMillis: now) }
+    }
+
+    /// Advances our clock past a peer's; refuses stamps from a clock far in the future.
+    func observe(_ stamp: HLCTimestamp) throws(ClockError) {
+        let now = wallClockMillis()
+        let result: Result<HLCTimestamp, ClockError> = withStore { state in
+            do throws(ClockError) { return .success(try state.clock.observe(stamp, wallMillis: now)) } catch { return .failure(error) }
+        }
+        _ = try result.get()
+    }
+
+    /// Merges a peer's entries. Only RAM keys this node's config declares are admitted; the
+    /// secrets of admitted versions move into the vault, the rest are dropped (zeroed).
+    func mergeRemote(_ wire: WireDelta) -> MergeOutcome {
+        var secrets: [VersionID: SecretBytes] = [:]
+        var delta = StoreDelta(pskFingerprints: wire.pskFingerprints)
+        for item in wire.versions {
+            guard ramKeys[item.key] != nil else { continue }
+            secrets[item.version.id] = item.secret
+            delta.keyVersions[item.key, default: []].append(item.version)
+        }
+        let now = wallClockMillis()
+        return withStore { state in
+            let outcome = state.store.merge(delta, nowMillis: now)
+            for (_, version) in outcome.added { state.ramSecrets[version.id] = secrets[version.id] }
+            for (_, id) in outcome.pruned { state.ramSecrets[id] = nil }
+            return outcome
+        }
     }
 }

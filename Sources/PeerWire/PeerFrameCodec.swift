@@ -114,9 +114,10 @@ public enum PeerFrameCodec {
         case .syncRequest(let stamp):
             out.writeInteger(MessageType.syncRequest.rawValue)
             writeStamp(stamp, &out)
-        case .syncDone(let stamp):
+        case .syncDone(let stamp, let ready):
             out.writeInteger(MessageType.syncDone.rawValue)
             writeStamp(stamp, &out)
+            out.writeInteger(UInt8(ready ? 1 : 0))
         }
         out.setInteger(UInt32(out.writerIndex - start - 4), at: start)
     }
@@ -223,7 +224,10 @@ public enum PeerFrameCodec {
         case .syncRequest:
             message = .syncRequest(stamp: try readStamp(&b))
         case .syncDone:
-            message = .syncDone(stamp: try readStamp(&b))
+            let stamp = try readStamp(&b)
+            let ready: UInt8 = try read(&b, "ready flag")
+            guard ready <= 1 else { throw .invalidField("ready flag \(ready)") }
+            message = .syncDone(stamp: stamp, ready: ready == 1)
         }
         guard b.readableBytes == 0 else { throw .trailingBytes(b.readableBytes) }
         return message

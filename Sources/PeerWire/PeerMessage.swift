@@ -76,6 +76,7 @@ public enum PeerMessage: Sendable {
     case delta(WireDelta, purpose: DeltaPurpose, stamp: HLCTimestamp)
     /// A starting node asks for the full state (DESIGN.md RAM keys 2).
     case syncRequest(stamp: HLCTimestamp)
-    /// End of the full-state answer.
-    case syncDone(stamp: HLCTimestamp)
+    /// End of the full-state answer. `ready` tells whether the sender had finished its own
+    /// join: only a ready peer's state can be adopted as "the cluster's".
+    case syncDone(stamp: HLCTimestamp, ready: Bool)
 }

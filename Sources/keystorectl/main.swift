@@ -1,1 +1,1 @@
-print("todo")
+Keystorectl.runMain()

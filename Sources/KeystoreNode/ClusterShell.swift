@@ -1,0 +1,414 @@
+import KeystoreConfig
+import Logging
+import Membership
+import NIOCore
+import NIOPosix
+import PeerTLS
+import PeerWire
+import ReplicatedStore
+import SecretMemory
+import Synchronization
+
+/// How the startup join ended (DESIGN.md RAM keys 2).
+enum JoinOutcome: Sendable, Equatable {
+    /// A ready peer sent us the cluster's full state.
+    case adopted(from: String)
+    /// Every peer answered, none was ready: the cluster is starting together.
+    case clusterStarting
+    /// No ready peer within `join_timeout_ms`: bootstrap alone.
+    case timedOut
+    /// No other node configured.
+    case alone
+}
+
+/// The NIO shell around the pure membership and store cores: peer TLS connections, framing,
+/// the join, eager push, anti-entropy and SWIM timers.
+///
+/// Every mutable field is touched only on `loop` (entry points from other threads hop onto
+/// it), which is what makes the `@unchecked Sendable` sound; `snapshot` is the one piece read
+/// from other threads and sits behind a mutex.
+final class ClusterShell: @unchecked Sendable {
+    struct Settings {
+        var antiEntropyInterval: TimeAmount = .milliseconds(1000)
+        var tickInterval: TimeAmount = .milliseconds(100)
+        var redialBackoffMillis: UInt64 = 500
+        var maxQueuedFramesPerPeer = 256
+        var swim = SWIMSettings()
+    }
+
+    private struct OutboundPeer {
+        var channel: Channel?
+        var connecting = false
+        var queued: [ByteBuffer] = []
+        var lastDialMillis: UInt64 = 0
+    }
+
+    let loop: EventLoop
+    let state: NodeState
+    let tls: PeerTLSContext
+    let logger: Logger
+    let settings: Settings
+    let instance: UInt64
+    private let me: NodeConfig
+    private let peers: [String: NodeConfig]
+    private var swim: SWIMInstance
+    private var random = SystemRandomNumberGenerator()
+    private var outbound: [String: OutboundPeer] = [:]
+    private var identities: [String: PeerIdentity] = [:]
+    private var listener: Channel?
+    private var timers: [RepeatedTask] = []
+    private var join: (promise: EventLoopPromise<JoinOutcome>, notReadyAnswers: Set<String>)?
+    private let snapshot: Mutex<ClusterStatus>
+    private var stopped = false
+
+    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, settings: Settings = Settings()) {
+        self.state = state
+        self.tls = tls
+        self.loop = loop
+        self.logger = logger
+        self.settings = settings
+        self.instance = wallClockMillis()
+        self.me = state.config.me
+        var peers = state.config.nodes
+        peers[state.nodeName] = nil
+        self.peers = peers
+        self.swim = SWIMInstance(myself: state.nodeName, address: me.peerAddress, instance: instance,
+                                 seeds: peers.values.sorted { $0.name < $1.name }.map { (node: $0.name, address: $0.peerAddress) },
+                                 settings: settings.swim, nowMillis: monotonicMillis())
+        self.snapshot = Mutex(ClusterStatus(members: [], aliveNodes: []))
+        refreshSnapshot()
+    }
+
+    // MARK: Lifecycle
+
+    /// Binds the peer listener and starts the timers.
+    func start() async throws {
+        let bootstrap = ServerBootstrap(group: loop)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [unowned self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        PeerTLSHandler(context: self.tls, role: .server),
+                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena)),
+                        PeerConnectionHandler(direction: .inbound, shell: self, logger: self.logger),
+                    ])
+                }
+            }
+        do {
+            listener = try await bootstrap.bind(host: me.peerHost, port: me.peerPort).get()
+        } catch {
+            throw DaemonError.startup("cannot listen for peers on \(me.peerAddress): \(error); is another process using the port? (nodes.\(me.name).peer)")
+        }
+        logger.info("listening for peers on \(me.peerAddress)")
+        try await loop.submit {
+            self.timers.append(self.loop.scheduleRepeatedTask(initialDelay: self.settings.tickInterval, delay: self.settings.tickInterval) { _ in
+                self.tick()
+            })
+            self.timers.append(self.loop.scheduleRepeatedTask(initialDelay: self.settings.antiEntropyInterval, delay: self.settings.antiEntropyInterval) { _ in
+                self.antiEntropyRound()
+            })
+        }.get()
+    }
+
+    /// Asks every peer for its state and waits for the join decision.
+    func joinCluster(timeoutMillis: Int) async -> JoinOutcome {
+        if peers.isEmpty { return .alone }
+        let future: EventLoopFuture<JoinOutcome> = loop.flatSubmit {
+            let promise = self.loop.makePromise(of: JoinOutcome.self)
+            self.join = (promise, [])
+            for node in self.peers.keys.sorted() { self.send(.syncRequest(stamp: self.state.stamp()), to: node) }
+            self.loop.scheduleTask(in: .milliseconds(Int64(timeoutMillis))) { self.finishJoin(.timedOut) }
+            return promise.futureResult
+        }
+        return (try? await future.get()) ?? .timedOut
+    }
+
+    private func finishJoin(_ outcome: JoinOutcome) {
+        guard let join else { return }
+        self.join = nil
+        join.promise.succeed(outcome)
+    }
+
+    func shutdown() async {
+        let channels: [Channel] = (try? await loop.submit { () -> [Channel] in
+            self.stopped = true
+            for timer in self.timers { timer.cancel() }
+            self.timers.removeAll()
+            self.finishJoin(.timedOut)
+            let channels = self.outbound.values.compactMap(\.channel) + [self.listener].compactMap { $0 }
+            self.outbound.removeAll()
+            return channels
+        }.get()) ?? []
+        for channel in channels { try? await channel.close() }
+    }
+
+    // MARK: Status
+
+    var status: ClusterStatus { snapshot.withLock { $0 } }
+
+    private func refreshSnapshot() {
+        var members = [ClusterStatus.Member(node: state.nodeName, address: me.peerAddress, state: "alive",
+                                            lastContactMillis: wallClockMillis(), version: keystoreVersion)]
+        var alive: Set<String> = [state.nodeName]
+        let monoNow = monotonicMillis(), wallNow = wallClockMillis()
+        var listed = Set<String>()
+        for member in swim.members {
+            listed.insert(member.node)
+            let lastContact = member.lastHeardMillis.map { wallNow - min(wallNow, monoNow - min(monoNow, $0)) }
+            members.append(ClusterStatus.Member(node: member.node, address: member.address, state: member.status.rawValue,
+                                                lastContactMillis: lastContact, version: identities[member.node]?.softwareVersion))
+            if member.status == .alive { alive.insert(member.node) }
+        }
+        for node in peers.keys where !listed.contains(node) {
+            members.append(ClusterStatus.Member(node: node, address: peers[node]!.peerAddress, state: "joining", lastContactMillis: nil, version: nil))
+        }
+        members.sort { $0.node < $1.node }
+        snapshot.withLock { $0 = ClusterStatus(members: members, aliveNodes: alive) }
+    }
+
+    // MARK: Sending
+
+    private func encode(_ message: PeerMessage) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 256)
+        PeerFrameCodec.encode(message, into: &buffer)
+        return buffer
+    }
+
+    /// Sends over our own connection to `node`, dialing it when needed. Frames queued while a
+    /// dial is in progress are bounded; beyond that they are dropped (SWIM and anti-entropy
+    /// recover from loss).
+    private func send(_ message: PeerMessage, to node: String) {
+        loop.preconditionInEventLoop()
+        guard !stopped, let config = peers[node] else { return }
+        let frame = encode(message)
+        var peer = outbound[node] ?? OutboundPeer()
+        if let channel = peer.channel {
+            channel.writeAndFlush(frame, promise: nil)
+            return
+        }
+        if peer.queued.count < settings.maxQueuedFramesPerPeer { peer.queued.append(frame) }
+        let now = monotonicMillis()
+        if !peer.connecting && now - peer.lastDialMillis >= settings.redialBackoffMillis {
+            peer.connecting = true
+            peer.lastDialMillis = now
+            dial(config)
+        }
+        outbound[node] = peer
+    }
+
+    private func dial(_ config: NodeConfig) {
+        let node = config.name
+        let hello = PeerMessage.hello(PeerHello(cluster: state.config.cluster, node: state.nodeName, instance: instance,
+                                                address: me.peerAddress, softwareVersion: keystoreVersion, stamp: state.stamp()))
+        ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(2))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [unowned self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        PeerTLSHandler(context: self.tls, role: .client(expectedPeer: node)),
+                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena)),
+                        PeerConnectionHandler(direction: .outbound(node: node), shell: self, logger: self.logger),
+                    ])
+                }
+            }
+            .connect(host: config.peerHost, port: config.peerPort)
+            .whenComplete { result in
+                var peer = self.outbound[node] ?? OutboundPeer()
+                peer.connecting = false
+                switch result {
+                case .success(let channel):
+                    if self.stopped { channel.close(promise: nil); return }
+                    peer.channel = channel
+                    // The TLS handler holds these until the handshake is done.
+                    channel.write(self.encode(hello), promise: nil)
+                    for frame in peer.queued { channel.write(frame, promise: nil) }
+                    channel.flush()
+                    peer.queued.removeAll()
+                    channel.closeFuture.whenComplete { _ in
+                        if self.outbound[node]?.channel === channel { self.outbound[node]?.channel = nil }
+                    }
+                case .failure(let error):
+                    self.logger.debug("cannot reach peer \(node) at \(config.peerAddress): \(error)")
+                    peer.queued.removeAll()
+                    let directives = self.swim.connectionFailed(to: node, nowMillis: monotonicMillis())
+                    self.apply(directives)
+                }
+                self.outbound[node] = peer
+            }
+    }
+
+    /// Fan-out for eager push: enough random peers that the rumour reaches everyone in
+    /// O(log N) hops; anti-entropy repairs whatever a rumour misses.
+    private func pushTargets(excluding: String?) -> [String] {
+        var candidates = swim.members.filter { $0.status == .alive && $0.node != excluding }.map(\.node)
+        // Before membership confirms anyone (startup), use every configured peer.
+        if candidates.isEmpty { candidates = peers.keys.filter { $0 != excluding } }
+        let fanout = max(3, Int((Double(candidates.count + 1)).squareRoot().rounded(.up)))
+        if candidates.count <= fanout { return candidates }
+        candidates.shuffle(using: &random)
+        return Array(candidates.prefix(fanout))
+    }
+
+    /// Pushes locally created entries (new keys, rotations, PSK fingerprints) to peers.
+    func publish(_ delta: StoreDelta) {
+        guard !delta.isEmpty else { return }
+        loop.execute {
+            let wire = self.state.wireDelta(for: delta)
+            self.push(wire, excluding: nil)
+        }
+    }
+
+    private func push(_ wire: WireDelta, excluding: String?) {
+        guard !wire.isEmpty else { return }
+        let targets = pushTargets(excluding: excluding)
+        let stamp = state.stamp()
+        for chunk in PeerFrameCodec.chunks(of: wire) {
+            for node in targets { send(.delta(chunk, purpose: .push, stamp: stamp), to: node) }
+        }
+    }
+
+    // MARK: Receiving
+
+    /// Accepts a verified inbound connection's hello.
+    func admit(_ hello: PeerHello) -> PeerIdentity? {
+        loop.preconditionInEventLoop()
+        guard hello.cluster == state.config.cluster else {
+            logger.warning("peer \(hello.node) belongs to cluster '\(hello.cluster)', not '\(state.config.cluster)'; closing")
+            return nil
+        }
+        guard peers[hello.node] != nil else {
+            logger.warning("peer \(hello.node) is not in this node's config; closing (add it to \"nodes\" on every node)")
+            return nil
+        }
+        do { try state.observe(hello.stamp) } catch {
+            logger.warning("peer \(hello.node): \(error); closing")
+            return nil
+        }
+        let identity = PeerIdentity(node: hello.node, instance: hello.instance, address: hello.address, softwareVersion: hello.softwareVersion)
+        if identities[hello.node]?.instance != hello.instance {
+            logger.info("peer \(hello.node) connected (instance \(hello.instance), version \(hello.softwareVersion))")
+        }
+        identities[hello.node] = identity
+        return identity
+    }
+
+    func receive(_ message: PeerMessage, from peer: PeerIdentity) {
+        loop.preconditionInEventLoop()
+        guard !stopped else { return }
+        switch message {
+        case .hello:
+            logger.warning("peer \(peer.node) sent a second hello; ignored")
+        case .swim(let swimMessage):
+            let directives = swim.receive(swimMessage, from: peer.node, instance: peer.instance, address: peer.address, nowMillis: monotonicMillis())
+            apply(directives)
+        case .digest(let root, let stamp):
+            guard observe(stamp, from: peer) else { return }
+            if root != state.rootDigest {
+                send(.bucketDigests(state.bucketDigests, stamp: state.stamp()), to: peer.node)
+            }
+        case .bucketDigests(let theirs, let stamp):
+            guard observe(stamp, from: peer) else { return }
+            let differing = state.differingBuckets(theirs: theirs)
+            guard !differing.isEmpty else { return }
+            let wire = state.wireDelta(forBuckets: differing)
+            for chunk in PeerFrameCodec.chunks(of: wire) {
+                send(.delta(chunk, purpose: .repair(buckets: differing), stamp: state.stamp()), to: peer.node)
+            }
+        case .delta(let wire, let purpose, let stamp):
+            guard observe(stamp, from: peer) else { return }
+            let outcome = state.mergeRemote(wire)
+            report(outcome, from: peer.node)
+            switch purpose {
+            case .push:
+                if !outcome.forwardable.isEmpty {
+                    push(state.wireDelta(for: outcome.forwardable), excluding: peer.node)
+                }
+            case .repair(let buckets):
+                let mine = state.wireDelta(forBuckets: buckets)
+                for chunk in PeerFrameCodec.chunks(of: mine) {
+                    send(.delta(chunk, purpose: .repairReply, stamp: state.stamp()), to: peer.node)
+                }
+            case .repairReply, .sync:
+                break
+            }
+        case .syncRequest(let stamp):
+            guard observe(stamp, from: peer) else { return }
+            let ready = state.isReady
+            if ready {
+                for chunk in PeerFrameCodec.chunks(of: state.fullWireDelta()) {
+                    send(.delta(chunk, purpose: .sync, stamp: state.stamp()), to: peer.node)
+                }
+            }
+            send(.syncDone(stamp: state.stamp(), ready: ready), to: peer.node)
+        case .syncDone(let stamp, let ready):
+            guard observe(stamp, from: peer), var join else { return }
+            if ready {
+                logger.info("adopted the cluster state from \(peer.node)")
+                finishJoin(.adopted(from: peer.node))
+            } else {
+                join.notReadyAnswers.insert(peer.node)
+                self.join = join
+                if join.notReadyAnswers.count == peers.count {
+                    logger.info("every peer is starting too; generating keys now (concurrent versions merge deterministically)")
+                    finishJoin(.clusterStarting)
+                }
+            }
+        }
+    }
+
+    private func observe(_ stamp: HLCTimestamp, from peer: PeerIdentity) -> Bool {
+        do {
+            try state.observe(stamp)
+            return true
+        } catch {
+            logger.warning("ignoring a message from \(peer.node): \(error)")
+            return false
+        }
+    }
+
+    private func report(_ outcome: MergeOutcome, from node: String) {
+        for ref in outcome.primaryChanged {
+            logger.info("\(ref): new primary version learned from \(node)")
+        }
+        if !outcome.added.isEmpty {
+            logger.debug("merged \(outcome.added.count) key versions from \(node)")
+        }
+    }
+
+    // MARK: Timers
+
+    private func tick() {
+        guard !stopped else { return }
+        let directives = swim.tick(nowMillis: monotonicMillis(), random: &random)
+        apply(directives)
+        refreshSnapshot()
+    }
+
+    private func apply(_ directives: [SWIMDirective]) {
+        var changed = false
+        for directive in directives {
+            switch directive {
+            case .send(let message, let node, _):
+                send(.swim(message), to: node)
+            case .statusChanged(let member, let previous):
+                changed = true
+                logger.notice("member \(member.node) is \(member.status.rawValue)\(previous.map { " (was \($0.rawValue))" } ?? "")")
+                if member.status == .alive {
+                    // A member (re)appeared: compare state with it at once instead of waiting a round.
+                    send(.digest(root: state.rootDigest, stamp: state.stamp()), to: member.node)
+                }
+            }
+        }
+        if changed { refreshSnapshot() }
+    }
+
+    private func antiEntropyRound() {
+        guard !stopped, state.isReady else { return }
+        let alive = swim.members.filter { $0.status == .alive }.map(\.node)
+        guard let target = alive.randomElement(using: &random) else { return }
+        send(.digest(root: state.rootDigest, stamp: state.stamp()), to: target)
+    }
+}

@@ -1,0 +1,156 @@
+import Membership
+import NIOCore
+import PeerWire
+import ReplicatedStore
+import SecretMemory
+import XCTest
+
+final class PeerFrameCodecTests: XCTestCase {
+    let arena = try! SecretArena()
+
+    private func roundTrip(_ message: PeerMessage) throws -> PeerMessage {
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        PeerFrameCodec.encode(message, into: &buffer)
+        let frame = try XCTUnwrap(try PeerFrameCodec.nextFrame(from: &buffer))
+        XCTAssertEqual(buffer.readableBytes, 0)
+        return try PeerFrameCodec.decode(frame, arena: arena)
+    }
+
+    private func secret(_ bytes: [UInt8]) throws -> SecretBytes {
+        try bytes.withUnsafeBytes { try SecretBytes.copy(of: $0, in: arena) }
+    }
+
+    func testEveryMessageRoundTrips() throws {
+        let stamp = HLCTimestamp(wallMillis: 1_700_000_000_123, logical: 7)
+        let hello = PeerHello(cluster: "prod", node: "node1", instance: 42, address: "127.0.0.1:7401", softwareVersion: "0.1.0", stamp: stamp)
+        guard case .hello(let h) = try roundTrip(.hello(hello)) else { return XCTFail() }
+        XCTAssertEqual(h, hello)
+
+        let gossip = [GossipUpdate(node: "node2", address: "[::1]:7402", instance: 9, incarnation: 3, status: .suspect)]
+        for swim: SWIMMessage in [.ping(sequence: 1, gossip: gossip), .pingRequest(sequence: 2, target: "node3", targetAddress: "h:1", gossip: []),
+                                  .ack(sequence: 3, target: "node3", gossip: gossip), .nack(sequence: 4, target: "node3")] {
+            guard case .swim(let decoded) = try roundTrip(.swim(swim)) else { return XCTFail() }
+            XCTAssertEqual(decoded, swim)
+        }
+        guard case .digest(let root, let s) = try roundTrip(.digest(root: 0xDEAD_BEEF_0102_0304, stamp: stamp)) else { return XCTFail() }
+        XCTAssertEqual(root, 0xDEAD_BEEF_0102_0304)
+        XCTAssertEqual(s, stamp)
+        guard case .bucketDigests(let digests, _) = try roundTrip(.bucketDigests([1, 2, UInt64.max], stamp: stamp)) else { return XCTFail() }
+        XCTAssertEqual(digests, [1, 2, UInt64.max])
+        guard case .syncDone(_, let ready) = try roundTrip(.syncDone(stamp: stamp, ready: true)) else { return XCTFail() }
+        XCTAssertTrue(ready)
+        guard case .syncRequest(let rs) = try roundTrip(.syncRequest(stamp: stamp)) else { return XCTFail() }
+        XCTAssertEqual(rs, stamp)
+    }
+
+    func testDeltaCarriesSecretsIntoProtectedMemory() throws {
+        let key = KeyRef(domain: "first.com", name: "token_secret")
+        let version = KeyVersion(id: VersionID(created: HLCTimestamp(wallMillis: 5, logical: 1), origin: "node1"), generation: 2)
+        let bytes = (0..<2048).map { UInt8($0 & 0xFF) }
+        let fp = PSKFingerprint(node: "node2", key: KeyRef(domain: "first.com", name: "psk"), fingerprint: [1, 2, 3], stamp: HLCTimestamp(wallMillis: 9, logical: 0))
+        let delta = WireDelta(versions: [WireKeyVersion(key: key, version: version, secret: try secret(bytes))], pskFingerprints: [fp])
+        for purpose: DeltaPurpose in [.push, .repair(buckets: [0, 63]), .repairReply, .sync] {
+            guard case .delta(let decoded, let p, _) = try roundTrip(.delta(delta, purpose: purpose, stamp: .zero)) else { return XCTFail() }
+            XCTAssertEqual(p, purpose)
+            XCTAssertEqual(decoded.versions.count, 1)
+            XCTAssertEqual(decoded.versions[0].key, key)
+            XCTAssertEqual(decoded.versions[0].version, version)
+            XCTAssertEqual(decoded.versions[0].secret.withUnsafeBytes { Array($0) }, bytes)
+            XCTAssertEqual(decoded.pskFingerprints, [fp])
+            XCTAssertEqual(decoded.storeDelta.keyVersions[key], [version])
+        }
+    }
+
+    func testLargeDeltasAreChunkedUnderTheFrameLimit() throws {
+        let versions = try (0..<3000).map { i in
+            WireKeyVersion(key: KeyRef(domain: "d", name: "k\(i)"),
+                           version: KeyVersion(id: VersionID(created: HLCTimestamp(wallMillis: UInt64(i), logical: 0), origin: "n"), generation: 0),
+                           secret: try SecretBytes.random(count: 2048, in: arena))
+        }
+        let chunks = PeerFrameCodec.chunks(of: WireDelta(versions: versions))
+        XCTAssertGreaterThan(chunks.count, 1)
+        XCTAssertEqual(chunks.reduce(0) { $0 + $1.versions.count }, 3000)
+        for chunk in chunks {
+            var buffer = ByteBufferAllocator().buffer(capacity: 0)
+            PeerFrameCodec.encode(.delta(chunk, purpose: .sync, stamp: .zero), into: &buffer)
+            XCTAssertLessThanOrEqual(buffer.readableBytes, PeerFrameCodec.maxFrameBytes)
+        }
+    }
+
+    func testPartialFramesWaitForMoreBytes() throws {
+        var whole = ByteBufferAllocator().buffer(capacity: 64)
+        PeerFrameCodec.encode(.digest(root: 1, stamp: .zero), into: &whole)
+        for cut in 0..<whole.readableBytes {
+            var part = whole.getSlice(at: 0, length: cut)!
+            XCTAssertNil(try PeerFrameCodec.nextFrame(from: &part), "cut at \(cut)")
+        }
+    }
+
+    func testMalformedFramesAreRejectedWithClearErrors() throws {
+        func frame(_ bytes: [UInt8]) -> ByteBuffer {
+            var b = ByteBufferAllocator().buffer(capacity: bytes.count + 4)
+            b.writeInteger(UInt32(bytes.count)); b.writeBytes(bytes)
+            return b
+        }
+        func decodeError(_ bytes: [UInt8]) -> PeerWireError? {
+            var b = frame(bytes)
+            do {
+                guard let body = try PeerFrameCodec.nextFrame(from: &b) else { return nil }
+                _ = try PeerFrameCodec.decode(body, arena: arena)
+                return nil
+            } catch { return error as? PeerWireError }
+        }
+        XCTAssertEqual(decodeError([2, 1]), .unsupportedVersion(2))
+        XCTAssertEqual(decodeError([1, 99]), .unknownMessageType(99))
+        XCTAssertEqual(decodeError([1, 3, 0, 0]), .truncated("digest"))
+        // A hostile list count must not allocate: it is checked against the remaining bytes.
+        XCTAssertEqual(decodeError([1, 4] + [UInt8](repeating: 0, count: 12) + [0xFF, 0xFF, 0xFF, 0xFF]), .truncated("bucket digests"))
+        // Invalid UTF-8 in a string.
+        XCTAssertEqual(decodeError([1, 1, 0, 2, 0xC3, 0x28]), .invalidField("cluster name (not UTF-8)"))
+        // Trailing garbage after a valid message.
+        var digest = ByteBufferAllocator().buffer(capacity: 32)
+        PeerFrameCodec.encode(.syncRequest(stamp: .zero), into: &digest)
+        var body = Array(digest.readableBytesView.dropFirst(4))
+        body.append(0)
+        XCTAssertEqual(decodeError(body), .trailingBytes(1))
+        // Oversized length prefix is refused before buffering the frame.
+        var huge = ByteBufferAllocator().buffer(capacity: 8)
+        huge.writeInteger(UInt32(PeerFrameCodec.maxFrameBytes + 1))
+        XCTAssertThrowsError(try PeerFrameCodec.nextFrame(from: &huge)) { error in
+            XCTAssertEqual(error as? PeerWireError, .frameTooLarge(PeerFrameCodec.maxFrameBytes + 1, limit: PeerFrameCodec.maxFrameBytes))
+        }
+        // Zero-length secret.
+        var zero = ByteBufferAllocator().buffer(capacity: 64)
+        zero.writeBytes([1, 5]); zero.writeInteger(UInt64(0)); zero.writeInteger(UInt32(0)); zero.writeInteger(UInt8(0))
+        zero.writeInteger(UInt32(1)); zero.writeInteger(UInt16(1)); zero.writeBytes([UInt8(ascii: "d")]); zero.writeInteger(UInt16(1)); zero.writeBytes([UInt8(ascii: "k")])
+        zero.writeInteger(UInt64(1)); zero.writeInteger(UInt32(0)); zero.writeInteger(UInt16(1)); zero.writeBytes([UInt8(ascii: "n")])
+        zero.writeInteger(UInt32(0)); zero.writeInteger(UInt32(0)); zero.writeInteger(UInt32(0))
+        XCTAssertEqual(decodeError(Array(zero.readableBytesView)), .invalidField("secret length 0"))
+    }
+
+    func testRandomBytesNeverCrashTheDecoder() throws {
+        var generator = SplitMix64(seed: 0x5EED)
+        for _ in 0..<20_000 {
+            let length = Int(generator.next() % 64)
+            var bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+            if !bytes.isEmpty { bytes[0] = 1 } // mostly the right version, to reach deeper code
+            var b = ByteBufferAllocator().buffer(capacity: length + 4)
+            b.writeInteger(UInt32(length)); b.writeBytes(bytes)
+            if let body = try? PeerFrameCodec.nextFrame(from: &b) {
+                _ = try? PeerFrameCodec.decode(body, arena: arena)
+            }
+        }
+    }
+}
+
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
