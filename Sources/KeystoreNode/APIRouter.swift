@@ -95,7 +95,12 @@ public final class APIRouter: APIResponder {
         case 2 where path[0] == "v1" && path[1] == "reload":
             try requireMethod(request, .POST)
             try require(.admin, domain: nil, request)
-            let changed = try services.reload()
+            let changed: [KeyRef]
+            do {
+                changed = try services.reload()
+            } catch let error as ConfigError {
+                throw APIError(.conflict, "reload refused, previous keys kept: \(error.description)")
+            }
             var json = JSONWriter(allocator: allocator)
             json.beginObject()
             json.key("reloaded"); json.bool(true)

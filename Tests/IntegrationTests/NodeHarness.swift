@@ -181,13 +181,13 @@ final class ClusterHarness {
 
     /// Starts `node`; returns once its socket answers (not necessarily ready).
     @discardableResult
-    func start(_ node: String, arguments: [String] = [], waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
+    func start(_ node: String, arguments: [String] = [], config: String? = nil, waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
         let logPath = scratch.file("\(node).\(retired.count + processes.count).log")
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Products.keystored)
-        process.arguments = ["--config", configPath, "--node", node, "--log-level", "debug"] + arguments
+        process.arguments = ["--config", config ?? configPath, "--node", node, "--log-level", "debug"] + arguments
         process.standardOutput = log
         process.standardError = log
         try process.run()
@@ -212,6 +212,46 @@ final class ClusterHarness {
     }
 
     func client(_ node: String) -> KeystoreClient { KeystoreClient(socketPath: socketPath(node), timeoutSeconds: 5) }
+
+    /// Starts every node at once (no waiting in between) and waits until all are ready.
+    func startAll(file: StaticString = #filePath, line: UInt = #line) throws {
+        for node in nodeNames { try start(node, waitForSocket: false) }
+        for node in nodeNames { waitReady(node, file: file, line: line) }
+    }
+
+    /// The primary key (base64) each running node serves for `domain/name`.
+    func primaries(_ domain: String = "first.com", _ name: String = "token_secret") -> [String: String] {
+        var result: [String: String] = [:]
+        for (node, process) in processes where process.isRunning {
+            if let key = try? process.client.getKey(domain: domain, name: name).primary?.key { result[node] = key }
+        }
+        return result
+    }
+
+    /// Waits until every running node serves the same primary for the key, and returns it.
+    @discardableResult
+    func waitForAgreement(_ domain: String = "first.com", _ name: String = "token_secret", timeout: TimeInterval = 20,
+                          file: StaticString = #filePath, line: UInt = #line) -> String? {
+        var agreed: String?
+        let running = processes.values.filter(\.isRunning).count
+        waitUntil("all \(running) nodes serve one primary for \(domain)/\(name)", timeout: timeout, file: file, line: line) {
+            let keys = primaries(domain, name)
+            guard keys.count == running, Set(keys.values).count == 1 else { return false }
+            agreed = keys.values.first
+            return true
+        }
+        return agreed
+    }
+
+    func writeConfig(_ name: String, _ config: [String: Any]) throws -> String {
+        let data = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try scratch.write(name, String(decoding: data, as: UTF8.self), mode: 0o644)
+        return scratch.file(name)
+    }
+
+    var config: [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: configPath)))) as? [String: Any] ?? [:]
+    }
 
     /// Every log this harness produced, for failure reports.
     var allLogs: String {

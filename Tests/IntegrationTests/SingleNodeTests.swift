@@ -53,9 +53,12 @@ final class SingleNodeTests: ClusterTestCase {
                 XCTAssertFalse(message.isEmpty)
             }
         }
-        let response = try node.client.send(KeystoreClient.APIRequest(method: "GET", path: "/v1/no/such/route"))
+        let connection = try KeystoreConnection(socketPath: node.socketPath)
+        let response = try connection.request("GET", "/v1/no/such/route")
         XCTAssertEqual(response.status, 404)
-        XCTAssertThrowsError(try node.client.send(KeystoreClient.APIRequest(method: "DELETE", path: "/v1/domains/first.com/keys")).throwIfError())
+        XCTAssertTrue(response.bodyText.contains("\"error\":\"not_found\""), response.bodyText)
+        let wrongMethod = try connection.request("DELETE", "/v1/domains/first.com/keys")
+        XCTAssertEqual(wrongMethod.status, 405)
     }
 
     func testRotateMakesANewPrimaryAndKeepsTheOldOneActive() throws {
@@ -92,7 +95,10 @@ final class SingleNodeTests: ClusterTestCase {
         // A broken file is refused and the previous key stays.
         try cluster.scratch.write("psk/first_provision", "   \n")
         XCTAssertThrowsError(try node.client.reload()) { error in
-            XCTAssertTrue("\(error)".contains("first_provision"), "\(error)")
+            guard case KeystoreClientError.api(let status, let code, let message) = error else { return XCTFail("\(error)") }
+            XCTAssertEqual(status, 409)
+            XCTAssertEqual(code, "conflict")
+            XCTAssertTrue(message.contains("first_provision") && message.contains("previous keys kept"), message)
         }
         let kept = try node.client.getKey(domain: "first.com", name: "provision_pre_shared").versions.first?.key
         XCTAssertEqual(kept.flatMap { Data(base64Encoded: $0) }, Data("third-psk".utf8))
@@ -144,7 +150,7 @@ final class SingleNodeTests: ClusterTestCase {
     }
 
     private func health(_ node: NodeProcess) -> String {
-        (try? node.client.send(KeystoreClient.APIRequest(method: "GET", path: "/v1/health")).bodyText) ?? ""
+        (try? node.client.send(APIRequest(method: "GET", path: "/v1/health")).bodyText) ?? ""
     }
 
     func testInvalidConfigExitsNonZeroWithOneLine() throws {
@@ -158,7 +164,8 @@ final class SingleNodeTests: ClusterTestCase {
         XCTAssertEqual(lines.count, 1, process.log)
         XCTAssertTrue(process.log.contains("ram_key_size"), process.log)
 
-        let unknown = try cluster.start("node9", waitForSocket: false)
+        let valid = try makeCluster(nodes: ["node1"])
+        let unknown = try valid.start("node9", waitForSocket: false)
         unknown.process.waitUntilExit()
         XCTAssertNotEqual(unknown.process.terminationStatus, 0)
         XCTAssertTrue(unknown.log.contains("node9"), unknown.log)
@@ -198,8 +205,9 @@ final class SingleNodeTests: ClusterTestCase {
             XCTAssertTrue(text.hasPrefix("HTTP/1.1 413"), text)
             XCTAssertTrue(text.contains("payload_too_large"), text)
         }
-        let badPath = try node.client.send(KeystoreClient.APIRequest(method: "GET", path: "/v1/domains/%ZZ/keys"))
+        let badPath = try KeystoreConnection(socketPath: node.socketPath).request("GET", "/v1/domains/%ZZ/keys")
         XCTAssertEqual(badPath.status, 400)
+        XCTAssertTrue(badPath.bodyText.contains("bad_request"), badPath.bodyText)
         XCTAssertTrue(node.isRunning)
         XCTAssertNoThrow(try node.client.health())
     }

@@ -98,7 +98,7 @@ final class PeerFrameCodecTests: XCTestCase {
                 guard let body = try PeerFrameCodec.nextFrame(from: &b) else { return nil }
                 _ = try PeerFrameCodec.decode(body, arena: arena)
                 return nil
-            } catch { return error as? PeerWireError }
+            } catch { return error }
         }
         XCTAssertEqual(decodeError([2, 1]), .unsupportedVersion(2))
         XCTAssertEqual(decodeError([1, 99]), .unknownMessageType(99))
