@@ -1,0 +1,140 @@
+import Foundation
+import KeystoreConfig
+@testable import KeystoreNode
+import LocalAPI
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import ReplicatedStore
+import SecretMemory
+import XCTest
+
+/// The router against a real NodeState (no sockets): routes, ACL decisions, JSON shapes.
+final class APIRouterTests: XCTestCase {
+    final class Services: NodeServices, @unchecked Sendable {
+        let state: NodeState
+        var published: [StoreDelta] = []
+        let logger = Logger(label: "test")
+        init(state: NodeState) { self.state = state }
+        func publish(_ delta: StoreDelta) { published.append(delta) }
+        func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [state.nodeName]) }
+        func reload() throws -> [KeyRef] { try state.loadFileKeys() }
+        var memoryLocked: Bool { true }
+    }
+
+    var directory: String!
+    var services: Services!
+    var router: APIRouter!
+    let loop = EmbeddedEventLoop()
+
+    override func setUpWithError() throws {
+        directory = NSTemporaryDirectory() + "router-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        for name in ["ca.pem", "node1.pem", "node1.key"] {
+            FileManager.default.createFile(atPath: "\(directory!)/\(name)", contents: Data("x".utf8), attributes: [.posixPermissions: 0o600])
+        }
+        FileManager.default.createFile(atPath: "\(directory!)/psk", contents: Data(" psk-value \n".utf8), attributes: [.posixPermissions: 0o600])
+        let json = """
+        { "cluster": "c", "tls": { "ca": "ca.pem", "cert": "{node}.pem", "key": "{node}.key" },
+          "nodes": { "node1": { "peer": "127.0.0.1:7401", "socket": "/tmp/r.sock", "data_dir": "data" } },
+          "domains": { "first.com": { "keys": [ { "name": "token_secret", "type": "ram" },
+                                                { "name": "psk", "type": "file", "path": "psk" } ] },
+                       "second.com": { "ram_key_size": 32, "keys": [ { "name": "token_secret", "type": "ram" } ] } },
+          "clients": [ { "uid": 1001, "domains": ["first.com"], "allow": ["keys:read"] },
+                       { "uid": 1002, "domains": ["*"], "allow": ["cluster:read"] } ] }
+        """
+        let config = try ClusterConfig.parse(json: Array(json.utf8), configDirectory: directory, node: "node1")
+        let state = NodeState(config: config, arena: try SecretArena())
+        try state.loadFileKeys()
+        services = Services(state: state)
+        router = APIRouter(services: services, acl: config.accessControl(daemonUID: 0))
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    private func call(_ method: HTTPMethod, _ uri: String, uid: UInt32 = 0, gid: UInt32 = 0) throws -> (Int, [String: Any]) {
+        let request = APIRequest(method: method, uri: uri, headers: [:], body: ByteBuffer(),
+                                 caller: PeerCredentials(pid: 1, uid: uid, gid: gid), requestID: 1)
+        guard case .response(let response) = router.handle(request, allocator: ByteBufferAllocator(), eventLoop: loop) else {
+            XCTFail("expected an immediate response"); return (0, [:])
+        }
+        let json = try JSONSerialization.jsonObject(with: Data(response.body.readableBytesView)) as? [String: Any] ?? [:]
+        return (Int(response.status.code), json)
+    }
+
+    func testRAMKeysAreNotReadyBeforeTheJoinDecisionFileKeysAre() throws {
+        let (status, body) = try call(.GET, "/v1/domains/first.com/keys/token_secret")
+        XCTAssertEqual(status, 503)
+        XCTAssertEqual(body["error"] as? String, "not_ready")
+        let (fileStatus, file) = try call(.GET, "/v1/domains/first.com/keys/psk")
+        XCTAssertEqual(fileStatus, 200)
+        let versions = file["versions"] as? [[String: Any]]
+        XCTAssertEqual((versions?.first?["key"] as? String).flatMap { Data(base64Encoded: $0) }, Data("psk-value".utf8))
+        let (_, health) = try call(.GET, "/v1/health")
+        XCTAssertEqual(health["ready"] as? Bool, false)
+    }
+
+    func testKeyShapesAfterReady() throws {
+        let created = try services.state.becomeReady()
+        XCTAssertEqual(created.keyVersions.count, 2)
+        let (status, body) = try call(.GET, "/v1/domains/second.com/keys/token_secret")
+        XCTAssertEqual(status, 200)
+        XCTAssertEqual(body["domain"] as? String, "second.com")
+        XCTAssertEqual(body["type"] as? String, "ram")
+        let version = try XCTUnwrap((body["versions"] as? [[String: Any]])?.first)
+        XCTAssertEqual(version["primary"] as? Bool, true)
+        XCTAssertEqual((version["key"] as? String).flatMap { Data(base64Encoded: $0) }?.count, 32)
+        XCTAssertNotNil(VersionID(version["id"] as? String ?? ""))
+        XCTAssertTrue((version["created"] as? String)?.hasSuffix("Z") ?? false)
+
+        let (_, list) = try call(.GET, "/v1/domains/first.com/keys")
+        let keys = try XCTUnwrap(list["keys"] as? [[String: Any]])
+        XCTAssertEqual(keys.map { $0["name"] as? String }, ["token_secret", "psk"])
+        XCTAssertFalse(String(describing: list).contains("\"key\""), "listing carries no key material")
+
+        let (rotated, meta) = try call(.POST, "/v1/domains/first.com/keys/token_secret/rotate")
+        XCTAssertEqual(rotated, 200)
+        XCTAssertEqual((meta["versions"] as? [[String: Any]])?.count, 2)
+        XCTAssertNil((meta["versions"] as? [[String: Any]])?.first?["key"])
+        XCTAssertEqual(services.published.count, 1, "a rotation is pushed to peers")
+    }
+
+    func testACLIsCheckedBeforeExistence() throws {
+        _ = try services.state.becomeReady()
+        XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/token_secret", uid: 1001, gid: 1001).0, 200)
+        XCTAssertEqual(try call(.GET, "/v1/domains/second.com/keys/token_secret", uid: 1001, gid: 1001).0, 403)
+        XCTAssertEqual(try call(.GET, "/v1/domains/nowhere.org/keys/x", uid: 1001, gid: 1001).0, 403, "no probing of other domains")
+        XCTAssertEqual(try call(.POST, "/v1/domains/first.com/keys/token_secret/rotate", uid: 1001, gid: 1001).0, 403)
+        XCTAssertEqual(try call(.GET, "/v1/cluster", uid: 1001, gid: 1001).0, 403)
+        XCTAssertEqual(try call(.GET, "/v1/cluster", uid: 1002, gid: 1002).0, 200)
+        XCTAssertEqual(try call(.POST, "/v1/reload", uid: 1002, gid: 1002).0, 403)
+        XCTAssertEqual(try call(.GET, "/v1/health", uid: 4321, gid: 4321).0, 200, "health needs only a connection")
+        let (status, body) = try call(.GET, "/v1/domains/second.com/keys", uid: 1001, gid: 1001)
+        XCTAssertEqual(status, 403)
+        XCTAssertEqual(body["error"] as? String, "forbidden")
+        XCTAssertTrue((body["message"] as? String)?.contains("uid 1001") ?? false)
+    }
+
+    func testUnknownRoutesMethodsAndBadPaths() throws {
+        XCTAssertEqual(try call(.GET, "/v1/nothing").0, 404)
+        XCTAssertEqual(try call(.DELETE, "/v1/domains/first.com/keys").0, 405)
+        XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/%E0%80").0, 400, "invalid UTF-8")
+        XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/a%00b").0, 400, "NUL byte")
+        XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/nope").0, 404, "an unconfigured key is unknown even before ready")
+        _ = try services.state.becomeReady()
+        XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/nope").0, 404)
+        XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/..%2F..%2Fetc").0, 404, "a decoded path trick is just an unknown key")
+        XCTAssertEqual(try call(.POST, "/v1/domains/first.com/keys/psk/rotate").0, 400, "file keys cannot be rotated")
+    }
+
+    func testPathDecoding() {
+        XCTAssertEqual(APIRequest.decodePath("/v1/domains/a%40b/keys?x=1"), ["v1", "domains", "a@b", "keys"])
+        XCTAssertEqual(APIRequest.decodePath("/v1/health/"), ["v1", "health"])
+        XCTAssertNil(APIRequest.decodePath("v1/health"))
+        XCTAssertNil(APIRequest.decodePath("/v1/%zz"))
+        XCTAssertNil(APIRequest.decodePath("/v1/%4"))
+    }
+}

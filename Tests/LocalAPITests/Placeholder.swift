@@ -1,2 +1,0 @@
-import XCTest
-final class PlaceholderLocalAPITests: XCTestCase { func testNothing() {} }
