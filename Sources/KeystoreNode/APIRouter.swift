@@ -29,6 +29,7 @@ public protocol NodeServices: AnyObject, Sendable {
     func reload() throws -> [KeyRef]
     /// Whether secret memory is locked (else health shows a warning).
     var memoryLocked: Bool { get }
+    var events: EventHub { get }
     var logger: Logger { get }
 }
 
@@ -109,6 +110,15 @@ public final class APIRouter: APIResponder {
             json.endArray()
             json.endObject(); json.newline()
             return .response(APIResponse(body: json.buffer))
+        case 2 where path[0] == "v1" && path[1] == "events":
+            try requireMethod(request, .GET)
+            let caller = request.caller
+            let all = domains.keys.sorted()
+            let visible = acl.visibleDomains(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, allDomains: all)
+            let nodeWide = acl.permits(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, domain: nil)
+            if !nodeWide && visible.isEmpty { try require(.eventsRead, domain: nil, request) }
+            let subscription = services.events.subscribe(domains: nodeWide ? nil : Set(visible), nodeWide: nodeWide)
+            return .stream(status: .ok, subscription)
         case 4 where path[0] == "v1" && path[1] == "domains" && path[3] == "keys":
             try requireMethod(request, .GET)
             try require(.keysRead, domain: path[2], request)
@@ -273,6 +283,7 @@ public final class APIRouter: APIResponder {
         }
         services.publish(delta)
         services.logger.info("request \(request.requestID): uid \(request.caller.uid) rotated \(domain.name)/\(name); new primary \(version.id)")
+        services.events.publish(NodeEvent(kind: .keyRotated, domain: domain.name, fields: [("name", name), ("primary", version.id.description)]))
         // The new metadata: the GET shape without key material.
         guard case .ram(let versions) = services.state.lookup(ref) else {
             throw APIError(.notReady, NodeStateError.notReady.description)

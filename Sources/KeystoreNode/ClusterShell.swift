@@ -49,6 +49,7 @@ final class ClusterShell: @unchecked Sendable {
     let logger: Logger
     let settings: Settings
     let instance: UInt64
+    let events: EventHub
     private let me: NodeConfig
     private let peers: [String: NodeConfig]
     private var swim: SWIMInstance
@@ -61,8 +62,9 @@ final class ClusterShell: @unchecked Sendable {
     private let snapshot: Mutex<ClusterStatus>
     private var stopped = false
 
-    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, settings: Settings = Settings()) {
+    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, events: EventHub, settings: Settings = Settings()) {
         self.state = state
+        self.events = events
         self.tls = tls
         self.loop = loop
         self.logger = logger
@@ -371,7 +373,11 @@ final class ClusterShell: @unchecked Sendable {
 
     private func report(_ outcome: MergeOutcome, from node: String) {
         for ref in outcome.primaryChanged {
-            logger.info("\(ref): new primary version learned from \(node)")
+            let primary = state.primaryVersionID(ref)
+            logger.info("\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")
+            if state.isReady, let primary {
+                events.publish(NodeEvent(kind: .keyRotated, domain: ref.domain, fields: [("name", ref.name), ("primary", primary.description)]))
+            }
         }
         if !outcome.added.isEmpty {
             logger.debug("merged \(outcome.added.count) key versions from \(node)")
@@ -396,6 +402,9 @@ final class ClusterShell: @unchecked Sendable {
             case .statusChanged(let member, let previous):
                 changed = true
                 logger.notice("member \(member.node) is \(member.status.rawValue)\(previous.map { " (was \($0.rawValue))" } ?? "")")
+                var fields = [("member", member.node), ("state", member.status.rawValue), ("address", member.address)]
+                if let previous { fields.append(("previous", previous.rawValue)) }
+                events.publish(NodeEvent(kind: .member, domain: nil, fields: fields))
                 if member.status == .alive {
                     // A member (re)appeared: compare state with it at once instead of waiting a round.
                     send(.digest(root: state.rootDigest, stamp: state.stamp()), to: member.node)

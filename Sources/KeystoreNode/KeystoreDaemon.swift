@@ -36,6 +36,7 @@ public final class KeystoreDaemon: NodeServices {
     let group: MultiThreadedEventLoopGroup
     let arena: SecretArena
     let cluster: ClusterShell
+    public let events: EventHub
     private let stopRequested = Mutex<CheckedContinuation<Void, Never>?>(nil)
 
     private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext) {
@@ -43,7 +44,8 @@ public final class KeystoreDaemon: NodeServices {
         self.arena = arena
         self.logger = logger
         self.group = group
-        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger)
+        self.events = EventHub(nodeName: state.nodeName, logger: logger)
+        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger, events: events)
     }
 
     public var memoryLocked: Bool {

@@ -191,6 +191,11 @@ public final class NodeState: Sendable {
         }
     }
 
+    func primaryVersionID(_ ref: KeyRef) -> VersionID? {
+        let now = wallClockMillis()
+        return inner.withLock { $0.store.versions(of: ref, nowMillis: now).first?.version.id }
+    }
+
     /// Drops versions past their grace period, zeroing their secrets.
     func expire() -> [(KeyRef, VersionID)] {
         let now = wallClockMillis()

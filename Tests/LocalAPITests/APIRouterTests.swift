@@ -16,7 +16,8 @@ final class APIRouterTests: XCTestCase {
         let state: NodeState
         var published: [StoreDelta] = []
         let logger = Logger(label: "test")
-        init(state: NodeState) { self.state = state }
+        let events: EventHub
+        init(state: NodeState) { self.state = state; self.events = EventHub(nodeName: state.nodeName, logger: Logger(label: "test")) }
         func publish(_ delta: StoreDelta) { published.append(delta) }
         func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [state.nodeName]) }
         func reload() throws -> [KeyRef] { try state.loadFileKeys() }
