@@ -67,6 +67,14 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // Load generator: the local API vs nginx, cluster convergence (see BENCHMARKS.md).
+        .executableTarget(name: "keystore-bench", dependencies: [
+            "KeystoreClient",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .executableTarget(name: "keystorectl", dependencies: [
             "KeystoreClient",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

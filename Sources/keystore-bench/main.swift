@@ -1,0 +1,1 @@
+print("keystore-bench: see BENCHMARKS.md")
