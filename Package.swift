@@ -13,6 +13,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
     ],
     targets: [
         // libsodium: locked memory, RNG, constant-time compare, keyed hashes.
@@ -21,6 +24,9 @@ let package = Package(
         // System OpenSSL 3 (libssl, libcrypto) for peer TLS and X.509.
         .systemLibrary(name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "openssl",
                        providers: [.apt(["libssl-dev"])]),
+        // System SQLite for the durable certificate registry.
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
         // C functions Swift cannot call directly: variadic prctl and friends.
         .target(name: "CSystemShims", path: "Sources/CSystemShims"),
         // OpenSSL macros (SSL_CTX_set_min_proto_version, BIO_get_mem_data, ...) as real functions.
@@ -34,6 +40,8 @@ let package = Package(
         .target(name: "ReplicatedStore", dependencies: []),
         // SWIM-style membership state machine (pure, no I/O).
         .target(name: "Membership", dependencies: []),
+        // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
+        .target(name: "RegistryDatabase", dependencies: ["CSQLite"]),
         // Mutual TLS 1.3 between peers over system OpenSSL, as a NIO ChannelHandler.
         .target(name: "PeerTLS", dependencies: [
             "COpenSSL", "COpenSSLShims",
@@ -60,7 +68,11 @@ let package = Package(
             "CSodium", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "keystored", dependencies: [
             "KeystoreNode",
@@ -82,6 +94,7 @@ let package = Package(
 
         .testTarget(name: "SecretMemoryTests", dependencies: ["SecretMemory"]),
         .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig"]),
+        .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [

@@ -1,0 +1,579 @@
+import CSQLite
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The node's durable copy of the certificate registry (DESIGN.md "Certificate registry" 5 and 6).
+///
+/// Registrations and removal tombstones must survive a full-cluster restart, so `upsert` returns only
+/// after SQLite has committed and fsynced (WAL with `synchronous=FULL`); the API acknowledges a request
+/// only after that. RAM keys never come here: the record type has no field that could hold one.
+///
+/// Plain system libsqlite3 through a tiny module map instead of GRDB: for one table and three
+/// statements, GRDB's build time on our 2-core builders costs far more than these few hundred lines.
+///
+/// Not `Sendable`: an SQLite connection and its prepared statements must be used from one thread at a
+/// time, so the owner confines the instance to one actor/thread (the connection is opened NOMUTEX).
+public final class RegistryDatabase {
+    /// The schema this build writes and understands; `migrate` upgrades anything older to it.
+    public static let schemaVersion: Int32 = 1
+
+    /// Path of the SQLite file, used in every error so the operator knows which node's file is meant.
+    public let path: String
+    /// Path of the flock'ed file that keeps a second keystored out of this data_dir.
+    public let lockPath: String
+
+    private var db: OpaquePointer?
+    private var lockFD: Int32
+    private var statements: Statements?
+    /// Reused: building a coder per row was a measurable share of loading 100,000 rows.
+    private let jidEncoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
+    private let jidDecoder = JSONDecoder()
+
+    /// Opens (creating if needed) `<directory>/registry.sqlite3` and takes `<directory>/lock`.
+    ///
+    /// The lock is taken before SQLite touches the file, so a second daemon fails with `locked` without
+    /// ever opening the database; the file is created 0600 by us because SQLite would use the umask.
+    public init(directory: String) throws(RegistryDatabaseError) {
+        let directory = directory.count > 1 && directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        try Self.createDirectory(directory)
+        let lockPath = directory + "/lock"
+        let dbPath = directory + "/registry.sqlite3"
+        self.path = dbPath
+        self.lockPath = lockPath
+
+        let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .cannotOpen(path: lockPath, reason: "cannot open lock file: \(Self.errnoString())") }
+        if flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let err = errno
+            _ = closeDescriptor(fd)
+            if err == EWOULDBLOCK { throw .locked(path: lockPath) }
+            throw .cannotOpen(path: lockPath, reason: "cannot lock: \(String(cString: strerror(err)))")
+        }
+        self.lockFD = fd
+
+        do throws(RegistryDatabaseError) {
+            try Self.createFileIfMissing(dbPath, directory: directory)
+            let connection = try Self.openConnection(dbPath)
+            self.db = connection
+            try configure()
+            try migrate()
+            try checkIntegrity()
+            self.statements = try Statements(db: connection, path: dbPath)
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    deinit { close() }
+
+    /// Writes `records` in ONE transaction, replacing any row with the same (domain, user, sha256).
+    ///
+    /// The caller passes already-merged records; the database does not merge. Returns only after the
+    /// commit is on disk, so acknowledging the request afterwards is safe. On error nothing is stored.
+    public func upsert(_ records: [StoredCertificate]) throws(RegistryDatabaseError) {
+        guard let db, let statements else { throw .writeFailed(reason: "registry database \(path) is closed") }
+        if records.isEmpty { return }
+        // Encode first so a bad record cannot leave a transaction half-written.
+        var encodedJIDs: [String] = []
+        encodedJIDs.reserveCapacity(records.count)
+        for record in records {
+            guard let json = encodeJIDs(record.jids) else {
+                throw .writeFailed(reason: "\(path): the jids of \(record.user)@\(record.domain) cannot be encoded")
+            }
+            encodedJIDs.append(json)
+        }
+
+        try runWrite(statements.begin, what: "begin transaction")
+        do throws(RegistryDatabaseError) {
+            for (record, jids) in zip(records, encodedJIDs) {
+                try bind(record, jids: jids, to: statements.upsert)
+                try runWrite(statements.upsert, what: "write \(record.user)@\(record.domain)")
+            }
+            try runWrite(statements.commit, what: "commit")
+        } catch {
+            // A failed COMMIT (e.g. SQLITE_BUSY) can leave the transaction open; some I/O errors roll back
+            // by themselves, in which case ROLLBACK would only complain.
+            if sqlite3_get_autocommit(db) == 0 {
+                sqlite3_reset(statements.rollback)
+                _ = sqlite3_step(statements.rollback)
+                sqlite3_reset(statements.rollback)
+            }
+            throw error
+        }
+    }
+
+    /// Every stored record (registrations and tombstones), ordered by (domain, user, sha256).
+    public func loadAll() throws(RegistryDatabaseError) -> [StoredCertificate] {
+        guard db != nil, let statements else {
+            throw .cannotOpen(path: path, reason: "the database was closed; open it again to read")
+        }
+        let stmt = statements.selectAll
+        defer { sqlite3_reset(stmt) }
+        sqlite3_reset(stmt)
+        var result: [StoredCertificate] = []
+        while true {
+            let rc = sqlite3_step(stmt)
+            if rc == SQLITE_DONE { break }
+            guard rc == SQLITE_ROW else { throw readError(rc, what: "read records") }
+            result.append(try decodeRow(stmt))
+        }
+        return result
+    }
+
+    /// Finalizes statements, closes the connection (which checkpoints the WAL) and only then releases
+    /// the lock, so the next opener never races our checkpoint. Safe to call more than once.
+    public func close() {
+        statements?.finalize()
+        statements = nil
+        if let db {
+            // All our statements are finalized, so this cannot return SQLITE_BUSY; close_v2 guarantees
+            // the handle is released even if something we did not expect is still open.
+            _ = sqlite3_close_v2(db)
+            self.db = nil
+        }
+        if lockFD >= 0 {
+            _ = closeDescriptor(lockFD)
+            lockFD = -1
+        }
+    }
+
+    // MARK: - Opening
+
+    private static func createDirectory(_ directory: String) throws(RegistryDatabaseError) {
+        guard !directory.isEmpty else {
+            throw .cannotCreateDirectory(path: directory, reason: "data_dir is empty; set it to a directory path")
+        }
+        // mkdir -p, each level 0700: the registry is nobody else's business.
+        var prefix = directory.hasPrefix("/") ? "/" : ""
+        let components = directory.split(separator: "/", omittingEmptySubsequences: true)
+        for (index, component) in components.enumerated() {
+            prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + component
+            if mkdir(prefix, 0o700) == 0 {
+                // Make the new entry itself durable, or a crash could lose the directory with the data.
+                syncDirectory(parentOf: prefix)
+                continue
+            }
+            let err = errno
+            guard err == EEXIST else {
+                throw .cannotCreateDirectory(path: prefix, reason: String(cString: strerror(err)))
+            }
+            var info = stat()
+            guard stat(prefix, &info) == 0 else {
+                throw .cannotCreateDirectory(path: prefix, reason: errnoString())
+            }
+            if info.st_mode & S_IFMT != S_IFDIR {
+                let what = index == components.count - 1 ? "data_dir" : "a parent of data_dir"
+                throw .cannotCreateDirectory(path: prefix, reason: "\(what) exists but is not a directory")
+            }
+        }
+    }
+
+    private static func createFileIfMissing(_ dbPath: String, directory: String) throws(RegistryDatabaseError) {
+        let fd = open(dbPath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            _ = closeDescriptor(fd)
+            syncDirectory(directory)
+            return
+        }
+        let err = errno
+        if err != EEXIST { throw .cannotOpen(path: dbPath, reason: String(cString: strerror(err))) }
+    }
+
+    private static func syncDirectory(parentOf path: String) {
+        guard let slash = path.lastIndex(of: "/") else { syncDirectory("."); return }
+        syncDirectory(slash == path.startIndex ? "/" : String(path[..<slash]))
+    }
+
+    /// Best effort: a failure here does not make the data wrong, only a power loss more damaging.
+    private static func syncDirectory(_ directory: String) {
+        let fd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        _ = fsync(fd)
+        _ = closeDescriptor(fd)
+    }
+
+    private static func openConnection(_ dbPath: String) throws(RegistryDatabaseError) -> OpaquePointer {
+        var handle: OpaquePointer?
+        let rc = sqlite3_open_v2(dbPath, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nil)
+        guard rc == SQLITE_OK, let handle else {
+            let reason = handle.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
+            if let handle { _ = sqlite3_close_v2(handle) }
+            throw .cannotOpen(path: dbPath, reason: reason)
+        }
+        sqlite3_extended_result_codes(handle, 1)
+        // Short: the flock keeps other daemons out, so only an operator's sqlite3 shell can make us wait.
+        sqlite3_busy_timeout(handle, 1000)
+        return handle
+    }
+
+    private func configure() throws(RegistryDatabaseError) {
+        // The first statement is the first read of the header: a non-SQLite file fails here (NOTADB).
+        let mode = try scalar("PRAGMA journal_mode=WAL", what: "enable WAL")
+        guard mode?.lowercased() == "wal" else {
+            throw .cannotOpen(path: path, reason: "cannot switch to WAL journal mode (got \(mode ?? "nothing")); "
+                + "put data_dir on a local filesystem")
+        }
+        // In WAL mode FULL fsyncs the WAL at every commit: that is what makes upsert durable on return.
+        try execute("PRAGMA synchronous=FULL", what: "set synchronous=FULL")
+        try execute("PRAGMA foreign_keys=ON", what: "enable foreign keys")
+    }
+
+    /// Brings an older file up to `schemaVersion`; each step runs in its own transaction together with
+    /// the `user_version` bump, so a crash mid-migration leaves the old, still readable, version.
+    private func migrate() throws(RegistryDatabaseError) {
+        let found = try userVersion()
+        if found > Self.schemaVersion { throw .schemaTooNew(found: found, supported: Self.schemaVersion) }
+        if found < 0 { throw .corrupt(path: path, reason: "schema version \(found) is not a keystore schema version") }
+        var version = found
+        while version < Self.schemaVersion {
+            let next = version + 1
+            try execute("BEGIN IMMEDIATE", what: "begin migration to schema \(next)")
+            do throws(RegistryDatabaseError) {
+                for sql in Self.migrationSteps(to: next) {
+                    try execute(sql, what: "migrate to schema \(next)")
+                }
+                try execute("PRAGMA user_version=\(next)", what: "record schema \(next)")
+                try execute("COMMIT", what: "commit migration to schema \(next)")
+            } catch {
+                if let db, sqlite3_get_autocommit(db) == 0 { try? execute("ROLLBACK", what: "roll back migration") }
+                throw error
+            }
+            version = next
+        }
+    }
+
+    private static func migrationSteps(to version: Int32) -> [String] {
+        switch version {
+        case 1:
+            // UInt64 clocks are stored as their Int64 bit pattern (SQLite integers are signed 64-bit);
+            // jids are a JSON array of strings so the file stays readable with the sqlite3 shell.
+            return ["""
+                CREATE TABLE certificates (
+                    domain TEXT NOT NULL,
+                    user TEXT NOT NULL,
+                    sha256 BLOB NOT NULL,
+                    name TEXT,
+                    der BLOB,
+                    not_before_ms INTEGER,
+                    not_after_ms INTEGER,
+                    jids TEXT NOT NULL,
+                    no_cert_management INTEGER NOT NULL,
+                    added_wall INTEGER,
+                    added_logical INTEGER,
+                    added_origin TEXT,
+                    removal_kind INTEGER,
+                    removal_wall INTEGER,
+                    removal_logical INTEGER,
+                    removal_origin TEXT,
+                    PRIMARY KEY (domain, user, sha256)
+                ) WITHOUT ROWID
+                """]
+        default:
+            return []
+        }
+    }
+
+    /// A full integrity_check was measured at well under a second for 100,000 rows; a registry that
+    /// cannot be trusted is worse than a slower start, since the node can re-sync it from peers.
+    private func checkIntegrity() throws(RegistryDatabaseError) {
+        let verdict = try scalar("PRAGMA integrity_check(1)", what: "check integrity")
+        guard verdict == "ok" else { throw .corrupt(path: path, reason: "integrity_check: \(verdict ?? "no answer")") }
+    }
+
+    private func userVersion() throws(RegistryDatabaseError) -> Int32 {
+        guard let text = try scalar("PRAGMA user_version", what: "read schema version"), let value = Int32(text) else {
+            throw .corrupt(path: path, reason: "schema version is unreadable")
+        }
+        return value
+    }
+
+    // MARK: - Statements
+
+    /// Prepared once and reused: preparing per call would dominate the cost of small upserts.
+    private struct Statements {
+        let begin: OpaquePointer
+        let commit: OpaquePointer
+        let rollback: OpaquePointer
+        let upsert: OpaquePointer
+        let selectAll: OpaquePointer
+
+        static let columns = """
+            domain, user, sha256, name, der, not_before_ms, not_after_ms, jids, no_cert_management, \
+            added_wall, added_logical, added_origin, removal_kind, removal_wall, removal_logical, removal_origin
+            """
+
+        init(db: OpaquePointer, path: String) throws(RegistryDatabaseError) {
+            var prepared: [OpaquePointer] = []
+            let sqls = [
+                "BEGIN IMMEDIATE",
+                "COMMIT",
+                "ROLLBACK",
+                "INSERT OR REPLACE INTO certificates (\(Self.columns)) "
+                    + "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                "SELECT \(Self.columns) FROM certificates ORDER BY domain, user, sha256",
+            ]
+            for sql in sqls {
+                var stmt: OpaquePointer?
+                let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &stmt, nil)
+                guard rc == SQLITE_OK, let stmt else {
+                    let message = String(cString: sqlite3_errmsg(db))
+                    for done in prepared { sqlite3_finalize(done) }
+                    if RegistryDatabase.isCorruption(rc) { throw .corrupt(path: path, reason: message) }
+                    throw .cannotOpen(path: path, reason: "cannot prepare statement: \(message)")
+                }
+                prepared.append(stmt)
+            }
+            (begin, commit, rollback, upsert, selectAll) = (prepared[0], prepared[1], prepared[2], prepared[3], prepared[4])
+        }
+
+        func finalize() {
+            for stmt in [begin, commit, rollback, upsert, selectAll] { sqlite3_finalize(stmt) }
+        }
+    }
+
+    private func runWrite(_ stmt: OpaquePointer, what: String) throws(RegistryDatabaseError) {
+        defer {
+            sqlite3_reset(stmt)
+            sqlite3_clear_bindings(stmt)
+        }
+        let rc = sqlite3_step(stmt)
+        guard rc == SQLITE_DONE else { throw writeError(rc, what: what) }
+    }
+
+    private func execute(_ sql: String, what: String) throws(RegistryDatabaseError) {
+        _ = try scalar(sql, what: what)
+    }
+
+    /// Runs one ad-hoc statement to completion and returns the first column of its first row.
+    private func scalar(_ sql: String, what: String) throws(RegistryDatabaseError) -> String? {
+        guard let db else { throw .cannotOpen(path: path, reason: "the database is closed") }
+        var stmt: OpaquePointer?
+        var rc = sqlite3_prepare_v2(db, sql, -1, &stmt, nil)
+        guard rc == SQLITE_OK, let stmt else { throw openError(rc, what: what) }
+        defer { sqlite3_finalize(stmt) }
+        var first: String?
+        var sawRow = false
+        while true {
+            rc = sqlite3_step(stmt)
+            if rc == SQLITE_DONE { return first }
+            guard rc == SQLITE_ROW else { throw openError(rc, what: what) }
+            if !sawRow {
+                sawRow = true
+                if let text = sqlite3_column_text(stmt, 0) {
+                    first = String(cString: text)
+                }
+            }
+        }
+    }
+
+    // MARK: - Binding and decoding
+
+    /// SQLite copies bound values at once (SQLITE_TRANSIENT), so Swift buffers need only live for the call.
+    private static var transient: sqlite3_destructor_type { unsafeBitCast(-1, to: sqlite3_destructor_type.self) }
+
+    private func bind(_ record: StoredCertificate, jids: String, to stmt: OpaquePointer) throws(RegistryDatabaseError) {
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+        let codes: [Int32] = [
+            Self.bindText(stmt, 1, record.domain),
+            Self.bindText(stmt, 2, record.user),
+            Self.bindBlob(stmt, 3, record.sha256),
+            Self.bindText(stmt, 4, record.name),
+            Self.bindBlob(stmt, 5, record.der),
+            Self.bindInt(stmt, 6, record.notBeforeMillis),
+            Self.bindInt(stmt, 7, record.notAfterMillis),
+            Self.bindText(stmt, 8, jids),
+            Self.bindInt(stmt, 9, record.noCertManagement ? 1 : 0),
+            Self.bindInt(stmt, 10, record.addedWall.map { Int64(bitPattern: $0) }),
+            Self.bindInt(stmt, 11, record.addedLogical.map { Int64($0) }),
+            Self.bindText(stmt, 12, record.addedOrigin),
+            Self.bindInt(stmt, 13, record.removalKind.map { Int64($0) }),
+            Self.bindInt(stmt, 14, record.removalWall.map { Int64(bitPattern: $0) }),
+            Self.bindInt(stmt, 15, record.removalLogical.map { Int64($0) }),
+            Self.bindText(stmt, 16, record.removalOrigin),
+        ]
+        if let bad = codes.firstIndex(where: { $0 != SQLITE_OK }) {
+            throw writeError(codes[bad], what: "bind column \(bad + 1) of \(record.user)@\(record.domain)")
+        }
+    }
+
+    private static func bindText(_ stmt: OpaquePointer, _ index: Int32, _ value: String?) -> Int32 {
+        guard var value else { return sqlite3_bind_null(stmt, index) }
+        // Explicit length: embedded NULs survive and nothing depends on a terminator.
+        return value.withUTF8 { buffer in
+            guard let base = buffer.baseAddress, buffer.count > 0 else {
+                // A nil pointer would bind NULL; an empty string must stay an empty string.
+                return sqlite3_bind_text(stmt, index, "", 0, transient)
+            }
+            return base.withMemoryRebound(to: CChar.self, capacity: buffer.count) { chars in
+                sqlite3_bind_text64(stmt, index, chars, UInt64(buffer.count), transient, UInt8(SQLITE_UTF8))
+            }
+        }
+    }
+
+    private static func bindBlob(_ stmt: OpaquePointer, _ index: Int32, _ value: [UInt8]?) -> Int32 {
+        guard let value else { return sqlite3_bind_null(stmt, index) }
+        return value.withUnsafeBytes { buffer in
+            guard let base = buffer.baseAddress, buffer.count > 0 else {
+                // A nil pointer would bind NULL; an empty array must stay an empty blob.
+                return sqlite3_bind_zeroblob(stmt, index, 0)
+            }
+            return sqlite3_bind_blob64(stmt, index, base, UInt64(buffer.count), transient)
+        }
+    }
+
+    private static func bindInt(_ stmt: OpaquePointer, _ index: Int32, _ value: Int64?) -> Int32 {
+        guard let value else { return sqlite3_bind_null(stmt, index) }
+        return sqlite3_bind_int64(stmt, index, value)
+    }
+
+    /// Strict: a value of the wrong type or range means the file was damaged or edited by hand, and
+    /// guessing would silently resurrect or lose a registration.
+    private func decodeRow(_ stmt: OpaquePointer) throws(RegistryDatabaseError) -> StoredCertificate {
+        let row = RowReader(stmt: stmt)
+        let domain = row.text(0), user = row.text(1), sha256 = row.blob(2)
+        guard let domain, let user, let sha256 else {
+            throw .corrupt(path: path, reason: "a row has no domain, user or sha256")
+        }
+        func bad(_ column: String) -> RegistryDatabaseError {
+            .corrupt(path: path, reason: "column \(column) of \(user)@\(domain) holds an invalid value")
+        }
+        guard let jidsText = row.text(7), let jids = decodeJIDs(jidsText) else { throw bad("jids") }
+        guard let flag = row.int(8), flag == 0 || flag == 1 else { throw bad("no_cert_management") }
+        guard let name = row.optionalText(3) else { throw bad("name") }
+        guard let der = row.optionalBlob(4) else { throw bad("der") }
+        guard let notBefore = row.optionalInt(5) else { throw bad("not_before_ms") }
+        guard let notAfter = row.optionalInt(6) else { throw bad("not_after_ms") }
+        guard let addedWall = row.optionalInt(9) else { throw bad("added_wall") }
+        guard let addedLogical = row.optionalInt(10), Self.fits(addedLogical, UInt32.self) else {
+            throw bad("added_logical")
+        }
+        guard let addedOrigin = row.optionalText(11) else { throw bad("added_origin") }
+        guard let removalKind = row.optionalInt(12), Self.fits(removalKind, UInt8.self) else {
+            throw bad("removal_kind")
+        }
+        guard let removalWall = row.optionalInt(13) else { throw bad("removal_wall") }
+        guard let removalLogical = row.optionalInt(14), Self.fits(removalLogical, UInt32.self) else {
+            throw bad("removal_logical")
+        }
+        guard let removalOrigin = row.optionalText(15) else { throw bad("removal_origin") }
+        return StoredCertificate(
+            domain: domain, user: user, sha256: sha256, name: name, der: der,
+            notBeforeMillis: notBefore, notAfterMillis: notAfter, jids: jids, noCertManagement: flag == 1,
+            addedWall: addedWall.map { UInt64(bitPattern: $0) },
+            addedLogical: addedLogical.flatMap { UInt32(exactly: $0) },
+            addedOrigin: addedOrigin,
+            removalKind: removalKind.flatMap { UInt8(exactly: $0) },
+            removalWall: removalWall.map { UInt64(bitPattern: $0) },
+            removalLogical: removalLogical.flatMap { UInt32(exactly: $0) },
+            removalOrigin: removalOrigin)
+    }
+
+    private static func fits<T: FixedWidthInteger>(_ value: Int64?, _: T.Type) -> Bool {
+        guard let value else { return true }
+        return T(exactly: value) != nil
+    }
+
+    private func encodeJIDs(_ jids: [String]) -> String? {
+        guard let data = try? jidEncoder.encode(jids) else { return nil }
+        return String(data: data, encoding: .utf8)
+    }
+
+    private func decodeJIDs(_ text: String) -> [String]? {
+        try? jidDecoder.decode([String].self, from: Data(text.utf8))
+    }
+
+    // MARK: - Errors
+
+    static func isCorruption(_ rc: Int32) -> Bool {
+        let primary = rc & 0xff
+        return primary == SQLITE_CORRUPT || primary == SQLITE_NOTADB
+    }
+
+    private func message(_ rc: Int32) -> String {
+        let text = db.map { String(cString: sqlite3_errmsg($0)) } ?? String(cString: sqlite3_errstr(rc))
+        return "\(text) (sqlite code \(rc))"
+    }
+
+    private func openError(_ rc: Int32, what: String) -> RegistryDatabaseError {
+        if Self.isCorruption(rc) { return .corrupt(path: path, reason: message(rc)) }
+        return .cannotOpen(path: path, reason: "\(what): \(message(rc))")
+    }
+
+    private func readError(_ rc: Int32, what: String) -> RegistryDatabaseError {
+        if Self.isCorruption(rc) { return .corrupt(path: path, reason: message(rc)) }
+        return .cannotOpen(path: path, reason: "\(what): \(message(rc))")
+    }
+
+    private func writeError(_ rc: Int32, what: String) -> RegistryDatabaseError {
+        if Self.isCorruption(rc) { return .corrupt(path: path, reason: message(rc)) }
+        return .writeFailed(reason: "\(path): \(what): \(message(rc))")
+    }
+
+    private static func errnoString() -> String { String(cString: strerror(errno)) }
+}
+
+/// Typed column access: `nil` from the non-optional readers means "missing or wrong type"; the
+/// optional readers return `.some(nil)` for SQL NULL and `nil` for a wrong type.
+private struct RowReader {
+    let stmt: OpaquePointer
+
+    private func type(_ column: Int32) -> Int32 { sqlite3_column_type(stmt, column) }
+
+    func text(_ column: Int32) -> String? {
+        guard type(column) == SQLITE_TEXT else { return nil }
+        let count = Int(sqlite3_column_bytes(stmt, column))
+        guard let base = sqlite3_column_text(stmt, column) else { return count == 0 ? "" : nil }
+        return String(decoding: UnsafeBufferPointer(start: base, count: count), as: UTF8.self)
+    }
+
+    func blob(_ column: Int32) -> [UInt8]? {
+        guard type(column) == SQLITE_BLOB else { return nil }
+        let count = Int(sqlite3_column_bytes(stmt, column))
+        // A zero-length blob comes back as a NULL pointer.
+        guard count > 0 else { return [] }
+        guard let base = sqlite3_column_blob(stmt, column) else { return nil }
+        return Array(UnsafeRawBufferPointer(start: base, count: count))
+    }
+
+    func int(_ column: Int32) -> Int64? {
+        guard type(column) == SQLITE_INTEGER else { return nil }
+        return sqlite3_column_int64(stmt, column)
+    }
+
+    func optionalText(_ column: Int32) -> String?? {
+        type(column) == SQLITE_NULL ? .some(nil) : text(column).map { .some($0) }
+    }
+
+    func optionalBlob(_ column: Int32) -> [UInt8]?? {
+        type(column) == SQLITE_NULL ? .some(nil) : blob(column).map { .some($0) }
+    }
+
+    func optionalInt(_ column: Int32) -> Int64?? {
+        type(column) == SQLITE_NULL ? .some(nil) : int(column).map { .some($0) }
+    }
+}
+
+/// `close` is also a method name here, so the libc call needs an unambiguous spelling.
+@inline(__always)
+private func closeDescriptor(_ fd: Int32) -> Int32 {
+    #if canImport(Glibc)
+    return Glibc.close(fd)
+    #elseif canImport(Musl)
+    return Musl.close(fd)
+    #else
+    return Darwin.close(fd)
+    #endif
+}

@@ -1,0 +1,374 @@
+import Foundation
+import RegistryDatabase
+import XCTest
+
+final class RegistryDatabaseTests: XCTestCase {
+    private var root = ""
+
+    override func setUpWithError() throws {
+        root = FileManager.default.temporaryDirectory
+            .appendingPathComponent("registry-db-tests-\(UUID().uuidString)").path
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    private var dataDir: String { root + "/node1/data" }
+    private var dbPath: String { dataDir + "/registry.sqlite3" }
+
+    // MARK: - Fixtures
+
+    private func fullRecord(_ index: Int, domain: String = "first.com", derSize: Int = 24) -> StoredCertificate {
+        StoredCertificate(
+            domain: domain, user: "user\(index)", sha256: sha(index),
+            name: "laptop \(index)", der: [0x30, 0x82] + Array(repeating: UInt8(index & 0xff), count: derSize),
+            notBeforeMillis: 1_700_000_000_000, notAfterMillis: 1_800_000_000_000,
+            jids: ["user\(index)@\(domain)", "user\(index)@\(domain)/phone"], noCertManagement: index % 2 == 0,
+            addedWall: 1_700_000_000_123, addedLogical: 7, addedOrigin: "node1")
+    }
+
+    private func sha(_ index: Int) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0xab, count: 32)
+        withUnsafeBytes(of: UInt64(index).bigEndian) { bytes.replaceSubrange(0..<8, with: $0) }
+        return bytes
+    }
+
+    private func sorted(_ records: [StoredCertificate]) -> [StoredCertificate] {
+        records.sorted {
+            if $0.domain != $1.domain { return Array($0.domain.utf8).lexicographicallyPrecedes($1.domain.utf8) }
+            if $0.user != $1.user { return Array($0.user.utf8).lexicographicallyPrecedes($1.user.utf8) }
+            return $0.sha256.lexicographicallyPrecedes($1.sha256)
+        }
+    }
+
+    private func expectError(
+        _ expected: (RegistryDatabaseError) -> Bool, file: StaticString = #filePath, line: UInt = #line,
+        _ body: () throws -> Void
+    ) -> RegistryDatabaseError? {
+        do {
+            try body()
+            XCTFail("expected an error, got success", file: file, line: line)
+            return nil
+        } catch let error as RegistryDatabaseError {
+            XCTAssertTrue(expected(error), "unexpected error: \(error)", file: file, line: line)
+            return error
+        } catch {
+            XCTFail("unexpected error type: \(error)", file: file, line: line)
+            return nil
+        }
+    }
+
+    // MARK: - Round trips
+
+    func testRoundTripOfFullRecordsAndBareTombstones() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        var edge = fullRecord(1)
+        edge.user = "ünïcødé\u{0}nul"  // explicit-length binding keeps the NUL
+        edge.name = ""  // empty text must stay empty text, not NULL
+        edge.der = []  // empty blob must stay an empty blob, not NULL
+        edge.jids = ["a\"b\\c/d@x.example/🚀", ""]
+        edge.notBeforeMillis = Int64.min
+        edge.notAfterMillis = Int64.max
+        edge.addedWall = UInt64.max  // beyond Int64: stored by bit pattern
+        edge.addedLogical = UInt32.max
+        edge.removalKind = UInt8.max
+        edge.removalWall = UInt64(Int64.max) + 1
+        edge.removalLogical = 0
+        edge.removalOrigin = "node2"
+        let tombstone = StoredCertificate(
+            domain: "second.org", user: "bob", sha256: sha(99),
+            removalKind: 2, removalWall: 1_750_000_000_000, removalLogical: 3, removalOrigin: "node3")
+        let records = [fullRecord(2), edge, tombstone, fullRecord(3, domain: "second.org")]
+
+        try db.upsert(records)
+        let loaded = try db.loadAll()
+        XCTAssertEqual(loaded, sorted(records))
+        let loadedTombstone = try XCTUnwrap(loaded.first { $0.user == "bob" })
+        XCTAssertNil(loadedTombstone.der)
+        XCTAssertNil(loadedTombstone.name)
+        XCTAssertNil(loadedTombstone.addedWall)
+        XCTAssertEqual(loaded.first { $0.user == edge.user }?.der, [])
+    }
+
+    func testUpsertReplacesTheRowWithTheMergedRecord() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        let original = fullRecord(5)
+        try db.upsert([original, fullRecord(6)])
+
+        var merged = original
+        merged.removalKind = 1
+        merged.removalWall = 1_760_000_000_000
+        merged.removalLogical = 4
+        merged.removalOrigin = "node2"
+        merged.name = nil
+        merged.jids = []
+        try db.upsert([merged])
+
+        let loaded = try db.loadAll()
+        XCTAssertEqual(loaded.count, 2)
+        XCTAssertEqual(loaded.first { $0.user == "user5" }, merged)
+        XCTAssertEqual(loaded.first { $0.user == "user6" }, fullRecord(6))
+    }
+
+    func testSameUserDifferentCertificatesAreDistinctRows() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        var a = fullRecord(1)
+        var b = fullRecord(1)
+        b.sha256 = sha(2)
+        b.name = "other"
+        a.domain = "x.com"
+        b.domain = "x.com"
+        try db.upsert([a, b])
+        XCTAssertEqual(try db.loadAll(), sorted([a, b]))
+    }
+
+    func testEmptyUpsertIsANoOp() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        try db.upsert([])
+        XCTAssertEqual(try db.loadAll(), [])
+    }
+
+    func testHundredThousandRowsInBatches() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        let total = 100_000, batch = 1_000
+        let records = (0..<total).map { fullRecord($0, domain: "d\($0 % 10).example", derSize: 600) }  // ~certificate-sized
+        let start = Date()
+        for offset in stride(from: 0, to: total, by: batch) {
+            try db.upsert(Array(records[offset..<offset + batch]))
+        }
+        let written = Date()
+        let loaded = try db.loadAll()
+        let read = Date()
+        db.close()
+        let reopened = try RegistryDatabase(directory: dataDir)  // includes the full integrity_check
+        let opened = Date()
+        defer { reopened.close() }
+        print(String(
+            format: "RegistryDatabase: %d rows in %d durable transactions: upsert %.2fs, loadAll %.2fs, reopen+integrity_check %.2fs",
+            total, total / batch, written.timeIntervalSince(start), read.timeIntervalSince(written),
+            opened.timeIntervalSince(read)))
+        XCTAssertEqual(loaded.count, total)
+        XCTAssertEqual(Set(loaded.map(\.sha256)).count, total)
+        XCTAssertEqual(loaded.first { $0.user == "user4242" }, records[4242])
+    }
+
+    // MARK: - Durability and reopening
+
+    func testReopenAfterCloseKeepsEverything() throws {
+        let records = (0..<50).map { fullRecord($0) } + [
+            StoredCertificate(domain: "first.com", user: "gone", sha256: sha(1000),
+                              removalKind: 1, removalWall: 5, removalLogical: 6, removalOrigin: "node9"),
+        ]
+        do {
+            let db = try RegistryDatabase(directory: dataDir)
+            try db.upsert(Array(records[0..<20]))
+            try db.upsert(Array(records[20...]))
+            db.close()
+            db.close()  // idempotent
+        }
+        let again = try RegistryDatabase(directory: dataDir)
+        defer { again.close() }
+        XCTAssertEqual(try again.loadAll(), sorted(records))
+    }
+
+    func testCommittedRowsAreVisibleToAnotherProcessBeforeClose() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        let records = (0..<3).map { fullRecord($0) }
+        try db.upsert(records)
+        // The commit must be in the WAL (not merely in our process) while the connection is still open.
+        let walSize = try FileManager.default.attributesOfItem(atPath: dbPath + "-wal")[.size] as? Int
+        XCTAssertGreaterThan(walSize ?? 0, 0)
+        let out = try sqlite3(dbPath, "SELECT count(*), hex(sha256) FROM certificates WHERE user = 'user2';")
+        XCTAssertEqual(out, "1|" + sha(2).map { String(format: "%02X", $0) }.joined())
+    }
+
+    func testFailedTransactionStoresNothing() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        try db.upsert([fullRecord(1)])
+        // Another process holds the write lock, so our transaction must fail as a whole (after busy_timeout).
+        let holder = try LockHolder(dbPath: dbPath)
+        let error = expectError({ if case .writeFailed = $0 { true } else { false } }) {
+            try db.upsert([fullRecord(2), fullRecord(3)])
+        }
+        XCTAssertTrue(error?.description.contains(dbPath) ?? false, "\(String(describing: error))")
+        try holder.release()
+        XCTAssertEqual(try db.loadAll(), [fullRecord(1)])
+        try db.upsert([fullRecord(2)])  // the connection is usable again
+        XCTAssertEqual(try db.loadAll().count, 2)
+    }
+
+    // MARK: - Locking, files, schema
+
+    func testSecondOpenOfTheSameDirectoryIsLocked() throws {
+        let first = try RegistryDatabase(directory: dataDir)
+        let error = expectError({ if case .locked = $0 { true } else { false } }) {
+            _ = try RegistryDatabase(directory: dataDir)
+        }
+        XCTAssertTrue(error?.description.contains("another keystored uses this data_dir") ?? false)
+        try first.upsert([fullRecord(1)])  // the failed open did not disturb the first
+        first.close()
+        let second = try RegistryDatabase(directory: dataDir + "/")
+        defer { second.close() }
+        XCTAssertEqual(try second.loadAll(), [fullRecord(1)])
+    }
+
+    func testFilesAreCreatedPrivate() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        try db.upsert([fullRecord(1)])
+        XCTAssertEqual(try mode(dataDir), 0o700)
+        XCTAssertEqual(try mode(dbPath), 0o600)
+        XCTAssertEqual(try mode(dataDir + "/lock"), 0o600)
+        XCTAssertEqual(try mode(dbPath + "-wal"), 0o600)
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA journal_mode;"), "wal")
+    }
+
+    func testDirectoryThatIsAFileFails() throws {
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let blocker = root + "/node1"
+        XCTAssertTrue(FileManager.default.createFile(atPath: blocker, contents: Data("x".utf8)))
+        let error = expectError({ if case .cannotCreateDirectory(blocker, _) = $0 { true } else { false } }) {
+            _ = try RegistryDatabase(directory: dataDir)
+        }
+        XCTAssertTrue(error?.description.contains("not a directory") ?? false, "\(String(describing: error))")
+    }
+
+    func testSchemaVersionIsOne() throws {
+        try RegistryDatabase(directory: dataDir).close()
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA user_version;"), "1")
+        XCTAssertEqual(RegistryDatabase.schemaVersion, 1)
+    }
+
+    func testSchemaTooNewIsRefused() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        try db.upsert([fullRecord(1)])
+        db.close()
+        _ = try sqlite3(dbPath, "PRAGMA user_version = 99;")
+        let error = expectError({ $0 == .schemaTooNew(found: 99, supported: 1) }) {
+            _ = try RegistryDatabase(directory: dataDir)
+        }
+        XCTAssertTrue(error?.description.contains("99") ?? false)
+    }
+
+    func testGarbageFileIsCorruptWithRecoveryHint() throws {
+        try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+        let garbage = Data((0..<8192).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) })
+        XCTAssertTrue(FileManager.default.createFile(atPath: dbPath, contents: garbage))
+        for _ in 0..<2 {  // the second attempt proves the failed open released the lock
+            let error = expectError({ if case .corrupt(dbPath, _) = $0 { true } else { false } }) {
+                _ = try RegistryDatabase(directory: dataDir)
+            }
+            let text = error?.description ?? ""
+            XCTAssertTrue(text.contains("move the file"), text)
+            XCTAssertTrue(text.contains("re-syncs the registry from its peers"), text)
+        }
+        XCTAssertEqual(FileManager.default.contents(atPath: dbPath), garbage, "a corrupt file must not be modified")
+    }
+
+    func testDamagedTablePagesAreCorrupt() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        try db.upsert((0..<200).map { fullRecord($0) })
+        db.close()  // checkpoints the WAL into the main file
+        let handle = try XCTUnwrap(FileHandle(forUpdatingAtPath: dbPath))
+        let size = try handle.seekToEnd()
+        XCTAssertGreaterThan(size, 8192)
+        try handle.seek(toOffset: 4096)  // page 2 onwards: the table's b-tree
+        try handle.write(contentsOf: Data(repeating: 0xee, count: Int(size) - 4096))
+        try handle.close()
+        _ = expectError({ if case .corrupt(dbPath, _) = $0 { true } else { false } }) {
+            _ = try RegistryDatabase(directory: dataDir)
+        }
+    }
+
+    func testUseAfterCloseFailsCleanly() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        db.close()
+        _ = expectError({ if case .writeFailed = $0 { true } else { false } }) { try db.upsert([fullRecord(1)]) }
+        _ = expectError({ if case .cannotOpen = $0 { true } else { false } }) { _ = try db.loadAll() }
+    }
+
+    func testHandEditedRowOfWrongTypeIsReportedNotCrashed() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        try db.upsert([fullRecord(1)])
+        db.close()
+        _ = try sqlite3(dbPath, "UPDATE certificates SET added_logical = 4294967296, jids = 'not json';")
+        let reopened = try RegistryDatabase(directory: dataDir)
+        defer { reopened.close() }
+        let error = expectError({ if case .corrupt(dbPath, _) = $0 { true } else { false } }) {
+            _ = try reopened.loadAll()
+        }
+        XCTAssertTrue(error?.description.contains("user1@first.com") ?? false, "\(String(describing: error))")
+    }
+
+    // MARK: - Helpers
+
+    private func mode(_ path: String) throws -> Int {
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        return (attributes[.posixPermissions] as? Int ?? -1) & 0o777
+    }
+
+    private func sqlite3(_ path: String, _ sql: String) throws -> String {
+        let process = Process()
+        process.executableURL = try sqlite3Executable()
+        process.arguments = [path, sql]
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        let errors = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        XCTAssertEqual(process.terminationStatus, 0, String(decoding: errors, as: UTF8.self))
+        return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+func sqlite3Executable() throws -> URL {
+    for dir in (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin").split(separator: ":") + ["/usr/bin"] {
+        let candidate = "\(dir)/sqlite3"
+        if FileManager.default.isExecutableFile(atPath: candidate) { return URL(fileURLWithPath: candidate) }
+    }
+    throw XCTSkip("the sqlite3 command-line shell is not installed (apt install sqlite3)")
+}
+
+/// An sqlite3 shell in another process holding the database's write lock until released.
+private final class LockHolder {
+    private let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+
+    init(dbPath: String) throws {
+        process.executableURL = try sqlite3Executable()
+        process.arguments = [dbPath]
+        process.standardInput = input
+        process.standardOutput = output
+        try process.run()
+        // `.shell echo` runs only after BEGIN IMMEDIATE succeeded and writes unbuffered to our pipe.
+        input.fileHandleForWriting.write(Data("BEGIN IMMEDIATE;\n.shell echo locked\n".utf8))
+        var seen = Data()
+        while !String(decoding: seen, as: UTF8.self).contains("locked") {
+            let chunk = output.fileHandleForReading.availableData
+            if chunk.isEmpty { throw LockHolderError.shellExitedBeforeLocking }
+            seen.append(chunk)
+        }
+    }
+
+    func release() throws {
+        input.fileHandleForWriting.write(Data("ROLLBACK;\n.quit\n".utf8))
+        try input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+
+    deinit {
+        if process.isRunning { process.terminate() }
+    }
+}
+
+private enum LockHolderError: Error { case shellExitedBeforeLocking }
