@@ -40,6 +40,8 @@ let package = Package(
         .target(name: "ReplicatedStore", dependencies: []),
         // SWIM-style membership state machine (pure, no I/O).
         .target(name: "Membership", dependencies: []),
+        // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
+        .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
         .target(name: "RegistryDatabase", dependencies: ["CSQLite"]),
         // Mutual TLS 1.3 between peers over system OpenSSL, as a NIO ChannelHandler.
@@ -78,6 +80,9 @@ let package = Package(
             "KeystoreNode",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         // Load generator: the local API vs nginx, cluster convergence (see BENCHMARKS.md).
         .executableTarget(name: "keystore-bench", dependencies: [
@@ -95,6 +100,7 @@ let package = Package(
         .testTarget(name: "SecretMemoryTests", dependencies: ["SecretMemory"]),
         .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig"]),
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
+        .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [

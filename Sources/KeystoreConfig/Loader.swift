@@ -207,7 +207,7 @@ struct Loader {
     static let topLevelFields = ["cluster", "tls", "join_timeout_ms", "grace_period_s", "ram_key_size",
                                  "nodes", "domains", "clients"]
     static let tlsFields = ["ca", "cert", "key"]
-    static let nodeFields = ["peer", "socket", "socket_mode", "socket_group", "data_dir"]
+    static let nodeFields = ["peer", "socket", "socket_mode", "socket_group", "data_dir", "metrics"]
     static let domainFields = ["ram_key_size", "keys"]
     static let keyFields = ["name", "type", "path"]
     static let clientFields = ["uid", "gid", "domains", "allow"]
@@ -357,6 +357,14 @@ struct Loader {
                 throw .missingField(field: fields.path("data_dir"))
             }
 
+            // Optional Prometheus listener ("host:port"), same syntax as peer.
+            var metrics: (host: String, port: Int)?
+            if let metricsRaw = try fields.string("metrics", required: false) {
+                let substituted = try nonEmpty(substitute(metricsRaw, node: name), path: fields.path("metrics"))
+                let parsed = try Syntax.parsePeer(substituted, field: fields.path("metrics"))
+                metrics = (parsed.host, parsed.port)
+            }
+
             let peerKey = "[\(peer.host.lowercased())]:\(peer.port)"
             if let other = peers[peerKey] {
                 throw .duplicatePeerAddress(field: fields.path("peer"), address: peerRaw, otherNode: other)
@@ -369,7 +377,8 @@ struct Loader {
 
             result.append(LoadedNode(name: name, config: NodeConfig(
                 name: name, peerHost: peer.host, peerPort: peer.port, peerAddress: peerRaw,
-                socketPath: socket, socketMode: mode, socketGroup: group, dataDir: dataDir)))
+                socketPath: socket, socketMode: mode, socketGroup: group, dataDir: dataDir,
+                metricsHost: metrics?.host, metricsPort: metrics?.port)))
         }
         return result
     }

@@ -84,9 +84,15 @@ public struct NodeConfig: Sendable, Equatable {
     /// Group name or number exactly as configured; resolving it is the daemon's job.
     public var socketGroup: String?
     public var dataDir: String
+    /// Optional plain-HTTP listener serving only `GET /metrics` (Prometheus); meant for loopback.
+    public var metricsHost: String?
+    public var metricsPort: Int?
 
     public init(name: String, peerHost: String, peerPort: Int, peerAddress: String, socketPath: String,
-                socketMode: UInt32 = 0o660, socketGroup: String? = nil, dataDir: String) {
+                socketMode: UInt32 = 0o660, socketGroup: String? = nil, dataDir: String,
+                metricsHost: String? = nil, metricsPort: Int? = nil) {
+        self.metricsHost = metricsHost
+        self.metricsPort = metricsPort
         self.name = name
         self.peerHost = peerHost
         self.peerPort = peerPort

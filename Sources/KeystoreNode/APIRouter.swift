@@ -1,6 +1,7 @@
 import KeystoreConfig
 import LocalAPI
 import Logging
+import Dispatch
 import NIOCore
 import NIOHTTP1
 import ReplicatedStore
@@ -30,6 +31,7 @@ public protocol NodeServices: AnyObject, Sendable {
     /// Whether secret memory is locked (else health shows a warning).
     var memoryLocked: Bool { get }
     var events: EventHub { get }
+    var metrics: NodeMetrics { get }
     var logger: Logger { get }
 }
 
@@ -49,14 +51,32 @@ public final class APIRouter: APIResponder {
     }
 
     public func handle(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) -> APIResult {
+        let started = DispatchTime.now().uptimeNanoseconds
+        var label = "unknown"
         let result: APIResult
         do {
-            result = try route(request, allocator: allocator, eventLoop: eventLoop)
+            result = try route(request, allocator: allocator, eventLoop: eventLoop, label: &label)
         } catch let error as APIError {
             result = .response(.error(error, allocator: allocator))
         } catch {
             services.logger.error("request \(request.requestID) failed: \(error)")
             result = .response(.error(APIError(.internalError, "internal error; see the node's log (request \(request.requestID))"), allocator: allocator))
+        }
+        let metrics = services.metrics
+        switch result {
+        case .response(let response):
+            metrics.request(route: label, status: response.status, nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
+        case .deferred(let future):
+            future.whenComplete { outcome in
+                let status: HTTPResponseStatus
+                switch outcome {
+                case .success(let response): status = response.status
+                case .failure(let error): status = (error as? APIError)?.status ?? .internalServerError
+                }
+                metrics.request(route: label, status: status, nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
+            }
+        case .stream(let status, _):
+            metrics.request(route: label, status: status, nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
         }
         return result
     }
@@ -81,11 +101,16 @@ public final class APIRouter: APIResponder {
         return domain
     }
 
-    private func route(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) throws -> APIResult {
+    /// `label` receives the route template (low cardinality, no user data) for metrics.
+    private func route(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop, label: inout String) throws -> APIResult {
         guard let path = request.pathSegments else {
             throw APIError(.badRequest, "request path is not valid percent-encoded UTF-8")
         }
+        label = APIRouter.routeLabel(path)
         switch path.count {
+        case 1 where path[0] == "metrics":
+            try requireMethod(request, .GET)
+            return .response(metricsResponse(services.metrics, allocator))
         case 2 where path[0] == "v1" && path[1] == "health":
             try requireMethod(request, .GET)
             return .response(health(allocator))
@@ -132,11 +157,28 @@ public final class APIRouter: APIResponder {
             try require(.keysRotate, domain: path[2], request)
             return .response(try rotate(try domain(path[2]), name: path[4], request, allocator))
         default:
-            if path.first == "metrics" && path.count == 1 {
-                throw APIError(.notFound, "metrics are not available in this version")
-            }
             throw APIError(.notFound, "no route \(request.method.rawValue) \(request.uri); see DESIGN.md for the v1 routes")
         }
+    }
+
+    /// The route template of a path, e.g. `/v1/domains/{d}/keys/{k}`.
+    static func routeLabel(_ path: [String]) -> String {
+        guard path.first == "v1" else { return path == ["metrics"] ? "/metrics" : "other" }
+        if path.count >= 3 && path[1] == "domains" {
+            var template = ["v1", "domains", "{d}"]
+            for (i, segment) in path.enumerated().dropFirst(3) {
+                switch (i, path[3]) {
+                case (3, _): template.append(segment)
+                case (4, "keys"): template.append("{k}")
+                case (4, "users"): template.append("{u}")
+                case (6, "users"): template.append("{name}")
+                default: template.append(segment)
+                }
+            }
+            let label = "/" + template.joined(separator: "/")
+            return label.count <= 64 ? label : "other"
+        }
+        return path.count == 2 ? "/v1/" + path[1] : "other"
     }
 
     private func health(_ allocator: ByteBufferAllocator) -> APIResponse {

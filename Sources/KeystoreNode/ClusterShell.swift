@@ -50,6 +50,7 @@ final class ClusterShell: @unchecked Sendable {
     let settings: Settings
     let instance: UInt64
     let events: EventHub
+    let metrics: NodeMetrics
     private let me: NodeConfig
     private let peers: [String: NodeConfig]
     private var swim: SWIMInstance
@@ -62,7 +63,8 @@ final class ClusterShell: @unchecked Sendable {
     private let snapshot: Mutex<ClusterStatus>
     private var stopped = false
 
-    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, events: EventHub, settings: Settings = Settings()) {
+    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, events: EventHub, metrics: NodeMetrics, settings: Settings = Settings()) {
+        self.metrics = metrics
         self.state = state
         self.events = events
         self.tls = tls
@@ -167,6 +169,9 @@ final class ClusterShell: @unchecked Sendable {
             members.append(ClusterStatus.Member(node: node, address: peers[node]!.peerAddress, state: "joining", lastContactMillis: nil, version: nil))
         }
         members.sort { $0.node < $1.node }
+        var counts: [String: Int] = ["alive": 0, "suspect": 0, "dead": 0, "joining": 0]
+        for member in members { counts[member.state, default: 0] += 1 }
+        for (state, count) in counts { metrics.gauge("keystore_members", [("state", state)], Double(count)) }
         snapshot.withLock { $0 = ClusterStatus(members: members, aliveNodes: alive) }
     }
 
@@ -185,6 +190,7 @@ final class ClusterShell: @unchecked Sendable {
         loop.preconditionInEventLoop()
         guard !stopped, let config = peers[node] else { return }
         let frame = encode(message)
+        metrics.gossip(direction: "out", type: message.kindLabel, bytes: frame.readableBytes)
         var peer = outbound[node] ?? OutboundPeer()
         if let channel = peer.channel {
             channel.writeAndFlush(frame, promise: nil)
@@ -300,6 +306,7 @@ final class ClusterShell: @unchecked Sendable {
     func receive(_ message: PeerMessage, from peer: PeerIdentity) {
         loop.preconditionInEventLoop()
         guard !stopped else { return }
+        metrics.gossip(direction: "in", type: message.kindLabel, bytes: 0)
         switch message {
         case .hello:
             logger.warning("peer \(peer.node) sent a second hello; ignored")
@@ -419,5 +426,26 @@ final class ClusterShell: @unchecked Sendable {
         let alive = swim.members.filter { $0.status == .alive }.map(\.node)
         guard let target = alive.randomElement(using: &random) else { return }
         send(.digest(root: state.rootDigest, stamp: state.stamp()), to: target)
+    }
+}
+
+extension PeerMessage {
+    /// Low-cardinality label for metrics.
+    var kindLabel: String {
+        switch self {
+        case .hello: return "hello"
+        case .swim: return "swim"
+        case .digest: return "digest"
+        case .bucketDigests: return "bucket_digests"
+        case .delta(_, let purpose, _):
+            switch purpose {
+            case .push: return "delta_push"
+            case .repair: return "delta_repair"
+            case .repairReply: return "delta_repair_reply"
+            case .sync: return "delta_sync"
+            }
+        case .syncRequest: return "sync_request"
+        case .syncDone: return "sync_done"
+        }
     }
 }

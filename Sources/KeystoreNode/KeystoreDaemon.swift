@@ -1,4 +1,3 @@
-import Dispatch
 import KeystoreConfig
 import LocalAPI
 import Logging
@@ -7,6 +6,7 @@ import NIOPosix
 import PeerTLS
 import ReplicatedStore
 import SecretMemory
+import ServiceLifecycle
 import Synchronization
 
 #if canImport(Glibc)
@@ -30,32 +30,32 @@ public enum DaemonError: Error, CustomStringConvertible {
 }
 
 /// One running node: owns the event loops, the local API, the cluster shell and the state.
-public final class KeystoreDaemon: NodeServices {
+/// Runs as a swift-service-lifecycle `Service`: SIGTERM/SIGINT trigger a graceful shutdown
+/// (stop accepting, close peers, remove the socket); SIGHUP rereads the PSK files.
+public final class KeystoreDaemon: NodeServices, Service {
     public let state: NodeState
     public let logger: Logger
+    public let events: EventHub
+    public let metrics: NodeMetrics
     let group: MultiThreadedEventLoopGroup
     let arena: SecretArena
     let cluster: ClusterShell
-    public let events: EventHub
-    private let stopRequested = Mutex<CheckedContinuation<Void, Never>?>(nil)
 
-    private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext) {
+    private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext, metrics: NodeMetrics) {
         self.state = state
         self.arena = arena
         self.logger = logger
         self.group = group
+        self.metrics = metrics
         self.events = EventHub(nodeName: state.nodeName, logger: logger)
-        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger, events: events)
+        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger, events: events, metrics: metrics)
     }
 
-    public var memoryLocked: Bool {
-        let stats = arena.statistics
-        return stats.lockFailures == 0
-    }
+    public var memoryLocked: Bool { arena.statistics.lockFailures == 0 }
 
     /// Loads and checks everything that can be wrong in the config before anything starts,
     /// so a bad deploy fails at once with one line.
-    public static func load(configPath: String, node: String, logger: Logger) throws -> KeystoreDaemon {
+    public static func load(configPath: String, node: String, logger: Logger, metrics: NodeMetrics = NodeMetrics(registry: nil)) throws -> KeystoreDaemon {
         let config: ClusterConfig
         do {
             config = try ClusterConfig.load(path: configPath, node: node)
@@ -83,10 +83,11 @@ public final class KeystoreDaemon: NodeServices {
             throw DaemonError.config("tls: \(error.description)")
         }
         let threads = min(System.coreCount, 4)
-        return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads), tls: tls)
+        return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads),
+                              tls: tls, metrics: metrics)
     }
 
-    /// Serves until SIGTERM/SIGINT (or `stop()`), then shuts down cleanly.
+    /// Serves until graceful shutdown is requested (SIGTERM/SIGINT via the ServiceGroup).
     public func run() async throws {
         let me = state.config.me
         var groupID: UInt32?
@@ -101,14 +102,23 @@ public final class KeystoreDaemon: NodeServices {
             configuration: LocalAPIServerConfiguration(socketPath: me.socketPath, socketMode: me.socketMode, socketGroupID: groupID),
             responder: router, group: group, logger: logger)
         logger.info("serving the local API on \(me.socketPath) (mode \(String(me.socketMode, radix: 8)))")
+        var servers = [server]
+        if let host = me.metricsHost, let port = me.metricsPort {
+            do {
+                servers.append(try await LocalAPIServer.startTCP(host: host, port: port, responder: MetricsResponder(metrics: metrics), group: group, logger: logger))
+                logger.info("serving Prometheus metrics on http://\(host):\(port)/metrics")
+            } catch {
+                await server.close()
+                throw DaemonError.startup("nodes.\(me.name).metrics: \(error)")
+            }
+        }
 
-        let signals = installSignalHandlers()
-        defer { for source in signals { source.cancel() } }
+        installReloadHandler()
 
         do {
             try await cluster.start()
         } catch {
-            await server.close()
+            for s in servers { await s.close() }
             throw error
         }
         // DESIGN.md RAM keys 2: adopt the cluster's keys before generating any.
@@ -116,6 +126,7 @@ public final class KeystoreDaemon: NodeServices {
         let outcome = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis)
         let created = try state.becomeReady()
         publish(created)
+        metrics.joinDuration(milliseconds: monotonicMillis() - started)
         let generated = created.keyVersions.count
         switch outcome {
         case .adopted(let peer):
@@ -128,50 +139,44 @@ public final class KeystoreDaemon: NodeServices {
             logger.info("ready: single-node cluster; generated \(generated) ram keys")
         }
 
-        let expiry = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [state, logger] _ in
+        let housekeeping = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
             for (ref, id) in state.expire() { logger.info("version \(id) of \(ref) expired after its grace period") }
+            recordGauges()
         }
+        recordGauges()
 
-        await withCheckedContinuation { continuation in
-            stopRequested.withLock { $0 = continuation }
-        }
-        expiry.cancel()
+        // Suspends until SIGTERM/SIGINT (or the ServiceGroup ends).
+        try? await gracefulShutdown()
+        housekeeping.cancel()
         logger.info("shutting down")
-        await server.close()
+        for s in servers { await s.close() }
         await cluster.shutdown()
         try? await group.shutdownGracefully()
+        logger.info("stopped")
     }
 
-    /// Ends `run()`.
-    public func stop() {
-        stopRequested.withLock { continuation in
-            continuation?.resume()
-            continuation = nil
-        }
+    private func recordGauges() {
+        let stats = arena.statistics
+        metrics.gauge("keystore_secret_memory_locked_bytes", [], Double(stats.lockedBytes))
+        metrics.gauge("keystore_secret_memory_reserved_bytes", [], Double(stats.reservedBytes))
+        metrics.gauge("keystore_ready", [], state.isReady ? 1 : 0)
+        metrics.gauge("keystore_keys", [("type", "ram")], Double(state.ramKeys.count))
+        metrics.gauge("keystore_keys", [("type", "file")], Double(state.fileKeyPaths.count))
+        metrics.gauge("keystore_key_versions", [], Double(state.withStore { $0.ramSecrets.count }))
+        metrics.gauge("keystore_event_subscribers", [], Double(events.subscriberCount))
     }
 
-    private func installSignalHandlers() -> [DispatchSourceSignal] {
-        var sources: [DispatchSourceSignal] = []
-        for (signo, action) in [(SIGHUP, "reload"), (SIGTERM, "stop"), (SIGINT, "stop")] {
-            signal(signo, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signo, queue: .global())
-            source.setEventHandler { [weak self] in
-                guard let self else { return }
-                if action == "reload" {
-                    do {
-                        let changed = try self.reload()
-                        self.logger.info("SIGHUP: reloaded file keys; changed: \(changed.isEmpty ? "none" : changed.map(\.description).joined(separator: ", "))")
-                    } catch {
-                        self.logger.error("SIGHUP: reload failed, previous keys kept: \(error)")
-                    }
-                } else {
-                    self.stop()
-                }
+    /// SIGHUP rereads the PSK files (signals are taken by `ProcessSignals`; see keystored's main).
+    private func installReloadHandler() {
+        ProcessSignals.on(SIGHUP) { [weak self] in
+            guard let self else { return }
+            do {
+                let changed = try self.reload()
+                self.logger.info("SIGHUP: reloaded file keys; changed: \(changed.isEmpty ? "none" : changed.map(\.description).joined(separator: ", "))")
+            } catch {
+                self.logger.error("SIGHUP: reload failed, previous keys kept: \(error)")
             }
-            source.resume()
-            sources.append(source)
         }
-        return sources
     }
 
     // MARK: NodeServices
@@ -191,4 +196,22 @@ public final class KeystoreDaemon: NodeServices {
         publish(StoreDelta(pskFingerprints: mine))
         return changed
     }
+}
+
+/// Serves `GET /metrics` only: the optional TCP listener for Prometheus.
+struct MetricsResponder: APIResponder {
+    let metrics: NodeMetrics
+    func handle(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) -> APIResult {
+        guard request.method == .GET, request.pathSegments == ["metrics"] else {
+            return .response(.error(APIError(.notFound, "only GET /metrics is served on this listener"), allocator: allocator))
+        }
+        return .response(metricsResponse(metrics, allocator))
+    }
+}
+
+func metricsResponse(_ metrics: NodeMetrics, _ allocator: ByteBufferAllocator) -> APIResponse {
+    let bytes = metrics.exposition()
+    var buffer = allocator.buffer(capacity: bytes.count)
+    buffer.writeBytes(bytes)
+    return APIResponse(contentType: "text/plain; version=0.0.4", body: buffer)
 }

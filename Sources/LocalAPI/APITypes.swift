@@ -9,6 +9,8 @@ public struct PeerCredentials: Sendable, Equatable, CustomStringConvertible {
     public var gid: UInt32
     public init(pid: Int32, uid: UInt32, gid: UInt32) { self.pid = pid; self.uid = uid; self.gid = gid }
     public var description: String { "pid=\(pid) uid=\(uid) gid=\(gid)" }
+    /// A caller on a TCP listener: no credentials, so no ACL rule can match it.
+    public static let anonymous = PeerCredentials(pid: 0, uid: UInt32.max, gid: UInt32.max)
 }
 
 /// A fully received request (the API has no streaming uploads: bodies are small JSON).

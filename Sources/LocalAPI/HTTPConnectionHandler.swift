@@ -47,7 +47,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var timeout: Scheduled<Void>?
     private var streamBacklog = 0
 
-    init(responder: APIResponder, limits: LocalAPILimits, server: LocalAPIServerCounters, logger: Logger) {
+    /// TCP listeners (metrics) have no SO_PEERCRED; their callers are `PeerCredentials.anonymous`.
+    private let anonymous: Bool
+
+    init(responder: APIResponder, limits: LocalAPILimits, server: LocalAPIServerCounters, logger: Logger, anonymous: Bool = false) {
+        self.anonymous = anonymous
         self.responder = responder
         self.limits = limits
         self.server = server
@@ -55,6 +59,12 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     func channelActive(context: ChannelHandlerContext) {
+        if anonymous {
+            caller = .anonymous
+            armTimeout(context: context)
+            context.fireChannelActive()
+            return
+        }
         let channel = context.channel
         guard let provider = channel as? SocketOptionProvider else {
             logger.error("local connection without socket options; closing")

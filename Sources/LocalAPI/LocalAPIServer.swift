@@ -114,10 +114,37 @@ public final class LocalAPIServer: Sendable {
 
     public var openConnections: Int { counters.connections.load(ordering: .relaxed) }
 
+    /// A plain-HTTP TCP listener for routes that need no caller identity (the Prometheus
+    /// scrape). Callers are `PeerCredentials.anonymous`; the responder decides what they get.
+    public static func startTCP(host: String, port: Int, responder: APIResponder, group: EventLoopGroup,
+                                limits: LocalAPILimits = .init(), logger: Logger) async throws -> LocalAPIServer {
+        let counters = LocalAPIServerCounters()
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                let open = counters.connections.add(1, ordering: .relaxed).newValue
+                channel.closeFuture.whenComplete { _ in counters.connections.subtract(1, ordering: .relaxed) }
+                if open > limits.maxConnections { return channel.close() }
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
+                    try channel.pipeline.syncOperations.addHandler(
+                        HTTPConnectionHandler(responder: responder, limits: limits, server: counters, logger: logger, anonymous: true))
+                }
+            }
+        let channel: Channel
+        do {
+            channel = try await bootstrap.bind(host: host, port: port).get()
+        } catch {
+            throw LocalAPIServerError.cannotBind(path: "\(host):\(port)", reason: "\(error)")
+        }
+        return LocalAPIServer(configuration: LocalAPIServerConfiguration(socketPath: ""), channel: channel, counters: counters)
+    }
+
     /// Stops listening and removes the socket file (only if it is still ours).
     public func close() async {
         try? await channel.close()
-        unlink(configuration.socketPath)
+        if !configuration.socketPath.isEmpty { unlink(configuration.socketPath) }
     }
 
     /// Replaces a stale socket file left by a crashed daemon, but refuses to steal the socket of

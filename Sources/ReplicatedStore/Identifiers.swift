@@ -147,14 +147,18 @@ public struct PSKMismatch: Hashable, Sendable {
 public struct StoreDelta: Hashable, Sendable {
     public var keyVersions: [KeyRef: [KeyVersion]]
     public var pskFingerprints: [PSKFingerprint]
+    /// Certificate registry records; several records for one id are allowed (they are joined).
+    public var certificates: [CertificateRecord]
 
-    public init(keyVersions: [KeyRef: [KeyVersion]] = [:], pskFingerprints: [PSKFingerprint] = []) {
+    public init(keyVersions: [KeyRef: [KeyVersion]] = [:], pskFingerprints: [PSKFingerprint] = [],
+                certificates: [CertificateRecord] = []) {
         self.keyVersions = keyVersions
         self.pskFingerprints = pskFingerprints
+        self.certificates = certificates
     }
 
     public var isEmpty: Bool {
-        pskFingerprints.isEmpty && keyVersions.values.allSatisfy { $0.isEmpty }
+        pskFingerprints.isEmpty && certificates.isEmpty && keyVersions.values.allSatisfy { $0.isEmpty }
     }
 }
 
@@ -167,16 +171,30 @@ public struct MergeOutcome: Sendable {
     public var pruned: [(KeyRef, VersionID)]
     public var primaryChanged: [KeyRef]
     public var pskChanged: Bool
-    /// The part of the input that changed this replica; gossip it on (eager push).
+    /// The merged value of every certificate record this merge changed, once per id, in the
+    /// order the input first changed them: the shell persists exactly these (DESIGN
+    /// "Certificate registry" 6).
+    public var certificatesChanged: [CertificateRecord]
+    /// The subset of `certificatesChanged` that gained a removal here or was upgraded from
+    /// disabled to revoked: the records the shell emits disable/revoke events for. A removal
+    /// that only lost a tie to an equal-kind earlier one is not news and is not listed.
+    public var certificatesNewlyRemoved: [CertificateRecord]
+    /// The part of the input that changed this replica; gossip it on (eager push). For
+    /// certificates it carries the merged record (the join of the input with what was held),
+    /// which tells a peer everything the input did and never less.
     public var forwardable: StoreDelta
 
     public init(added: [(KeyRef, KeyVersion)] = [], pruned: [(KeyRef, VersionID)] = [],
                 primaryChanged: [KeyRef] = [], pskChanged: Bool = false,
+                certificatesChanged: [CertificateRecord] = [],
+                certificatesNewlyRemoved: [CertificateRecord] = [],
                 forwardable: StoreDelta = StoreDelta()) {
         self.added = added
         self.pruned = pruned
         self.primaryChanged = primaryChanged
         self.pskChanged = pskChanged
+        self.certificatesChanged = certificatesChanged
+        self.certificatesNewlyRemoved = certificatesNewlyRemoved
         self.forwardable = forwardable
     }
 }

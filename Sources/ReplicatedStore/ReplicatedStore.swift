@@ -1,4 +1,5 @@
-/// The replicated cluster state: RAM key version metadata and PSK fingerprints.
+/// The replicated cluster state: RAM key version metadata, PSK fingerprints and the
+/// certificate registry (see ReplicatedStore+Certificates.swift).
 ///
 /// Pure and deterministic (time is an argument) so every node computes the same merge result
 /// from the same inputs, and so it can be tested exhaustively without sockets or clocks.
@@ -31,14 +32,32 @@ public struct ReplicatedStore: Sendable, Equatable {
         let bucket: Int
     }
 
+    struct CertificateEntry: Sendable, Equatable {
+        var record: CertificateRecord
+        let bucket: Int
+        /// Cached digest inputs: a removal arriving for a stored certificate must not rehash its DER.
+        var contentHash: UInt64?
+        var entryHash: UInt64
+    }
+
+    struct UserRef: Hashable, Sendable {
+        var domain: String
+        var user: String
+    }
+
     private var keys: [KeyRef: KeyEntry] = [:]
     private var psk: [PSKSlot: PSKEntry] = [:]
+    /// Records are never deleted (tombstones are forever, DESIGN "Certificate registry" 5).
+    var certEntries: [CertificateID: CertificateEntry] = [:]
+    /// Every id of a user, so per-user queries do not scan the whole registry.
+    var certIDsByUser: [UserRef: [CertificateID]] = [:]
     /// Only keys with a non-primary version can expire anything; `expire` scans just these.
     private var multiVersionKeys: Set<KeyRef> = []
     /// Per-bucket wrapping sum and count of entry hashes, kept incrementally so the digest
     /// the shell asks for every gossip round costs O(bucketCount), not O(state).
-    private var bucketSums: [UInt64]
-    private var bucketCounts: [UInt64]
+    /// Internal (not private) so the certificate extension keeps them in step too.
+    var bucketSums: [UInt64]
+    var bucketCounts: [UInt64]
 
     /// `bucketCount` below 1 is treated as 1 rather than trapping; all nodes of a cluster must
     /// use the same value or anti-entropy degrades to full exchanges.
@@ -52,7 +71,7 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// Replicas are equal when their replicated content is; the digest caches follow from it.
     public static func == (lhs: ReplicatedStore, rhs: ReplicatedStore) -> Bool {
         lhs.graceMillis == rhs.graceMillis && lhs.bucketCount == rhs.bucketCount
-            && lhs.keys == rhs.keys && lhs.psk == rhs.psk
+            && lhs.keys == rhs.keys && lhs.psk == rhs.psk && lhs.certEntries == rhs.certEntries
     }
 
     // MARK: - RAM key versions
@@ -151,6 +170,8 @@ public struct ReplicatedStore: Sendable, Equatable {
                 .sorted(by: Self.pskOrder)
         }
 
+        mergeCertificates(delta.certificates, into: &outcome)
+
         outcome.added.sort { $0.0 != $1.0 ? $0.0 < $1.0 : KeyVersion.ranksBefore($0.1, $1.1) }
         outcome.pruned.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
         outcome.primaryChanged.sort()
@@ -197,7 +218,8 @@ public struct ReplicatedStore: Sendable, Equatable {
         return h.finalize()
     }
 
-    /// Everything in the given buckets (whole keys, since a key's versions share a bucket).
+    /// Everything in the given buckets (whole keys, since a key's versions share a bucket;
+    /// certificate records, tombstones included).
     /// Out-of-range indices are ignored.
     public func delta(forBuckets buckets: [Int]) -> StoreDelta {
         var wanted = Array(repeating: false, count: bucketCount)
@@ -207,11 +229,15 @@ public struct ReplicatedStore: Sendable, Equatable {
             delta.keyVersions[key] = entry.versions
         }
         delta.pskFingerprints = psk.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.pskOrder)
+        delta.certificates = certEntries.values.filter { wanted[$0.bucket] }.map(\.record).sorted { $0.id < $1.id }
         return delta
     }
 
     public func fullDelta() -> StoreDelta {
-        StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints())
+        // Certificates unsorted: the receiver does not care, and sorting 100k records costs
+        // more than collecting them.
+        StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints(),
+                   certificates: certEntries.values.map(\.record))
     }
 
     /// Bucket indices whose digests differ. If the lists have different lengths the peers use

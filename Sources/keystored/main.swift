@@ -1,13 +1,19 @@
 import ArgumentParser
 import KeystoreNode
 import Logging
+import Metrics
+import Prometheus
 import SecretMemory
+import ServiceLifecycle
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-@main
+/// Signals the daemon handles (SIGHUP: reload; SIGTERM/SIGINT: graceful shutdown).
+let handledSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
+
+@available(macOS 10.15, macCatalyst 13, iOS 13, tvOS 13, watchOS 6, *)
 struct Keystored: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keystored",
@@ -22,7 +28,10 @@ struct Keystored: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
-    func run() async throws {
+    func run() async throws { try await serve() }
+
+    /// The daemon's life; `run()` forwards here so top-level code can call it unambiguously.
+    func serve() async throws {
         // Before any secret exists: no core dumps, no ptrace attach (DESIGN.md RAM keys 7).
         let hardening = ProcessHardening.apply()
         guard let level = Logger.Level(rawValue: logLevel) else {
@@ -37,14 +46,27 @@ struct Keystored: AsyncParsableCommand {
         if !hardening.coreDumpsDisabled || !hardening.nonDumpable {
             logger.critical("could not disable core dumps / ptrace (core=\(hardening.coreDumpsDisabled), nondumpable=\(hardening.nonDumpable)); secrets may be exposed in a crash dump")
         }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let daemon: KeystoreDaemon
         do {
-            daemon = try KeystoreDaemon.load(configPath: config, node: node, logger: logger)
+            daemon = try KeystoreDaemon.load(configPath: config, node: node, logger: logger, metrics: NodeMetrics(registry: registry))
         } catch {
             fail("\(error)")
         }
+        let services = ServiceGroup(configuration: .init(services: [.init(service: daemon)], logger: logger))
+        // SIGTERM/SIGINT trigger the group's graceful shutdown. ServiceGroup's own Dispatch-based
+        // signal handling lost them on Linux once NIO's threads were running; ProcessSignals
+        // uses a sigaction handler and a self-pipe instead.
+        for signo in [SIGTERM, SIGINT] {
+            ProcessSignals.on(signo) {
+                logger.info("signal \(signo): shutting down gracefully")
+                Task { await services.triggerGracefulShutdown() }
+            }
+        }
+        ProcessSignals.install(handledSignals)
         do {
-            try await daemon.run()
+            try await services.run()
         } catch {
             fail("\(error)")
         }
@@ -61,4 +83,11 @@ enum FileHandleStderr {
         var bytes = Array(text.utf8)
         _ = Glibc.write(2, &bytes, bytes.count)
     }
+}
+
+do {
+    let command = try Keystored.parse()
+    try await command.serve()
+} catch {
+    Keystored.exit(withError: error)
 }

@@ -212,6 +212,39 @@ final class SingleNodeTests: ClusterTestCase {
         XCTAssertNoThrow(try node.client.health())
     }
 
+    func testSIGTERMShutsDownGracefullyAndRemovesTheSocket() throws {
+        let (cluster, node) = try startSingle()
+        node.signal(SIGTERM)
+        node.process.waitUntilExit()
+        XCTAssertEqual(node.process.terminationStatus, 0, node.log)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: cluster.socketPath("node1")), "socket removed on shutdown")
+        XCTAssertTrue(node.log.contains("stopped"), node.log)
+    }
+
+    func testPrometheusMetricsOnTheSocketAndTheOptionalTCPListener() throws {
+        let port = try freeTCPPort()
+        let (cluster, node) = try startSingle { config in
+            var nodes = config["nodes"] as! [String: Any]
+            var node1 = nodes["node1"] as! [String: Any]
+            node1["metrics"] = "127.0.0.1:\(port)"
+            nodes["node1"] = node1
+            config["nodes"] = nodes
+        }
+        _ = try node.client.getKey(domain: "first.com", name: "token_secret")
+        _ = try? node.client.getKey(domain: "first.com", name: "missing")
+        let viaSocket = try KeystoreConnection(socketPath: node.socketPath).request("GET", "/metrics").bodyText
+        XCTAssertTrue(viaSocket.contains("keystore_requests_total{route=\"/v1/domains/{d}/keys/{k}\",code=\"200\"} 1"), viaSocket)
+        XCTAssertTrue(viaSocket.contains("code=\"404\""), viaSocket)
+        XCTAssertTrue(viaSocket.contains("keystore_members{state=\"alive\"} 1"), viaSocket)
+        XCTAssertTrue(viaSocket.contains("keystore_ready 1"), viaSocket)
+        XCTAssertFalse(viaSocket.contains("token_secret") || viaSocket.contains("first.com"), "no user data in labels")
+        let viaTCP = try SharedCertificates.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(port)/metrics"])
+        XCTAssertTrue(viaTCP.contains("# TYPE keystore_requests_total counter"), viaTCP)
+        let keysViaTCP = try SharedCertificates.run("/usr/bin/curl", ["-sS", "http://127.0.0.1:\(port)/v1/domains/first.com/keys/token_secret"])
+        XCTAssertTrue(keysViaTCP.contains("not_found"), "the TCP listener serves metrics only: \(keysViaTCP)")
+        _ = cluster
+    }
+
     func testCurlOverTheUnixSocket() throws {
         let (cluster, _) = try startSingle()
         let output = try SharedCertificates.run("/usr/bin/curl", ["-sS", "--unix-socket", cluster.socketPath("node1"), "http://localhost/v1/domains/first.com/keys/provision_pre_shared"])

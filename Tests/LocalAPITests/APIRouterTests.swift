@@ -17,6 +17,7 @@ final class APIRouterTests: XCTestCase {
         var published: [StoreDelta] = []
         let logger = Logger(label: "test")
         let events: EventHub
+        let metrics = NodeMetrics(registry: nil)
         init(state: NodeState) { self.state = state; self.events = EventHub(nodeName: state.nodeName, logger: Logger(label: "test")) }
         func publish(_ delta: StoreDelta) { published.append(delta) }
         func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [state.nodeName]) }

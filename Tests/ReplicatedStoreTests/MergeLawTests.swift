@@ -26,6 +26,20 @@ final class MergeLawTests: XCTestCase {
                 fingerprint: fingerprints.randomElement(using: &rng)!,
                 stamp: ts(UInt64.random(in: 0...3, using: &rng), UInt32.random(in: 0...1, using: &rng))))
         }
+        // Certificates: few ids, names, stamps and origins, so concurrent adds of one id,
+        // same-name duplicates, bare tombstones and removal ties all happen often.
+        for _ in 0..<Int.random(in: 0...4, using: &rng) {
+            let id = certID(["alice@a.com", "bob@a.com"].randomElement(using: &rng)!,
+                            UInt8.random(in: 0...2, using: &rng), domain: "a.com")
+            let content: CertificateContent? = Int.random(in: 0...2, using: &rng) == 0 ? nil : certContent(
+                ["phone", "laptop"].randomElement(using: &rng)!,
+                added: ts(UInt64.random(in: 0...2, using: &rng)), origin: nodes.randomElement(using: &rng)!,
+                der: [UInt8.random(in: 0...1, using: &rng)])
+            let removed: CertificateRemoval? = content != nil && Bool.random(using: &rng) ? nil : removal(
+                Bool.random(using: &rng) ? .disabled : .revoked, UInt64.random(in: 0...2, using: &rng),
+                nodes.randomElement(using: &rng)!)
+            delta.certificates.append(CertificateRecord(id: id, content: content, removal: removed))
+        }
         return delta
     }
 
@@ -40,6 +54,8 @@ final class MergeLawTests: XCTestCase {
     func testMergeIsIdempotentCommutativeAssociativeAtFixedTime() {
         var rng = SeededGenerator(seed: 0xC0FFEE)
         var distinctStatesSeen = 0
+        var certificateChanges = 0
+        var removedAndLiveSeen = 0
         for iteration in 0..<300 {
             let deltas = (0..<6).map { _ in randomDelta(&rng) }
             let now = UInt64.random(in: 0...40_000, using: &rng)
@@ -60,6 +76,16 @@ final class MergeLawTests: XCTestCase {
                     }
                     XCTAssertTrue(out.forwardable.pskFingerprints.allSatisfy(d.pskFingerprints.contains), ctx)
                     XCTAssertEqual(out.pskChanged, !out.forwardable.pskFingerprints.isEmpty, ctx)
+                    XCTAssertEqual(out.forwardable.certificates, out.certificatesChanged, ctx)
+                    let inputIDs = Set(d.certificates.map(\.id))
+                    XCTAssertTrue(out.certificatesChanged.allSatisfy { inputIDs.contains($0.id) }, ctx)
+                    XCTAssertTrue(out.certificatesNewlyRemoved.allSatisfy(out.certificatesChanged.contains), ctx)
+                    // A removal, once held, is never lost.
+                    for old in before.allCertificateRecords() where old.removal != nil {
+                        XCTAssertNotNil(r.certificates(domain: old.id.domain, user: old.id.user)
+                            .first { $0.id == old.id }?.removal, ctx)
+                    }
+                    if before != r { certificateChanges += out.certificatesChanged.count }
                     // Digests equal iff states equal.
                     XCTAssertEqual(before == r, before.rootDigest() == r.rootDigest(), ctx)
                     if before != r { distinctStatesSeen += 1 }
@@ -85,11 +111,29 @@ final class MergeLawTests: XCTestCase {
                 let out = again.merge(d, nowMillis: now)
                 XCTAssertTrue(out.added.isEmpty && out.pruned.isEmpty && out.primaryChanged.isEmpty, ctx)
                 XCTAssertFalse(out.pskChanged, ctx)
+                XCTAssertTrue(out.certificatesChanged.isEmpty && out.certificatesNewlyRemoved.isEmpty, ctx)
                 XCTAssertTrue(out.forwardable.isEmpty, ctx)
             }
             XCTAssertEqual(again, replicas[0], ctx)
+
+            // Every replica resolves names and tombstones the same way.
+            for user in ["alice@a.com", "bob@a.com"] {
+                let live = replicas[0].liveCertificates(domain: "a.com", user: user)
+                XCTAssertEqual(Set(live.compactMap(\.content?.name)).count, live.count, ctx)
+                XCTAssertTrue(live.allSatisfy(\.isLive), ctx)
+                for r in replicas.dropFirst() {
+                    XCTAssertEqual(r.liveCertificates(domain: "a.com", user: user), live, ctx)
+                    XCTAssertEqual(r.certificates(domain: "a.com", user: user),
+                                   replicas[0].certificates(domain: "a.com", user: user), ctx)
+                }
+                if !live.isEmpty && replicas[0].certificates(domain: "a.com", user: user).contains(where: { $0.removal != nil }) {
+                    removedAndLiveSeen += 1
+                }
+            }
         }
         XCTAssertGreaterThan(distinctStatesSeen, 1_000, "generator too weak to exercise the laws")
+        XCTAssertGreaterThan(certificateChanges, 1_000, "certificate paths not exercised")
+        XCTAssertGreaterThan(removedAndLiveSeen, 20, "tombstones next to live records not exercised")
     }
 
     /// Replicas merge at different, advancing times and expire in between; after a final

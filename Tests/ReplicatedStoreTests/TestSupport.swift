@@ -35,6 +35,21 @@ func combine(_ deltas: [StoreDelta]) -> StoreDelta {
     for d in deltas {
         for (k, vs) in d.keyVersions { out.keyVersions[k, default: []] += vs }
         out.pskFingerprints += d.pskFingerprints
+        out.certificates += d.certificates
     }
     return out
+}
+
+func certID(_ user: String, _ fingerprint: UInt8, domain: String = "first.com") -> CertificateID {
+    CertificateID(domain: domain, user: user, sha256: Array(repeating: fingerprint, count: 32))
+}
+
+func certContent(_ name: String, added: HLCTimestamp, origin: NodeID, der: [UInt8] = [0x30, 0x82, 1, 2],
+                 jids: [String] = ["alice@first.com"]) -> CertificateContent {
+    CertificateContent(name: name, der: der, notBeforeMillis: 0, notAfterMillis: 4_000_000_000_000,
+                       jids: jids, noCertManagement: false, added: added, origin: origin)
+}
+
+func removal(_ kind: RemovalKind, _ wall: UInt64, _ origin: NodeID, logical: UInt32 = 0) -> CertificateRemoval {
+    CertificateRemoval(kind: kind, stamp: ts(wall, logical), origin: origin)
 }

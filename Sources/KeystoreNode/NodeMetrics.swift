@@ -1,0 +1,76 @@
+import Metrics
+import NIOHTTP1
+import class Prometheus.PrometheusCollectorRegistry
+import Synchronization
+
+/// The node's Prometheus metrics, recorded through swift-metrics.
+///
+/// Metric handles are created once per label set and cached: making a `Metrics.Counter` goes through
+/// the factory's registry lock, too slow for the per-request path.
+public final class NodeMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry?
+
+    private let requestCounters = Mutex<[String: Metrics.Counter]>([:])
+    private let requestTimers = Mutex<[String: Metrics.Timer]>([:])
+    private let gossipCounters = Mutex<[String: Metrics.Counter]>([:])
+    private let gauges = Mutex<[String: Metrics.Gauge]>([:])
+
+    /// - Parameter registry: the registry the process bootstrapped `MetricsSystem` with, for
+    ///   `GET /metrics`; nil when metrics are not exported (tests).
+    public init(registry: PrometheusCollectorRegistry?) {
+        self.registry = registry
+    }
+
+    func request(route: String, status: HTTPResponseStatus, nanoseconds: UInt64) {
+        let code = String(status.code)
+        let counter = requestCounters.withLock { cache in
+            let key = route + " " + code
+            if let c = cache[key] { return c }
+            let c = Metrics.Counter(label: "keystore_requests_total", dimensions: [("route", route), ("code", code)])
+            cache[key] = c
+            return c
+        }
+        counter.increment()
+        let timer = requestTimers.withLock { cache in
+            if let t = cache[route] { return t }
+            let t = Metrics.Timer(label: "keystore_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
+            cache[route] = t
+            return t
+        }
+        timer.recordNanoseconds(Int64(nanoseconds))
+    }
+
+    func gossip(direction: String, type: String, bytes: Int) {
+        let (messages, volume) = gossipCounters.withLock { cache -> (Metrics.Counter, Metrics.Counter) in
+            let key = direction + " " + type
+            let m = cache[key] ?? Metrics.Counter(label: "keystore_gossip_messages_total", dimensions: [("direction", direction), ("type", type)])
+            cache[key] = m
+            let bytesKey = "bytes " + direction
+            let b = cache[bytesKey] ?? Metrics.Counter(label: "keystore_gossip_bytes_total", dimensions: [("direction", direction)])
+            cache[bytesKey] = b
+            return (m, b)
+        }
+        messages.increment()
+        volume.increment(by: Int64(bytes))
+    }
+
+    func gauge(_ label: String, _ dimensions: [(String, String)] = [], _ value: Double) {
+        let gauge = gauges.withLock { cache in
+            let key = label + dimensions.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+            if let g = cache[key] { return g }
+            let g = Metrics.Gauge(label: label, dimensions: dimensions)
+            cache[key] = g
+            return g
+        }
+        gauge.record(value)
+    }
+
+    func joinDuration(milliseconds: UInt64) {
+        Metrics.Timer(label: "keystore_join_duration_seconds", preferredDisplayUnit: .seconds).recordMilliseconds(Int64(milliseconds))
+    }
+
+    /// Prometheus text exposition.
+    func exposition() -> [UInt8] {
+        registry?.emitToBuffer() ?? Array("# metrics are not enabled in this process\n".utf8)
+    }
+}
