@@ -1,7 +1,9 @@
 import KeystoreConfig
 import LocalAPI
 import Logging
+import CertificateRegistry
 import Dispatch
+import Foundation
 import NIOCore
 import NIOHTTP1
 import ReplicatedStore
@@ -32,6 +34,7 @@ public protocol NodeServices: AnyObject, Sendable {
     var memoryLocked: Bool { get }
     var events: EventHub { get }
     var metrics: NodeMetrics { get }
+    var certificates: CertificateService { get }
     var logger: Logger { get }
 }
 
@@ -156,9 +159,149 @@ public final class APIRouter: APIResponder {
             try requireMethod(request, .POST)
             try require(.keysRotate, domain: path[2], request)
             return .response(try rotate(try domain(path[2]), name: path[4], request, allocator))
+        case 6 where path[0] == "v1" && path[1] == "domains" && path[3] == "users" && path[5] == "certs":
+            try require(request.method == .GET ? .certsRead : .certsWrite, domain: path[2], request)
+            let domain = try domain(path[2]).name
+            let user = try userJID(path[4], domain: domain)
+            if request.method == .GET {
+                try requireReady()
+                let all = request.uri.contains("all=1") || request.uri.contains("all=true")
+                return .response(listCertificates(services.certificates.list(domain: domain, user: user, includeRemoved: all), user: user, allocator))
+            }
+            try requireMethod(request, .POST)
+            try requireReady()
+            let body = try jsonBody(request)
+            guard let name = body["name"] as? String else { throw APIError(.badRequest, "body needs \"name\": a string naming the certificate") }
+            guard let certificate = body["certificate"] as? String else {
+                throw APIError(.badRequest, "body needs \"certificate\": the certificate as PEM or base64 DER")
+            }
+            let noCertManagement: Bool
+            switch body["no_cert_management"] {
+            case nil: noCertManagement = false
+            case let flag as Bool: noCertManagement = flag
+            default: throw APIError(.badRequest, "\"no_cert_management\" must be true or false")
+            }
+            let future = try services.certificates.append(domain: domain, user: user, name: name, certificateText: certificate,
+                                                          noCertManagement: noCertManagement, eventLoop: eventLoop)
+            let services = self.services
+            return .deferred(future.map { record in
+                services.publish(StoreDelta(certificates: [record]))
+                services.logger.info("request \(request.requestID): uid \(request.caller.uid) registered certificate '\(name)' for \(user)")
+                var json = JSONWriter(allocator: allocator)
+                APIRouter.writeCertificate(record, into: &json)
+                json.newline()
+                return APIResponse(status: .created, body: json.buffer)
+            })
+        case 8 where path[0] == "v1" && path[1] == "domains" && path[3] == "users" && path[5] == "certs"
+                     && (path[7] == "disable" || path[7] == "revoke"):
+            try requireMethod(request, .POST)
+            try require(.certsWrite, domain: path[2], request)
+            let domain = try domain(path[2]).name
+            try requireReady()
+            let user = try userJID(path[4], domain: domain)
+            let kind: RemovalKind = path[7] == "revoke" ? .revoked : .disabled
+            let name = path[6]
+            let future = try services.certificates.remove(domain: domain, user: user, name: name, kind: kind, eventLoop: eventLoop)
+            let services = self.services
+            return .deferred(future.map { record in
+                services.publish(StoreDelta(certificates: [record]))
+                services.logger.info("request \(request.requestID): uid \(request.caller.uid) \(path[7] == "revoke" ? "revoked" : "disabled") certificate '\(name)' of \(user)")
+                var json = JSONWriter(allocator: allocator)
+                APIRouter.writeCertificate(record, into: &json)
+                json.newline()
+                return APIResponse(body: json.buffer)
+            })
+        case 4 where path[0] == "v1" && path[1] == "domains" && path[3] == "sasl-external":
+            try requireMethod(request, .POST)
+            try require(.certsVerify, domain: path[2], request)
+            let domain = try domain(path[2]).name
+            try requireReady()
+            let body = try jsonBody(request)
+            guard let certificate = body["certificate"] as? String else {
+                throw APIError(.badRequest, "body needs \"certificate\": the client certificate as PEM or base64 DER")
+            }
+            var authzid: JID?
+            if let raw = body["authzid"] {
+                guard let text = raw as? String, let jid = JID(text) else {
+                    throw APIError(.badRequest, "\"authzid\" must be a JID such as user@\(domain) or user@\(domain)/resource")
+                }
+                authzid = jid
+            }
+            let jid = try services.certificates.verify(domain: domain, certificateText: certificate, authzid: authzid)
+            var json = JSONWriter(allocator: allocator)
+            json.beginObject()
+            json.key("jid"); json.string(jid.description)
+            json.endObject(); json.newline()
+            return .response(APIResponse(body: json.buffer))
         default:
             throw APIError(.notFound, "no route \(request.method.rawValue) \(request.uri); see DESIGN.md for the v1 routes")
         }
+    }
+
+    /// Registry answers wait for the join: a restarted node's database may still hold a
+    /// certificate that peers revoked while it was down.
+    private func requireReady() throws(APIError) {
+        guard services.state.isReady else {
+            throw APIError(.notReady, "this node is still catching up with the cluster; retry shortly")
+        }
+    }
+
+    /// `{u}` is the account's localpart (or the bare JID `local@domain`).
+    private func userJID(_ segment: String, domain: String) throws(APIError) -> JID {
+        let text = segment.contains("@") ? segment : "\(segment)@\(domain)"
+        guard let jid = JID(text), jid.isBare, jid.local != nil else {
+            throw APIError(.badRequest, "'\(segment)' is not a valid user: use the localpart of a JID (e.g. alice for alice@\(domain))")
+        }
+        guard jid.domain == domain else {
+            throw APIError(.badRequest, "user \(jid) does not belong to domain \(domain)")
+        }
+        return jid
+    }
+
+    private func jsonBody(_ request: APIRequest) throws(APIError) -> [String: Any] {
+        guard request.body.readableBytes > 0 else { throw APIError(.badRequest, "this route needs a JSON object body") }
+        let data = Data(request.body.readableBytesView)
+        guard let object = try? JSONSerialization.jsonObject(with: data), let dictionary = object as? [String: Any] else {
+            throw APIError(.badRequest, "request body is not a JSON object")
+        }
+        return dictionary
+    }
+
+    private func listCertificates(_ records: [CertificateRecord], user: JID, _ allocator: ByteBufferAllocator) -> APIResponse {
+        var json = JSONWriter(allocator: allocator, capacity: 256 + 256 * records.count)
+        json.beginObject()
+        json.key("user"); json.string(user.description)
+        json.key("certs"); json.beginArray()
+        for record in records where record.content != nil { writeCertificate(record, into: &json) }
+        json.endArray()
+        json.endObject(); json.newline()
+        return APIResponse(body: json.buffer)
+    }
+
+    private func writeCertificate(_ record: CertificateRecord, into json: inout JSONWriter) {
+        APIRouter.writeCertificate(record, into: &json)
+    }
+
+    static func writeCertificate(_ record: CertificateRecord, into json: inout JSONWriter) {
+        json.beginObject()
+        if let content = record.content {
+            json.key("name"); json.string(content.name)
+        }
+        json.key("fingerprint_sha256"); json.string(record.id.sha256.map(byteHex).joined())
+        if let content = record.content {
+            json.key("not_before"); json.string(iso8601(millis: UInt64(max(0, content.notBeforeMillis))))
+            json.key("not_after"); json.string(iso8601(millis: UInt64(max(0, content.notAfterMillis))))
+            json.key("jids"); json.strings(content.jids)
+            json.key("no_cert_management"); json.bool(content.noCertManagement)
+            json.key("added"); json.string(iso8601(millis: content.added.wallMillis))
+        }
+        json.key("state")
+        switch record.removal?.kind {
+        case nil: json.string("active")
+        case .disabled: json.string("disabled")
+        case .revoked: json.string("revoked")
+        }
+        json.endObject()
     }
 
     /// The route template of a path, e.g. `/v1/domains/{d}/keys/{k}`.

@@ -51,6 +51,7 @@ final class ClusterShell: @unchecked Sendable {
     let instance: UInt64
     let events: EventHub
     let metrics: NodeMetrics
+    let certificates: CertificateService
     private let me: NodeConfig
     private let peers: [String: NodeConfig]
     private var swim: SWIMInstance
@@ -63,8 +64,10 @@ final class ClusterShell: @unchecked Sendable {
     private let snapshot: Mutex<ClusterStatus>
     private var stopped = false
 
-    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, events: EventHub, metrics: NodeMetrics, settings: Settings = Settings()) {
+    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, events: EventHub, metrics: NodeMetrics,
+         certificates: CertificateService, settings: Settings = Settings()) {
         self.metrics = metrics
+        self.certificates = certificates
         self.state = state
         self.events = events
         self.tls = tls
@@ -379,6 +382,7 @@ final class ClusterShell: @unchecked Sendable {
     }
 
     private func report(_ outcome: MergeOutcome, from node: String) {
+        certificates.merged(outcome, from: node)
         for ref in outcome.primaryChanged {
             let primary = state.primaryVersionID(ref)
             logger.info("\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")

@@ -4,6 +4,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import PeerTLS
+import RegistryDatabase
 import ReplicatedStore
 import SecretMemory
 import ServiceLifecycle
@@ -40,15 +41,19 @@ public final class KeystoreDaemon: NodeServices, Service {
     let group: MultiThreadedEventLoopGroup
     let arena: SecretArena
     let cluster: ClusterShell
+    public let certificates: CertificateService
 
-    private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext, metrics: NodeMetrics) {
+    private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext,
+                 metrics: NodeMetrics, database: RegistryDatabase) {
         self.state = state
         self.arena = arena
         self.logger = logger
         self.group = group
         self.metrics = metrics
         self.events = EventHub(nodeName: state.nodeName, logger: logger)
-        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger, events: events, metrics: metrics)
+        self.certificates = CertificateService(state: state, database: database, logger: logger, events: events)
+        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger, events: events, metrics: metrics,
+                                    certificates: certificates)
     }
 
     public var memoryLocked: Bool { arena.statistics.lockFailures == 0 }
@@ -82,9 +87,18 @@ public final class KeystoreDaemon: NodeServices, Service {
         } catch let error as PeerTLSError {
             throw DaemonError.config("tls: \(error.description)")
         }
+        // Registrations survive restarts: start from the local database, then catch up from peers.
+        let database: RegistryDatabase
+        do {
+            database = try RegistryDatabase(directory: config.me.dataDir)
+            let count = try CertificateService.loadPersisted(database, into: state)
+            logger.info("loaded \(count) certificate records from \(database.path)")
+        } catch let error as RegistryDatabaseError {
+            throw DaemonError.startup("nodes.\(node).data_dir: \(error.description)")
+        }
         let threads = min(System.coreCount, 4)
         return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads),
-                              tls: tls, metrics: metrics)
+                              tls: tls, metrics: metrics, database: database)
     }
 
     /// Serves until graceful shutdown is requested (SIGTERM/SIGINT via the ServiceGroup).
@@ -151,6 +165,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         logger.info("shutting down")
         for s in servers { await s.close() }
         await cluster.shutdown()
+        certificates.close()
         try? await group.shutdownGracefully()
         logger.info("stopped")
     }
@@ -164,6 +179,13 @@ public final class KeystoreDaemon: NodeServices, Service {
         metrics.gauge("keystore_keys", [("type", "file")], Double(state.fileKeyPaths.count))
         metrics.gauge("keystore_key_versions", [], Double(state.withStore { $0.ramSecrets.count }))
         metrics.gauge("keystore_event_subscribers", [], Double(events.subscriberCount))
+        let (live, removed) = state.withStore { inner -> (Int, Int) in
+            let all = inner.store.allCertificateRecords()
+            let removed = all.filter { $0.removal != nil }.count
+            return (all.count - removed, removed)
+        }
+        metrics.gauge("keystore_certificates", [("state", "registered")], Double(live))
+        metrics.gauge("keystore_certificates", [("state", "removed")], Double(removed))
     }
 
     /// SIGHUP rereads the PSK files (signals are taken by `ProcessSignals`; see keystored's main).

@@ -225,7 +225,7 @@ extension NodeState {
     /// left out: they were pruned meanwhile).
     func wireDelta(for delta: StoreDelta) -> WireDelta {
         withStore { state in
-            var wire = WireDelta(pskFingerprints: delta.pskFingerprints)
+            var wire = WireDelta(pskFingerprints: delta.pskFingerprints, certificates: delta.certificates)
             for (ref, versions) in delta.keyVersions.sorted(by: { $0.key < $1.key }) {
                 for version in versions {
                     if let secret = state.ramSecrets[version.id] {
@@ -272,6 +272,9 @@ extension NodeState {
     func mergeRemote(_ wire: WireDelta) -> MergeOutcome {
         var secrets: [VersionID: SecretBytes] = [:]
         var delta = StoreDelta(pskFingerprints: wire.pskFingerprints)
+        // Registrations for domains this node does not serve are still kept: they cost little and
+        // keep every replica's digest equal, so anti-entropy does not loop on them.
+        delta.certificates = wire.certificates
         for item in wire.versions {
             guard ramKeys[item.key] != nil else { continue }
             secrets[item.version.id] = item.secret

@@ -111,6 +111,8 @@ public enum PeerFrameCodec {
                 out.writeBytes(fp.fingerprint)
                 writeStamp(fp.stamp, &out)
             }
+            out.writeInteger(UInt32(delta.certificates.count))
+            for record in delta.certificates { writeCertificate(record, &out) }
         case .syncRequest(let stamp):
             out.writeInteger(MessageType.syncRequest.rawValue)
             writeStamp(stamp, &out)
@@ -129,12 +131,22 @@ public enum PeerFrameCodec {
         var size = 0
         for v in delta.versions {
             let cost = v.secret.count + 128
-            if size + cost > limit && !current.versions.isEmpty {
+            if size + cost > limit && !current.isEmpty {
                 result.append(current)
                 current = WireDelta()
                 size = 0
             }
             current.versions.append(v)
+            size += cost
+        }
+        for record in delta.certificates {
+            let cost = (record.content?.der.count ?? 0) + 256
+            if size + cost > limit && !current.isEmpty {
+                result.append(current)
+                current = WireDelta()
+                size = 0
+            }
+            current.certificates.append(record)
             size += cost
         }
         if !current.isEmpty || result.isEmpty { result.append(current) }
@@ -220,6 +232,8 @@ public enum PeerFrameCodec {
                 let stamp = try readStamp(&b)
                 delta.pskFingerprints.append(PSKFingerprint(node: node, key: KeyRef(domain: domain, name: name), fingerprint: bytes, stamp: stamp))
             }
+            let certCount = try readCount(&b, minimumElementBytes: 2 + 2 + 1 + 1 + 1, "certificate records")
+            for _ in 0..<certCount { delta.certificates.append(try readCertificate(&b)) }
             message = .delta(delta, purpose: purpose, stamp: stamp)
         case .syncRequest:
             message = .syncRequest(stamp: try readStamp(&b))
@@ -300,6 +314,81 @@ public enum PeerFrameCodec {
             result.append(GossipUpdate(node: node, address: address, instance: instance, incarnation: incarnation, status: status))
         }
         return result
+    }
+
+    // MARK: Certificates
+
+    static let maxCertificateDER = 64 * 1024
+
+    private static func writeCertificate(_ record: CertificateRecord, _ out: inout ByteBuffer) {
+        writeString(record.id.domain, &out)
+        writeString(record.id.user, &out)
+        out.writeInteger(UInt8(record.id.sha256.count))
+        out.writeBytes(record.id.sha256)
+        if let content = record.content {
+            out.writeInteger(UInt8(1))
+            writeString(content.name, &out)
+            out.writeInteger(UInt32(content.der.count))
+            out.writeBytes(content.der)
+            out.writeInteger(content.notBeforeMillis)
+            out.writeInteger(content.notAfterMillis)
+            out.writeInteger(UInt16(content.jids.count))
+            for jid in content.jids { writeString(jid, &out) }
+            out.writeInteger(UInt8(content.noCertManagement ? 1 : 0))
+            writeStamp(content.added, &out)
+            writeString(content.origin, &out)
+        } else {
+            out.writeInteger(UInt8(0))
+        }
+        if let removal = record.removal {
+            out.writeInteger(removal.kind.rawValue)
+            writeStamp(removal.stamp, &out)
+            writeString(removal.origin, &out)
+        } else {
+            out.writeInteger(UInt8(0))
+        }
+    }
+
+    private static func readCertificate(_ b: inout ByteBuffer) throws(PeerWireError) -> CertificateRecord {
+        let domain = try readString(&b, "certificate domain")
+        let user = try readString(&b, "certificate user")
+        let hashLength: UInt8 = try read(&b, "fingerprint length")
+        guard hashLength == 32 else { throw .invalidField("certificate fingerprint length \(hashLength)") }
+        guard let sha256 = b.readBytes(length: 32) else { throw .truncated("a certificate fingerprint") }
+        let id = CertificateID(domain: domain, user: user, sha256: sha256)
+        var content: CertificateContent?
+        let hasContent: UInt8 = try read(&b, "certificate content flag")
+        switch hasContent {
+        case 0: break
+        case 1:
+            let name = try readString(&b, "certificate name")
+            let derLength: UInt32 = try read(&b, "certificate length")
+            guard derLength > 0, Int(derLength) <= maxCertificateDER else { throw .invalidField("certificate length \(derLength)") }
+            guard let der = b.readBytes(length: Int(derLength)) else { throw .truncated("a certificate") }
+            let notBefore: Int64 = try read(&b, "not-before")
+            let notAfter: Int64 = try read(&b, "not-after")
+            let jidCount: UInt16 = try read(&b, "JID count")
+            guard jidCount <= 64 else { throw .invalidField("JID count \(jidCount)") }
+            var jids: [String] = []
+            for _ in 0..<jidCount { jids.append(try readString(&b, "certificate JID")) }
+            let flag: UInt8 = try read(&b, "no_cert_management flag")
+            guard flag <= 1 else { throw .invalidField("no_cert_management flag \(flag)") }
+            let added = try readStamp(&b)
+            let origin = try readString(&b, "certificate origin")
+            content = CertificateContent(name: name, der: der, notBeforeMillis: notBefore, notAfterMillis: notAfter,
+                                         jids: jids, noCertManagement: flag == 1, added: added, origin: origin)
+        default:
+            throw .invalidField("certificate content flag \(hasContent)")
+        }
+        var removal: CertificateRemoval?
+        let kindRaw: UInt8 = try read(&b, "removal kind")
+        if kindRaw != 0 {
+            guard let kind = RemovalKind(rawValue: kindRaw) else { throw .invalidField("removal kind \(kindRaw)") }
+            let stamp = try readStamp(&b)
+            let origin = try readString(&b, "removal origin")
+            removal = CertificateRemoval(kind: kind, stamp: stamp, origin: origin)
+        }
+        return CertificateRecord(id: id, content: content, removal: removal)
     }
 
     // MARK: Primitives

@@ -40,15 +40,19 @@ public struct WireKeyVersion: Sendable {
 public struct WireDelta: Sendable {
     public var versions: [WireKeyVersion]
     public var pskFingerprints: [PSKFingerprint]
-    public init(versions: [WireKeyVersion] = [], pskFingerprints: [PSKFingerprint] = []) {
+    /// Certificate registrations and their tombstones (public data: no secrets).
+    public var certificates: [CertificateRecord]
+    public init(versions: [WireKeyVersion] = [], pskFingerprints: [PSKFingerprint] = [], certificates: [CertificateRecord] = []) {
         self.versions = versions
         self.pskFingerprints = pskFingerprints
+        self.certificates = certificates
     }
-    public var isEmpty: Bool { versions.isEmpty && pskFingerprints.isEmpty }
+    public var isEmpty: Bool { versions.isEmpty && pskFingerprints.isEmpty && certificates.isEmpty }
 
     /// The metadata part, for `ReplicatedStore.merge`.
     public var storeDelta: StoreDelta {
         var delta = StoreDelta(pskFingerprints: pskFingerprints)
+        delta.certificates = certificates
         for v in versions { delta.keyVersions[v.key, default: []].append(v.version) }
         return delta
     }

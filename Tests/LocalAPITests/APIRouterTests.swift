@@ -18,6 +18,7 @@ final class APIRouterTests: XCTestCase {
         let logger = Logger(label: "test")
         let events: EventHub
         let metrics = NodeMetrics(registry: nil)
+        var certificates: CertificateService { CertificateService(state: state, database: nil, logger: logger, events: events) }
         init(state: NodeState) { self.state = state; self.events = EventHub(nodeName: state.nodeName, logger: Logger(label: "test")) }
         func publish(_ delta: StoreDelta) { published.append(delta) }
         func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [state.nodeName]) }

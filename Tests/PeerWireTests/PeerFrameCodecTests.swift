@@ -61,6 +61,20 @@ final class PeerFrameCodecTests: XCTestCase {
         }
     }
 
+    func testCertificateRecordsAndTombstonesRoundTrip() throws {
+        let id = CertificateID(domain: "first.com", user: "alice@first.com", sha256: Array(repeating: 0xAB, count: 32))
+        let content = CertificateContent(name: "phone", der: [0x30, 0x03, 0x02, 0x01, 0x01], notBeforeMillis: -5, notAfterMillis: 9_999,
+                                         jids: ["alice@first.com", "alice@first.com/x"], noCertManagement: true,
+                                         added: HLCTimestamp(wallMillis: 7, logical: 1), origin: "node1")
+        let removal = CertificateRemoval(kind: .revoked, stamp: HLCTimestamp(wallMillis: 8, logical: 0), origin: "node2")
+        let records = [CertificateRecord(id: id, content: content, removal: nil),
+                       CertificateRecord(id: id, content: content, removal: removal),
+                       CertificateRecord(id: id, content: nil, removal: removal)]
+        guard case .delta(let decoded, _, _) = try roundTrip(.delta(WireDelta(certificates: records), purpose: .push, stamp: .zero)) else { return XCTFail() }
+        XCTAssertEqual(decoded.certificates, records)
+        XCTAssertEqual(decoded.storeDelta.certificates, records)
+    }
+
     func testLargeDeltasAreChunkedUnderTheFrameLimit() throws {
         let versions = try (0..<3000).map { i in
             WireKeyVersion(key: KeyRef(domain: "d", name: "k\(i)"),
