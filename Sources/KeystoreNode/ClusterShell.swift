@@ -28,6 +28,17 @@ enum JoinOutcome: Sendable, Equatable {
 /// it), which is what makes the `@unchecked Sendable` sound; `snapshot` is the one piece read
 /// from other threads and sits behind a mutex.
 final class ClusterShell: @unchecked Sendable {
+    /// How long an inbound connection may take to finish TLS and send a valid hello.
+    static let admissionTimeout: TimeAmount = .seconds(10)
+    /// Inbound connections without a verified hello beyond this are closed at accept.
+    static let maxUnadmitted = 64
+
+    /// Inbound connections that have not been admitted yet (touched on `loop` only).
+    private var unadmitted = 0
+
+    func admitted() { unadmitted -= 1 }
+    func unadmittedClosed() { unadmitted -= 1 }
+
     struct Settings {
         var antiEntropyInterval: TimeAmount = .milliseconds(1000)
         var tickInterval: TimeAmount = .milliseconds(100)
@@ -95,7 +106,12 @@ final class ClusterShell: @unchecked Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [unowned self] channel in
-                channel.eventLoop.makeCompletedFuture {
+                if self.unadmitted >= ClusterShell.maxUnadmitted {
+                    self.logger.warning("refusing peer connection from \(channel.remoteAddress?.description ?? "?"): \(self.unadmitted) connections are still completing their handshake")
+                    return channel.close()
+                }
+                self.unadmitted += 1
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         PeerTLSHandler(context: self.tls, role: .server),
                         ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena)),

@@ -112,8 +112,10 @@ public final class KeystoreDaemon: NodeServices, Service {
         }
         let acl = state.config.accessControl(daemonUID: getuid())
         let router = APIRouter(services: self, acl: acl)
+        var limits = LocalAPILimits()
+        limits.uncappedUID = getuid()
         let server = try await LocalAPIServer.start(
-            configuration: LocalAPIServerConfiguration(socketPath: me.socketPath, socketMode: me.socketMode, socketGroupID: groupID),
+            configuration: LocalAPIServerConfiguration(socketPath: me.socketPath, socketMode: me.socketMode, socketGroupID: groupID, limits: limits),
             responder: router, group: group, logger: logger)
         logger.info("serving the local API on \(me.socketPath) (mode \(String(me.socketMode, radix: 8)))")
         var servers = [server]

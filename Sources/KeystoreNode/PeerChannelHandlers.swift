@@ -74,6 +74,31 @@ final class PeerConnectionHandler: ChannelInboundHandler {
             return
         }
         peer = identity
+        admissionDeadline?.cancel()
+        admissionDeadline = nil
+        shell.admitted()
+    }
+
+    /// Unadmitted inbound connections (no verified hello yet) are bounded in time: a peer port
+    /// reachable by anyone must not let strangers hold sockets open forever.
+    private var admissionDeadline: Scheduled<Void>?
+    private var counted = false
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        guard case .inbound = direction else { return }
+        counted = true
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let logger = self.logger
+        admissionDeadline = context.eventLoop.scheduleTask(in: ClusterShell.admissionTimeout) {
+            logger.warning("peer connection from \(loopBound.value.remoteAddress?.description ?? "?") sent no valid hello within \(ClusterShell.admissionTimeout); closing")
+            loopBound.value.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        admissionDeadline?.cancel()
+        if counted && peer == nil { shell.unadmittedClosed() }
+        context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

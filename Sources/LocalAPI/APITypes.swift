@@ -42,6 +42,11 @@ public struct APIRequest: Sendable {
     public static func decodePath(_ uri: String) -> [String]? {
         var path = Substring(uri)
         if let q = path.firstIndex(where: { $0 == "?" || $0 == "#" }) { path = path[..<q] }
+        // Absolute form (RFC 9112 3.2.2): "http://host/path" — the authority is irrelevant here.
+        if path.hasPrefix("http://") || path.hasPrefix("https://") {
+            let afterScheme = path[path.index(path.firstIndex(of: ":")!, offsetBy: 3)...]
+            path = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
+        }
         guard path.first == "/" else { return nil }
         var segments: [String] = []
         for raw in path.dropFirst().split(separator: "/", omittingEmptySubsequences: false) {

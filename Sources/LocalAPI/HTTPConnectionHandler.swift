@@ -18,6 +18,10 @@ public struct LocalAPILimits: Sendable {
     public var requestTimeout: TimeAmount = .seconds(120)
     /// Connections beyond this are closed at once.
     public var maxConnections: Int = 1024
+    /// Connections one uid may hold, so a single local user cannot lock every other out.
+    public var maxConnectionsPerUID: Int = 256
+    /// A uid exempt from the per-uid cap (the daemon's own: it is trusted with everything anyway).
+    public var uncappedUID: UInt32? = nil
     /// Streamed responses whose unsent backlog exceeds this are cut off.
     public var maxStreamBacklogBytes: Int = 1 << 20
     public init() {}
@@ -77,7 +81,18 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
         credentials.whenComplete { result in
             switch result {
-            case .success(let cred): handler.value.caller = cred
+            case .success(let cred):
+                if cred.uid == handler.value.limits.uncappedUID {
+                    handler.value.caller = cred
+                    return
+                }
+                guard handler.value.server.acquire(uid: cred.uid, limit: handler.value.limits.maxConnectionsPerUID) else {
+                    handler.value.logger.warning("local connection refused: uid \(cred.uid) already holds \(handler.value.limits.maxConnectionsPerUID) connections")
+                    channel.close(promise: nil)
+                    return
+                }
+                handler.value.caller = cred
+                handler.value.holdsUIDSlot = true
             case .failure(let error):
                 handler.value.logger.error("cannot read SO_PEERCRED of a local connection (\(error)); closing")
                 channel.close(promise: nil)
@@ -87,8 +102,12 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         context.fireChannelActive()
     }
 
+    /// Whether this connection counts against its uid's limit.
+    private var holdsUIDSlot = false
+
     func channelInactive(context: ChannelHandlerContext) {
         timeout?.cancel()
+        if holdsUIDSlot, let caller { server.release(uid: caller.uid); holdsUIDSlot = false }
         if case .streaming(let stream) = state { stream.cancel() }
         state = .closed
         context.fireChannelInactive()
@@ -253,5 +272,22 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
 final class LocalAPIServerCounters: Sendable {
     private let requestIDs = Atomic<UInt64>(0)
     let connections = Atomic<Int>(0)
+    private let perUID = Mutex<[UInt32: Int]>([:])
     func nextRequestID() -> UInt64 { requestIDs.add(1, ordering: .relaxed).newValue }
+
+    func acquire(uid: UInt32, limit: Int) -> Bool {
+        perUID.withLock { counts in
+            let current = counts[uid, default: 0]
+            guard current < limit else { return false }
+            counts[uid] = current + 1
+            return true
+        }
+    }
+
+    func release(uid: UInt32) {
+        perUID.withLock { counts in
+            let left = counts[uid, default: 1] - 1
+            counts[uid] = left > 0 ? left : nil
+        }
+    }
 }

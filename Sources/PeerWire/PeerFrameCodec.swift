@@ -6,6 +6,7 @@ import SecretMemory
 /// Why a peer frame was refused. The connection that sent it is closed; the node goes on.
 public enum PeerWireError: Error, CustomStringConvertible, Equatable {
     case frameTooLarge(Int, limit: Int)
+    case frameTooShort(Int)
     case unsupportedVersion(UInt8)
     case unknownMessageType(UInt8)
     case truncated(String)
@@ -16,6 +17,7 @@ public enum PeerWireError: Error, CustomStringConvertible, Equatable {
     public var description: String {
         switch self {
         case .frameTooLarge(let size, let limit): return "peer frame of \(size) bytes exceeds the \(limit)-byte limit"
+        case .frameTooShort(let size): return "peer frame of \(size) bytes is too short to hold a version and a type"
         case .unsupportedVersion(let v): return "peer speaks wire version \(v); this node speaks \(PeerFrameCodec.version) (upgrade the older node)"
         case .unknownMessageType(let t): return "unknown peer message type \(t)"
         case .truncated(let what): return "peer frame ends inside \(what)"
@@ -50,7 +52,8 @@ public enum PeerFrameCodec {
     /// Extracts one whole frame's body (version onwards) if `buffer` holds one.
     public static func nextFrame(from buffer: inout ByteBuffer) throws(PeerWireError) -> ByteBuffer? {
         guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt32.self) else { return nil }
-        guard length >= 2, Int(length) <= maxFrameBytes else { throw .frameTooLarge(Int(length), limit: maxFrameBytes) }
+        guard length >= 2 else { throw .frameTooShort(Int(length)) }
+        guard Int(length) <= maxFrameBytes else { throw .frameTooLarge(Int(length), limit: maxFrameBytes) }
         guard buffer.readableBytes >= 4 + Int(length) else { return nil }
         buffer.moveReaderIndex(forwardBy: 4)
         return buffer.readSlice(length: Int(length))

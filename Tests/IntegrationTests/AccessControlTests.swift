@@ -83,3 +83,55 @@ final class AccessControlTests: ClusterTestCase {
         XCTAssertTrue(result.output.contains(cluster.socketPath("node1")), result.output)
     }
 }
+
+extension AccessControlTests {
+    /// One local user holding many connections cannot lock others out: its connections beyond
+    /// `maxConnectionsPerUID` (256) are closed, while another uid is still served.
+    func testOneUIDCannotExhaustTheSocketForOthers() throws {
+        let cluster = try makeCluster(nodes: ["node1"], clients: [["uid": 0, "domains": ["*"], "allow": ["*"]]]) { config in
+            var nodes = config["nodes"] as! [String: Any]
+            var node1 = nodes["node1"] as! [String: Any]
+            node1["socket_mode"] = "0666"
+            nodes["node1"] = node1
+            config["nodes"] = nodes
+        }
+        chmod(cluster.scratch.path, 0o755)
+        try cluster.start("node1")
+        cluster.waitReady("node1")
+        // uid 65534 opens 300 connections and reports how many the daemon kept open.
+        let script = """
+        import socket, sys, time
+        held = []
+        for _ in range(300):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(sys.argv[1])
+            held.append(s)
+        time.sleep(1.0)
+        alive = 0
+        for s in held:
+            try:
+                s.settimeout(2.0)
+                s.sendall(b"GET /v1/health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+                if s.recv(16).startswith(b"HTTP/1.1"):
+                    alive += 1
+            except OSError:
+                pass
+        print(alive)
+        """
+        let scriptPath = cluster.scratch.file("hog.py")
+        try script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
+        chmod(scriptPath, 0o644)
+        let hog = Process()
+        hog.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+        hog.arguments = ["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", scriptPath, cluster.socketPath("node1")]
+        let pipe = Pipe()
+        hog.standardOutput = pipe
+        try hog.run()
+        // While the hog holds its connections, root (another uid) is served.
+        waitUntil("the hog's connections are open") { cluster.processes["node1"]!.log.contains("uid 65534 already holds 256 connections") }
+        XCTAssertEqual(try cluster.client("node1").health().ready, true)
+        hog.waitUntilExit()
+        let served = Int(String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+        XCTAssertEqual(served, 256, "exactly the per-uid cap of the hog's connections stay usable")
+    }
+}

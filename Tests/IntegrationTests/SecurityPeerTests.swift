@@ -122,7 +122,7 @@ final class SecurityPeerTests: ClusterTestCase {
         let attacks: [(String, [UInt8], String)] = [
             ("random bytes", noise, "exceeds the 4194304-byte limit"),
             ("length prefix 0xFFFFFFFF", [0xFF, 0xFF, 0xFF, 0xFF, 1, 1], "peer frame of 4294967295 bytes exceeds the 4194304-byte limit"),
-            ("length prefix 1", [0, 0, 0, 1, 1], "peer frame of 1 bytes exceeds"),
+            ("length prefix 1", [0, 0, 0, 1, 1], "peer frame of 1 bytes is too short"),
             ("frame with wire version 2", PeerFrames.hello(cluster: "test-cluster", node: "node3", version: 2), "peer speaks wire version 2"),
             ("frame of unknown type", PeerFrames.frame(type: 99, payload: [1, 2, 3]), "unknown peer message type 99"),
             ("truncated hello", PeerFrames.frame(type: 1, payload: [0, 200, 65]), "peer frame ends inside cluster name"),

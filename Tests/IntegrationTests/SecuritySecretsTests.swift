@@ -145,7 +145,7 @@ final class SecuritySecretsTests: ClusterTestCase {
         chmod(dir.file("certs"), 0o700)
 
         let logPath = dir.file("node1.log")
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")

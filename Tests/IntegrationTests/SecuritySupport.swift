@@ -126,7 +126,7 @@ struct TestCertificateAuthority {
         self.caCertificate = caCertificate
         self.caKey = caKey
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: directory + "/index.txt", contents: Data())
+        _ = FileManager.default.createFile(atPath: directory + "/index.txt", contents: Data())
         try "01\n".write(toFile: directory + "/serial", atomically: false, encoding: .utf8)
         let config = """
             [ca]

@@ -126,11 +126,23 @@ final class SingleNodeTests: ClusterTestCase {
         XCTAssertEqual(info.st_mode & 0o777, 0o660, "default socket_mode")
         XCTAssertEqual(info.st_mode & S_IFMT, S_IFSOCK)
 
-        // A second daemon for the same node must not steal the live socket.
+        // A second daemon for the same node is refused: first by the data_dir lock...
         let second = try cluster.start("node1", waitForSocket: false)
         second.process.waitUntilExit()
         XCTAssertNotEqual(second.process.terminationStatus, 0)
-        XCTAssertTrue(second.log.contains("another process is serving on \(path)"), second.log)
+        XCTAssertTrue(second.log.contains("another keystored uses this data_dir"), second.log)
+        // ...and, with a data_dir of its own, by the live socket, which it must not steal.
+        var config = cluster.config
+        var nodes = config["nodes"] as! [String: Any]
+        var node1 = nodes["node1"] as! [String: Any]
+        node1["data_dir"] = cluster.scratch.file("other-data")
+        node1["peer"] = "127.0.0.1:\(try freeTCPPort())"
+        nodes["node1"] = node1
+        config["nodes"] = nodes
+        let third = try cluster.start("node1", config: try cluster.writeConfig("second.json", config), waitForSocket: false)
+        third.process.waitUntilExit()
+        XCTAssertNotEqual(third.process.terminationStatus, 0)
+        XCTAssertTrue(third.log.contains("another process is serving on \(path)"), third.log)
         XCTAssertTrue(node.isRunning)
         XCTAssertNoThrow(try node.client.health())
     }
