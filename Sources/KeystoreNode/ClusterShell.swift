@@ -435,6 +435,11 @@ final class ClusterShell: @unchecked Sendable {
                 if member.status == .alive {
                     // A member (re)appeared: compare state with it at once instead of waiting a round.
                     send(.digest(root: state.rootDigest, stamp: state.stamp()), to: member.node)
+                } else if let channel = outbound[member.node]?.channel {
+                    // After a partition the old TCP connection may sit in retransmission backoff for
+                    // many seconds; a fresh dial gets through as soon as the network does.
+                    outbound[member.node]?.channel = nil
+                    channel.close(promise: nil)
                 }
             }
         }

@@ -141,18 +141,23 @@ final class ClusterHarness {
     var configPath: String { scratch.file("cluster.json") }
     private var retired: [NodeProcess] = []
 
-    /// - Parameter extra: mutates the config dictionary before it is written.
+    /// Command prefix per node (e.g. `ip netns exec NS`), for multi-host tests.
+    var launchPrefix: [String: [String]] = [:]
+
+    /// - Parameters:
+    ///   - peerAddresses: "host:port" per node; default: ephemeral loopback ports.
+    ///   - extra: mutates the config dictionary before it is written.
     init(nodes: [String], joinTimeoutMillis: Int = 1500, domains: [String: Any]? = nil, clients: [[String: Any]]? = nil,
-         extra: (inout [String: Any]) -> Void = { _ in }) throws {
+         peerAddresses: [String: String]? = nil, extra: (inout [String: Any]) -> Void = { _ in }) throws {
         scratch = try ScratchDirectory()
         nodeNames = nodes
         let certs = try SharedCertificates.directory()
-        for node in nodes { ports[node] = try freeTCPPort() }
+        for node in nodes where peerAddresses == nil { ports[node] = try freeTCPPort() }
         try scratch.write("psk/first_provision", "  first-psk-secret \n")
         try scratch.write("psk/second_provision", "second-psk-secret\n")
         var nodeEntries: [String: Any] = [:]
         for node in nodes {
-            nodeEntries[node] = ["peer": "127.0.0.1:\(ports[node]!)", "socket": "\(scratch.path)/{node}.sock",
+            nodeEntries[node] = ["peer": peerAddresses?[node] ?? "127.0.0.1:\(ports[node]!)", "socket": "\(scratch.path)/{node}.sock",
                                  "data_dir": "\(scratch.path)/data/{node}"]
         }
         var config: [String: Any] = [
@@ -186,8 +191,14 @@ final class ClusterHarness {
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Products.keystored)
-        process.arguments = ["--config", config ?? configPath, "--node", node, "--log-level", "debug"] + arguments
+        let daemonArguments = ["--config", config ?? configPath, "--node", node, "--log-level", "debug"] + arguments
+        if let prefix = launchPrefix[node], let first = prefix.first {
+            process.executableURL = URL(fileURLWithPath: first)
+            process.arguments = Array(prefix.dropFirst()) + [Products.keystored] + daemonArguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: Products.keystored)
+            process.arguments = daemonArguments
+        }
         process.standardOutput = log
         process.standardError = log
         try process.run()
@@ -285,8 +296,10 @@ class ClusterTestCase: XCTestCase {
     var harnesses: [ClusterHarness] = []
 
     func makeCluster(nodes: [String], joinTimeoutMillis: Int = 1500, domains: [String: Any]? = nil,
-                     clients: [[String: Any]]? = nil, extra: (inout [String: Any]) -> Void = { _ in }) throws -> ClusterHarness {
-        let harness = try ClusterHarness(nodes: nodes, joinTimeoutMillis: joinTimeoutMillis, domains: domains, clients: clients, extra: extra)
+                     clients: [[String: Any]]? = nil, peerAddresses: [String: String]? = nil,
+                     extra: (inout [String: Any]) -> Void = { _ in }) throws -> ClusterHarness {
+        let harness = try ClusterHarness(nodes: nodes, joinTimeoutMillis: joinTimeoutMillis, domains: domains, clients: clients,
+                                         peerAddresses: peerAddresses, extra: extra)
         harnesses.append(harness)
         return harness
     }
