@@ -17,6 +17,8 @@ public struct ClusterStatus: Sendable {
         public var state: String
         public var lastContactMillis: UInt64?
         public var version: String?
+        /// Anti-entropy with this member: "in_sync", "repairing", "unknown"; for self "ready"/"joining".
+        public var sync: String? = nil
     }
     public var members: [Member]
     public var aliveNodes: Set<String>
@@ -364,6 +366,7 @@ public final class APIRouter: APIResponder {
             json.key("state"); json.string(member.state)
             if let last = member.lastContactMillis { json.key("last_contact"); json.string(iso8601(millis: last)) }
             if let version = member.version { json.key("version"); json.string(version) }
+            if let sync = member.sync { json.key("sync"); json.string(sync) }
             json.endObject()
         }
         json.endArray()
@@ -372,6 +375,7 @@ public final class APIRouter: APIResponder {
             json.beginObject()
             json.key("domain"); json.string(m.key.domain)
             json.key("name"); json.string(m.key.name)
+            json.key("nodes"); json.strings(m.fingerprintsByNode.keys.sorted())
             json.key("fingerprints"); json.beginObject()
             for (node, fp) in m.fingerprintsByNode.sorted(by: { $0.key < $1.key }) {
                 json.key(node); json.string(fp.prefix(8).map(byteHex).joined())

@@ -69,6 +69,8 @@ final class ClusterShell: @unchecked Sendable {
     private var random = SystemRandomNumberGenerator()
     private var outbound: [String: OutboundPeer] = [:]
     private var identities: [String: PeerIdentity] = [:]
+    /// Last anti-entropy verdict per peer: digests equal (in sync) or a repair in progress.
+    private var syncState: [String: String] = [:]
     private var listener: Channel?
     private var timers: [RepeatedTask] = []
     private var join: (promise: EventLoopPromise<JoinOutcome>, notReadyAnswers: Set<String>)?
@@ -173,7 +175,8 @@ final class ClusterShell: @unchecked Sendable {
 
     private func refreshSnapshot() {
         var members = [ClusterStatus.Member(node: state.nodeName, address: me.peerAddress, state: "alive",
-                                            lastContactMillis: wallClockMillis(), version: keystoreVersion)]
+                                            lastContactMillis: wallClockMillis(), version: keystoreVersion,
+                                            sync: state.isReady ? "ready" : "joining")]
         var alive: Set<String> = [state.nodeName]
         let monoNow = monotonicMillis(), wallNow = wallClockMillis()
         var listed = Set<String>()
@@ -181,7 +184,8 @@ final class ClusterShell: @unchecked Sendable {
             listed.insert(member.node)
             let lastContact = member.lastHeardMillis.map { wallNow - min(wallNow, monoNow - min(monoNow, $0)) }
             members.append(ClusterStatus.Member(node: member.node, address: member.address, state: member.status.rawValue,
-                                                lastContactMillis: lastContact, version: identities[member.node]?.softwareVersion))
+                                                lastContactMillis: lastContact, version: identities[member.node]?.softwareVersion,
+                                                sync: syncState[member.node] ?? "unknown"))
             if member.status == .alive { alive.insert(member.node) }
         }
         for node in peers.keys where !listed.contains(node) {
@@ -335,7 +339,10 @@ final class ClusterShell: @unchecked Sendable {
         case .digest(let root, let stamp):
             guard observe(stamp, from: peer) else { return }
             if root != state.rootDigest {
+                syncState[peer.node] = "repairing"
                 send(.bucketDigests(state.bucketDigests, stamp: state.stamp()), to: peer.node)
+            } else {
+                syncState[peer.node] = "in_sync"
             }
         case .bucketDigests(let theirs, let stamp):
             guard observe(stamp, from: peer) else { return }
@@ -359,7 +366,9 @@ final class ClusterShell: @unchecked Sendable {
                 for chunk in PeerFrameCodec.chunks(of: mine) {
                     send(.delta(chunk, purpose: .repairReply, stamp: state.stamp()), to: peer.node)
                 }
-            case .repairReply, .sync:
+            case .repairReply:
+                syncState[peer.node] = "in_sync"
+            case .sync:
                 break
             }
         case .syncRequest(let stamp):

@@ -368,6 +368,7 @@ enum Output {
     static let optionalColumns: [(String, [String])] = [
         ("LAST_CONTACT", ["last_contact", "last_contact_ms", "last_seen", "last_seen_ms", "last_contact_ago_ms"]),
         ("INCARNATION", ["incarnation"]),
+        ("SYNC", ["sync"]),
         ("VERSION", ["version"]),
     ]
 
