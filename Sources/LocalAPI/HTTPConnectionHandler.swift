@@ -171,8 +171,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                                  caller: caller, requestID: server.nextRequestID())
         state = .responding
         let keepAlive = head.isKeepAlive
+        var requestLogger = logger
+        requestLogger[metadataKey: "request"] = "\(request.requestID)"
         switch responder.handle(request, allocator: context.channel.allocator, eventLoop: context.eventLoop) {
         case .response(let response):
+            requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.uri) -> \(response.status.code)")
             write(context: context, response: response, version: head.version, keepAlive: keepAlive)
         case .deferred(let future):
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
@@ -181,6 +184,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                 guard case .responding = handler.state else { return }
                 switch result {
                 case .success(let response):
+                    requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.uri) -> \(response.status.code)")
                     handler.write(context: context, response: response, version: head.version, keepAlive: keepAlive)
                 case .failure(let error):
                     let apiError = (error as? APIError) ?? APIError(.internalError, "request failed: \(error)")
@@ -189,6 +193,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                 }
             }
         case .stream(let status, let stream):
+            requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.uri) -> \(status.code) (stream)")
             startStream(context: context, status: status, stream: stream, version: head.version)
         }
     }

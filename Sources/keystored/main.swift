@@ -65,6 +65,8 @@ struct Keystored: AsyncParsableCommand {
             }
         }
         ProcessSignals.install(handledSignals)
+        // A client that hangs up mid-response must cost an EPIPE, never the daemon.
+        signal(SIGPIPE, SIG_IGN)
         do {
             try await services.run()
         } catch {

@@ -133,6 +133,13 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
         waitUntil("node3 has the registration") {
             (try? cluster.client("node3").verifyCert(domain: "first.com", certificate: cert)) == "dave@first.com"
         }
+        // Replicated records are persisted asynchronously on the receiving node; wait until
+        // node3's own database holds the live record, so the restart really starts stale.
+        let database = cluster.scratch.file("data/node3/registry.sqlite3")
+        waitUntil("node3's database holds the registration") {
+            let count = try? SharedCertificates.run("/usr/bin/sqlite3", [database, "SELECT count(*) FROM certificates WHERE removal_kind IS NULL"])
+            return count?.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+        }
         cluster.processes["node3"]!.kill9()
         try cluster.client("node2").revokeCert(domain: "first.com", user: "dave", name: "tablet")
         try cluster.start("node3")

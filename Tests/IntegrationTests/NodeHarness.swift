@@ -295,6 +295,13 @@ func freeTCPPort() throws -> Int {
 class ClusterTestCase: XCTestCase {
     var harnesses: [ClusterHarness] = []
 
+    override class func setUp() {
+        super.setUp()
+        // Writing to a socket or pipe a killed node left behind must fail the write, not kill
+        // the whole test process (tests kill nodes on purpose).
+        signal(SIGPIPE, SIG_IGN)
+    }
+
     func makeCluster(nodes: [String], joinTimeoutMillis: Int = 1500, domains: [String: Any]? = nil,
                      clients: [[String: Any]]? = nil, peerAddresses: [String: String]? = nil,
                      extra: (inout [String: Any]) -> Void = { _ in }) throws -> ClusterHarness {
