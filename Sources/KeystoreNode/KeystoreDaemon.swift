@@ -44,13 +44,13 @@ public final class KeystoreDaemon: NodeServices, Service {
     public let certificates: CertificateService
 
     private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext,
-                 metrics: NodeMetrics, database: RegistryDatabase) {
+                 metrics: NodeMetrics, database: RegistryDatabase, eventsMaxBacklog: Int) {
         self.state = state
         self.arena = arena
         self.logger = logger
         self.group = group
         self.metrics = metrics
-        self.events = EventHub(nodeName: state.nodeName, logger: logger)
+        self.events = EventHub(nodeName: state.nodeName, maxBacklogBytes: eventsMaxBacklog, logger: logger)
         self.certificates = CertificateService(state: state, database: database, logger: logger, events: events)
         self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger, events: events, metrics: metrics,
                                     certificates: certificates)
@@ -60,7 +60,8 @@ public final class KeystoreDaemon: NodeServices, Service {
 
     /// Loads and checks everything that can be wrong in the config before anything starts,
     /// so a bad deploy fails at once with one line.
-    public static func load(configPath: String, node: String, logger: Logger, metrics: NodeMetrics = NodeMetrics(registry: nil)) throws -> KeystoreDaemon {
+    public static func load(configPath: String, node: String, logger: Logger, metrics: NodeMetrics = NodeMetrics(registry: nil),
+                            eventsMaxBacklog: Int = 1 << 20) throws -> KeystoreDaemon {
         let config: ClusterConfig
         do {
             config = try ClusterConfig.load(path: configPath, node: node)
@@ -98,7 +99,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         }
         let threads = min(System.coreCount, 4)
         return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads),
-                              tls: tls, metrics: metrics, database: database)
+                              tls: tls, metrics: metrics, database: database, eventsMaxBacklog: eventsMaxBacklog)
     }
 
     /// Serves until graceful shutdown is requested (SIGTERM/SIGINT via the ServiceGroup).

@@ -28,6 +28,9 @@ struct Keystored: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "Bytes an /v1/events consumer may fall behind before it is cut off.")
+    var eventsMaxBacklog: Int = 1 << 20
+
     func run() async throws { try await serve() }
 
     /// The daemon's life; `run()` forwards here so top-level code can call it unambiguously.
@@ -50,7 +53,9 @@ struct Keystored: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let daemon: KeystoreDaemon
         do {
-            daemon = try KeystoreDaemon.load(configPath: config, node: node, logger: logger, metrics: NodeMetrics(registry: registry))
+            guard eventsMaxBacklog >= 1024 else { fail("--events-max-backlog must be at least 1024 bytes") }
+            daemon = try KeystoreDaemon.load(configPath: config, node: node, logger: logger, metrics: NodeMetrics(registry: registry),
+                                             eventsMaxBacklog: eventsMaxBacklog)
         } catch {
             fail("\(error)")
         }

@@ -73,3 +73,41 @@ final class EventsTests: ClusterTestCase {
         XCTAssertEqual(seqs, seqs.sorted())
     }
 }
+
+extension EventsTests {
+    /// A consumer that stops reading is cut off with a final `overflow` event once its backlog
+    /// passes the limit, instead of growing the daemon's memory; others are unaffected.
+    func testAConsumerThatFallsBehindIsCutOffWithAFinalEvent() throws {
+        let cluster = try makeCluster(nodes: ["node1"])
+        let node = try cluster.start("node1", arguments: ["--events-max-backlog", "16384"])
+        cluster.waitReady("node1")
+        let stuck = try connectUnix(node.socketPath)
+        defer { close(stuck) }
+        var small: Int32 = 4096
+        setsockopt(stuck, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
+        _ = "GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n".withCString { write(stuck, $0, strlen($0)) }
+        let healthy = EventCollector(socketPath: node.socketPath)
+        defer { healthy.close() }
+        waitUntil("the healthy consumer is subscribed") { !healthy.events(ofType: "hello").isEmpty }
+
+        // Rotations produce events faster than the stuck consumer (which reads nothing) drains.
+        let connection = try KeystoreConnection(socketPath: node.socketPath)
+        var rotations = 0
+        while !node.log.contains("fell behind") && rotations < 5000 {
+            _ = try connection.request("POST", "/v1/domains/second.com/keys/token_secret/rotate")
+            rotations += 1
+        }
+        print("events: stuck consumer cut off after \(rotations) rotations at \(Date())")
+        XCTAssertTrue(node.log.contains("events consumer fell behind by more than 16384 bytes"), "no cut-off after \(rotations) rotations")
+        // Draining the stuck socket now shows the final overflow line and then EOF.
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(stuck, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        let text = readUntil(stuck) { _ in false }
+        print("events: drained at \(Date())")
+        XCTAssertTrue(text.contains("\"type\":\"overflow\""), String(text.suffix(400)))
+        // The healthy consumer kept up and saw every rotation.
+        waitUntil("the healthy consumer saw all rotations") { healthy.events(ofType: "key_rotated").count == rotations }
+        XCTAssertTrue(node.isRunning)
+        print("events: done at \(Date())")
+    }
+}

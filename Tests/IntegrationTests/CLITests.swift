@@ -1,0 +1,90 @@
+import Foundation
+import KeystoreClient
+import XCTest
+
+/// The real keystorectl binary against a real node: the v1 CLI names from DESIGN.md.
+final class CLITests: ClusterTestCase {
+    struct Result { var status: Int32; var output: String }
+
+    private func ctl(_ socket: String, _ arguments: [String]) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Products.keystorectl)
+        process.arguments = ["--socket", socket] + arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    }
+
+    func testCertsAndKeysCommandsEndToEnd() throws {
+        let cluster = try makeCluster(nodes: ["node1"])
+        try cluster.start("node1")
+        cluster.waitReady("node1")
+        let socket = cluster.socketPath("node1")
+        _ = try UserCertificates.make(jids: ["frank@first.com"], in: cluster.scratch.path, name: "frank")
+        let pem = cluster.scratch.file("frank.pem")
+        // DER input too (sent base64 by the CLI).
+        let der = cluster.scratch.file("frank.der")
+        try SharedCertificates.run("/usr/bin/openssl", ["x509", "-in", pem, "-outform", "DER", "-out", der])
+
+        let add = try ctl(socket, ["certs", "add", "first.com", "frank", "laptop", der])
+        XCTAssertEqual(add.status, 0, add.output)
+        let list = try ctl(socket, ["certs", "list", "first.com", "frank"])
+        XCTAssertEqual(list.status, 0, list.output)
+        XCTAssertTrue(list.output.contains("laptop"), list.output)
+        let json = try ctl(socket, ["--json", "certs", "list", "first.com", "frank"])
+        let parsed = try JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [String: Any]
+        XCTAssertEqual((parsed?["certs"] as? [[String: Any]])?.first?["jids"] as? [String], ["frank@first.com"])
+        let verify = try ctl(socket, ["certs", "verify", "first.com", pem])
+        XCTAssertEqual(verify.status, 0, verify.output)
+        XCTAssertTrue(verify.output.contains("frank@first.com"), verify.output)
+        let duplicate = try ctl(socket, ["certs", "add", "first.com", "frank", "laptop", pem])
+        XCTAssertEqual(duplicate.status, 1, duplicate.output)
+        XCTAssertTrue(duplicate.output.contains("conflict"), duplicate.output)
+
+        let revoke = try ctl(socket, ["certs", "revoke", "first.com", "frank", "laptop"])
+        XCTAssertEqual(revoke.status, 0, revoke.output)
+        let refused = try ctl(socket, ["certs", "verify", "first.com", pem])
+        XCTAssertEqual(refused.status, 1, refused.output)
+        XCTAssertTrue(refused.output.contains("forbidden"), refused.output)
+
+        let key = try ctl(socket, ["keys", "get", "first.com", "token_secret"])
+        XCTAssertEqual(key.status, 0, key.output)
+        XCTAssertTrue(key.output.contains("primary"), key.output)
+        let rotate = try ctl(socket, ["keys", "rotate", "first.com", "token_secret"])
+        XCTAssertEqual(rotate.status, 0, rotate.output)
+        let keys = try ctl(socket, ["keys", "list", "first.com"])
+        XCTAssertTrue(keys.output.contains("token_secret") && keys.output.contains("2"), keys.output)
+        let status = try ctl(socket, ["cluster", "status"])
+        XCTAssertTrue(status.output.contains("node1 (self)") && status.output.contains("ready"), status.output)
+        let reload = try ctl(socket, ["reload"])
+        XCTAssertEqual(reload.status, 0, reload.output)
+        let missing = try ctl(socket, ["keys", "get", "first.com", "nope"])
+        XCTAssertEqual(missing.status, 1)
+        XCTAssertTrue(missing.output.contains("no key named nope"), missing.output)
+    }
+
+    func testEventsCommandStreamsLines() throws {
+        let cluster = try makeCluster(nodes: ["node1"])
+        try cluster.start("node1")
+        cluster.waitReady("node1")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Products.keystorectl)
+        process.arguments = ["--socket", cluster.socketPath("node1"), "events"]
+        let output = cluster.scratch.file("events.out")
+        FileManager.default.createFile(atPath: output, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+        try process.run()
+        defer { process.terminate(); process.waitUntilExit() }
+        waitUntil("keystorectl events printed the hello line") {
+            ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("\"hello\"")
+        }
+        _ = try cluster.client("node1").rotateKey(domain: "first.com", name: "token_secret")
+        waitUntil("keystorectl events printed the rotation") {
+            ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("key_rotated")
+        }
+    }
+}
