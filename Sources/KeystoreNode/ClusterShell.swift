@@ -116,7 +116,7 @@ final class ClusterShell: @unchecked Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         PeerTLSHandler(context: self.tls, role: .server),
-                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena)),
+                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena, metrics: self.metrics)),
                         PeerConnectionHandler(direction: .inbound, shell: self, logger: self.logger),
                     ])
                 }
@@ -240,7 +240,7 @@ final class ClusterShell: @unchecked Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         PeerTLSHandler(context: self.tls, role: .client(expectedPeer: node)),
-                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena)),
+                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena, metrics: self.metrics)),
                         PeerConnectionHandler(direction: .outbound(node: node), shell: self, logger: self.logger),
                     ])
                 }
@@ -329,7 +329,6 @@ final class ClusterShell: @unchecked Sendable {
     func receive(_ message: PeerMessage, from peer: PeerIdentity) {
         loop.preconditionInEventLoop()
         guard !stopped else { return }
-        metrics.gossip(direction: "in", type: message.kindLabel, bytes: 0)
         switch message {
         case .hello:
             logger.warning("peer \(peer.node) sent a second hello; ignored")

@@ -9,12 +9,17 @@ import SecretMemory
 final class PeerFrameDecoder: ByteToMessageDecoder {
     typealias InboundOut = PeerMessage
     let arena: SecretArena
+    let metrics: NodeMetrics
 
-    init(arena: SecretArena) { self.arena = arena }
+    init(arena: SecretArena, metrics: NodeMetrics) {
+        self.arena = arena
+        self.metrics = metrics
+    }
 
     func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let frame = try PeerFrameCodec.nextFrame(from: &buffer) else { return .needMoreData }
         let message = try PeerFrameCodec.decode(frame, arena: arena)
+        metrics.gossip(direction: "in", type: message.kindLabel, bytes: frame.readableBytes + 4)
         context.fireChannelRead(wrapInboundOut(message))
         return .continue
     }

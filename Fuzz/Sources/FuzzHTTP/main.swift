@@ -1,0 +1,218 @@
+import FuzzSupport
+import KeystoreConfig
+@testable import KeystoreNode
+@testable import LocalAPI
+import Logging
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import ReplicatedStore
+import SecretMemory
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Fuzz target 2: what a local client can send on the Unix socket. The bytes go through the
+// production connection setup (NIO's HTTP/1 decoder with the server's limits, the pipelining
+// handler, the LocalAPI connection handler) into the real router over a real NodeState, on an
+// EmbeddedChannel. Needs `-enable-testing` (run.sh passes it): the connection handler and
+// `becomeReady` are internal.
+//
+// Input layout: byte 0 picks the caller (low 2 bits: uid 0 / 1001 / 1002 / a stranger with gid
+// 1003) and whether the node has made its join decision (bit 2); byte 1 picks how the rest is
+// split into reads (1...64 bytes per read, or all at once), so partial heads and bodies are
+// exercised; the rest is the byte stream from the client.
+//
+// Oracle beyond "does not crash": a caller without keys:read on first.com never receives the
+// PSK of first.com (in base64, as the API would send it), whatever path tricks it uses.
+
+/// `SO_PEERCRED` for an EmbeddedChannel: the handler reads the caller from the socket, which an
+/// EmbeddedChannel does not have. Set before each input; libFuzzer runs inputs on one thread.
+nonisolated(unsafe) private var currentCaller = PeerCredentials(pid: 1, uid: 0, gid: 0)
+
+extension EmbeddedChannel: @retroactive SocketOptionProvider {
+    public func unsafeSetSocketOption<Value: Sendable>(level: SocketOptionLevel, name: SocketOptionName, value: Value) -> EventLoopFuture<Void> {
+        eventLoop.makeSucceededFuture(())
+    }
+    public func unsafeSetSocketOption<Value: Sendable>(level: NIOBSDSocket.OptionLevel, name: NIOBSDSocket.Option, value: Value) -> EventLoopFuture<Void> {
+        eventLoop.makeSucceededFuture(())
+    }
+    public func unsafeGetSocketOption<Value: Sendable>(level: SocketOptionLevel, name: SocketOptionName) -> EventLoopFuture<Value> {
+        guard name == SO_PEERCRED, let credentials = currentCaller as? Value else {
+            return eventLoop.makeFailedFuture(ChannelError.operationUnsupported)
+        }
+        return eventLoop.makeSucceededFuture(credentials)
+    }
+    public func unsafeGetSocketOption<Value: Sendable>(level: NIOBSDSocket.OptionLevel, name: NIOBSDSocket.Option) -> EventLoopFuture<Value> {
+        unsafeGetSocketOption(level: SocketOptionLevel(level.rawValue), name: SocketOptionName(name.rawValue))
+    }
+}
+
+/// The node's services without a cluster: published deltas (rotations, certificate changes) are
+/// counted so the harness knows when the state changed and must be rebuilt (else versions and
+/// registrations pile up over millions of inputs).
+final class FuzzServices: NodeServices {
+    let state: NodeState
+    let events: EventHub
+    let logger: Logger
+    let metrics = NodeMetrics(registry: nil)
+    /// No database: registrations stay in memory, so the fuzzer never touches the disk.
+    let certificates: CertificateService
+    private let rotations = Mutex<Int>(0)
+    init(state: NodeState, logger: Logger) {
+        self.state = state
+        self.logger = logger
+        self.events = EventHub(nodeName: state.nodeName, logger: logger)
+        self.certificates = CertificateService(state: state, database: nil, logger: logger, events: events)
+    }
+    func publish(_ delta: StoreDelta) { rotations.withLock { $0 += 1 } }
+    var published: Int { rotations.withLock { $0 } }
+    func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [state.nodeName]) }
+    func reload() throws -> [KeyRef] { try state.loadFileKeys() }
+    var memoryLocked: Bool { true }
+}
+
+private let logger: Logger = {
+    var logger = Logger(label: "fuzz", factory: { _ in SwiftLogNoOpLogHandler() })
+    logger.logLevel = .critical
+    return logger
+}()
+private let arena: SecretArena = {
+    do { return try SecretArena() } catch { fatalError("fuzz: cannot create the secret arena: \(error)") }
+}()
+private let config: ClusterConfig = {
+    do {
+        return try ClusterConfig.parse(json: Array(Fixture.configJSON.utf8), configDirectory: Fixture.directory, node: Fixture.nodeName)
+    } catch {
+        fatalError("fuzz: the fixture config does not load: \(error)")
+    }
+}()
+/// `FUZZ_ECHO=1 FuzzHTTP input` prints what the server answered (for reading reproducers).
+private let echo = getenv("FUZZ_ECHO") != nil
+private enum FileHandleEcho {
+    static func write(_ bytes: [UInt8]) {
+        _ = bytes.withUnsafeBytes { Glibc.write(2, $0.baseAddress, $0.count) }
+        _ = Glibc.write(2, "\n", 1)
+    }
+}
+/// The first.com PSK as the API would send it.
+private let pskBase64 = Array(base64(Array(Fixture.pskValue.utf8)).utf8)
+
+/// A node, built lazily and rebuilt after any input that changed it.
+private struct Node {
+    var services: FuzzServices
+    var router: APIRouter
+    init(ready: Bool) {
+        let state = NodeState(config: config, arena: arena)
+        do {
+            try state.loadFileKeys()
+            if ready { _ = try state.becomeReady() }
+        } catch {
+            fatalError("fuzz: the fixture node does not start: \(error)")
+        }
+        services = FuzzServices(state: state, logger: logger)
+        router = APIRouter(services: services, acl: config.accessControl(daemonUID: 0))
+    }
+}
+nonisolated(unsafe) private var nodes: [Bool: Node] = [:]
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
+    guard size >= 2 else { return 0 }
+    let input = UnsafeBufferPointer(start: data, count: size)
+    let callers: [PeerCredentials] = [
+        PeerCredentials(pid: 1, uid: 0, gid: 0), PeerCredentials(pid: 1, uid: 1001, gid: 1001),
+        PeerCredentials(pid: 1, uid: 1002, gid: 1002), PeerCredentials(pid: 1, uid: 4321, gid: 1003),
+    ]
+    currentCaller = callers[Int(input[0] & 3)]
+    let ready = input[0] & 4 != 0
+    let split = Int(input[1] % 65) // 0: one read
+    let stream = UnsafeBufferPointer(rebasing: input[2...])
+
+    let node = nodes[ready] ?? Node(ready: ready)
+    nodes[ready] = node
+    let before = node.services.published
+
+    let output = serve(stream, split: split, router: node.router)
+
+    if echo { FileHandleEcho.write(output) }
+    if node.services.published != before { nodes[ready] = nil } // a rotation or registration changed the state
+    let mayReadPSK = currentCaller.uid == 0 || currentCaller.uid == 1001
+    if !mayReadPSK && contains(output, pskBase64) {
+        fatalError("fuzz: uid \(currentCaller.uid) received the first.com PSK without keys:read")
+    }
+    return 0
+}
+
+/// Runs one connection to completion and returns everything the server wrote.
+private func serve(_ stream: UnsafeBufferPointer<UInt8>, split: Int, router: APIRouter) -> [UInt8] {
+    let channel = EmbeddedChannel()
+    let limits = LocalAPILimits()
+    // Keep in step with LocalAPIServer.start's childChannelInitializer.
+    var decoderLimits = NIOHTTPDecoderLimitConfiguration()
+    decoderLimits.maxHeaderListSize = limits.maxHeaderBytes
+    decoderLimits.maxHeaderFieldSize = limits.maxHeaderBytes
+    decoderLimits.maxHeaderFieldCount = 128
+    do {
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withPipeliningAssistance: true, withErrorHandling: false,
+            withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
+        try channel.pipeline.syncOperations.addHandler(
+            HTTPConnectionHandler(responder: router, limits: limits, server: LocalAPIServerCounters(), logger: logger))
+        try channel.connect(to: SocketAddress(unixDomainSocketPath: "/fuzz.sock")).wait()
+    } catch {
+        fatalError("fuzz: cannot set up the embedded connection: \(error)")
+    }
+
+    var output: [UInt8] = []
+    func drain() {
+        while let chunk = try? channel.readOutbound(as: ByteBuffer.self) {
+            output.append(contentsOf: chunk.readableBytesView)
+        }
+    }
+    var offset = 0
+    while offset < stream.count && channel.isActive {
+        let end = split == 0 ? stream.count : min(stream.count, offset + split)
+        let buffer = ByteBuffer(bytes: UnsafeBufferPointer(rebasing: stream[offset..<end]))
+        offset = end
+        do { try channel.writeInbound(buffer) } catch { break } // the handler closed the connection
+        channel.embeddedEventLoop.run()
+        drain()
+    }
+    // The client goes silent: the request timeout closes a connection still open.
+    channel.embeddedEventLoop.advanceTime(by: limits.requestTimeout + .seconds(1))
+    drain()
+    _ = try? channel.finish(acceptAlreadyClosed: true)
+    drain()
+    return output
+}
+
+private func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard !needle.isEmpty, haystack.count >= needle.count else { return false }
+    for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
+        if haystack[start..<(start + needle.count)].elementsEqual(needle) { return true }
+    }
+    return false
+}
+
+private func base64(_ bytes: [UInt8]) -> String {
+    let table = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+    var out: [UInt8] = []
+    var i = 0
+    while i < bytes.count {
+        let b0 = Int(bytes[i]), b1 = i + 1 < bytes.count ? Int(bytes[i + 1]) : 0, b2 = i + 2 < bytes.count ? Int(bytes[i + 2]) : 0
+        out.append(table[b0 >> 2])
+        out.append(table[(b0 & 3) << 4 | b1 >> 4])
+        out.append(i + 1 < bytes.count ? table[(b1 & 15) << 2 | b2 >> 6] : UInt8(ascii: "="))
+        out.append(i + 2 < bytes.count ? table[b2 & 63] : UInt8(ascii: "="))
+        i += 3
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+@_cdecl("FuzzHTTP_main")
+public func fuzzHTTPMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
+    runFuzzer(argc, argv, fuzzHTTP)
+}
