@@ -8,6 +8,14 @@ let package = Package(
         .executable(name: "keystored", targets: ["keystored"]),
         .executable(name: "keystorectl", targets: ["keystorectl"]),
         .library(name: "KeystoreClient", targets: ["KeystoreClient"]),
+        // Exposed for the fuzz harnesses in Fuzz/ (a separate package depending on this one).
+        .library(name: "SecretMemory", targets: ["SecretMemory"]),
+        .library(name: "KeystoreConfig", targets: ["KeystoreConfig"]),
+        .library(name: "ReplicatedStore", targets: ["ReplicatedStore"]),
+        .library(name: "PeerWire", targets: ["PeerWire"]),
+        .library(name: "LocalAPI", targets: ["LocalAPI"]),
+        .library(name: "KeystoreNode", targets: ["KeystoreNode"]),
+        .library(name: "CertificateRegistry", targets: ["CertificateRegistry"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -306,24 +306,25 @@ public final class APIRouter: APIResponder {
         json.endObject()
     }
 
-    /// The route template of a path, e.g. `/v1/domains/{d}/keys/{k}`.
+    /// The route template of a path, e.g. `/v1/domains/{d}/keys/{k}`; anything that is not a
+    /// route is "other", so clients cannot mint metric series (or memory) with made-up paths.
     static func routeLabel(_ path: [String]) -> String {
-        guard path.first == "v1" else { return path == ["metrics"] ? "/metrics" : "other" }
-        if path.count >= 3 && path[1] == "domains" {
-            var template = ["v1", "domains", "{d}"]
-            for (i, segment) in path.enumerated().dropFirst(3) {
-                switch (i, path[3]) {
-                case (3, _): template.append(segment)
-                case (4, "keys"): template.append("{k}")
-                case (4, "users"): template.append("{u}")
-                case (6, "users"): template.append("{name}")
-                default: template.append(segment)
-                }
-            }
-            let label = "/" + template.joined(separator: "/")
-            return label.count <= 64 ? label : "other"
+        if path == ["metrics"] { return "/metrics" }
+        guard path.first == "v1" else { return "other" }
+        switch path.count {
+        case 2 where ["health", "cluster", "reload", "events"].contains(path[1]):
+            return "/v1/" + path[1]
+        case 4 where path[1] == "domains" && path[3] == "keys": return "/v1/domains/{d}/keys"
+        case 4 where path[1] == "domains" && path[3] == "sasl-external": return "/v1/domains/{d}/sasl-external"
+        case 5 where path[1] == "domains" && path[3] == "keys": return "/v1/domains/{d}/keys/{k}"
+        case 6 where path[1] == "domains" && path[3] == "keys" && path[5] == "rotate": return "/v1/domains/{d}/keys/{k}/rotate"
+        case 6 where path[1] == "domains" && path[3] == "users" && path[5] == "certs": return "/v1/domains/{d}/users/{u}/certs"
+        case 8 where path[1] == "domains" && path[3] == "users" && path[5] == "certs" && path[7] == "disable":
+            return "/v1/domains/{d}/users/{u}/certs/{name}/disable"
+        case 8 where path[1] == "domains" && path[3] == "users" && path[5] == "certs" && path[7] == "revoke":
+            return "/v1/domains/{d}/users/{u}/certs/{name}/revoke"
+        default: return "other"
         }
-        return path.count == 2 ? "/v1/" + path[1] : "other"
     }
 
     private func health(_ allocator: ByteBufferAllocator) -> APIResponse {

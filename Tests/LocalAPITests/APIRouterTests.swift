@@ -133,6 +133,15 @@ final class APIRouterTests: XCTestCase {
         XCTAssertEqual(try call(.POST, "/v1/domains/first.com/keys/psk/rotate").0, 400, "file keys cannot be rotated")
     }
 
+    func testMetricLabelsAreRouteTemplatesOnly() {
+        XCTAssertEqual(APIRouter.routeLabel(["v1", "domains", "first.com", "keys", "token_secret"]), "/v1/domains/{d}/keys/{k}")
+        XCTAssertEqual(APIRouter.routeLabel(["v1", "domains", "x", "users", "alice", "certs", "phone", "revoke"]),
+                       "/v1/domains/{d}/users/{u}/certs/{name}/revoke")
+        XCTAssertEqual(APIRouter.routeLabel(["v1", "random-\(UUID().uuidString)"]), "other", "made-up paths must not mint series")
+        XCTAssertEqual(APIRouter.routeLabel(["v1", "domains", "d", "whatever", "x"]), "other")
+        XCTAssertEqual(APIRouter.routeLabel(["metrics"]), "/metrics")
+    }
+
     func testPathDecoding() {
         XCTAssertEqual(APIRequest.decodePath("/v1/domains/a%40b/keys?x=1"), ["v1", "domains", "a@b", "keys"])
         XCTAssertEqual(APIRequest.decodePath("/v1/health/"), ["v1", "health"])
