@@ -273,12 +273,12 @@ final class ClusterShell: @unchecked Sendable {
 
     /// Fan-out for eager push: enough random peers that the rumour reaches everyone in
     /// O(log N) hops; anti-entropy repairs whatever a rumour misses.
-    private func pushTargets(excluding: String?) -> [String] {
+    private func pushTargets(excluding: String?, all: Bool = false) -> [String] {
         var candidates = swim.members.filter { $0.status == .alive && $0.node != excluding }.map(\.node)
         // Before membership confirms anyone (startup), use every configured peer.
         if candidates.isEmpty { candidates = peers.keys.filter { $0 != excluding } }
         let fanout = max(3, Int((Double(candidates.count + 1)).squareRoot().rounded(.up)))
-        if candidates.count <= fanout { return candidates }
+        if all || candidates.count <= fanout { return candidates }
         candidates.shuffle(using: &random)
         return Array(candidates.prefix(fanout))
     }
@@ -288,13 +288,16 @@ final class ClusterShell: @unchecked Sendable {
         guard !delta.isEmpty else { return }
         loop.execute {
             let wire = self.state.wireDelta(for: delta)
-            self.push(wire, excluding: nil)
+            // The origin tells every alive member directly: local changes (rotations, new keys)
+            // are rare, so N-1 frames are cheap, and no member then depends on a random rumour
+            // reaching it (a miss waited for anti-entropy, up to ~1 s). Forwarding stays sqrt(N).
+            self.push(wire, excluding: nil, toEveryone: true)
         }
     }
 
-    private func push(_ wire: WireDelta, excluding: String?) {
+    private func push(_ wire: WireDelta, excluding: String?, toEveryone: Bool = false) {
         guard !wire.isEmpty else { return }
-        let targets = pushTargets(excluding: excluding)
+        let targets = pushTargets(excluding: excluding, all: toEveryone)
         let stamp = state.stamp()
         for chunk in PeerFrameCodec.chunks(of: wire) {
             for node in targets { send(.delta(chunk, purpose: .push, stamp: stamp), to: node) }

@@ -48,6 +48,13 @@ public struct APIRequest: Sendable {
             path = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
         }
         guard path.first == "/" else { return nil }
+        // No escapes (the usual case): the segments are the text itself; only NUL is refused.
+        if !path.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == 0 }) {
+            var segments = path.utf8.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+                .map { String(Substring($0)) }
+            if segments.last == "" && segments.count > 1 { segments.removeLast() }
+            return segments
+        }
         var segments: [String] = []
         for raw in path.dropFirst().split(separator: "/", omittingEmptySubsequences: false) {
             var bytes: [UInt8] = []

@@ -48,7 +48,11 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private let logger: Logger
     private var state = State.idle
     private var caller: PeerCredentials?
-    private var timeout: Scheduled<Void>?
+    /// When the connection must have delivered its next request; nil while a request is being
+    /// answered or streamed. One timer per connection re-checks it, instead of scheduling and
+    /// cancelling a timer for every request (a heap insert/remove and allocations each time).
+    private var requestDeadline: NIODeadline?
+    private var timer: Scheduled<Void>?
     private var streamBacklog = 0
 
     /// TCP listeners (metrics) have no SO_PEERCRED; their callers are `PeerCredentials.anonymous`.
@@ -106,7 +110,9 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     private var holdsUIDSlot = false
 
     func channelInactive(context: ChannelHandlerContext) {
-        timeout?.cancel()
+        timer?.cancel()
+        timer = nil
+        requestDeadline = nil
         if holdsUIDSlot, let caller { server.release(uid: caller.uid); holdsUIDSlot = false }
         if case .streaming(let stream) = state { stream.cancel() }
         state = .closed
@@ -114,12 +120,22 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
     }
 
     private func armTimeout(context: ChannelHandlerContext) {
-        timeout?.cancel()
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let logger = self.logger, limit = limits.requestTimeout
-        timeout = context.eventLoop.scheduleTask(in: limit) {
-            logger.debug("local connection idle or too slow for \(limit); closing")
-            loopBound.value.close(promise: nil)
+        requestDeadline = .now() + limits.requestTimeout
+        if timer == nil { scheduleTimer(context: context, at: requestDeadline!) }
+    }
+
+    private func scheduleTimer(context: ChannelHandlerContext, at deadline: NIODeadline) {
+        let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(deadline: deadline) {
+            let (handler, context) = loopBound.value
+            handler.timer = nil
+            guard let due = handler.requestDeadline else { return } // re-armed by the next armTimeout
+            if due > .now() {
+                handler.scheduleTimer(context: context, at: due)
+            } else {
+                handler.logger.debug("local connection idle or too slow for \(handler.limits.requestTimeout); closing")
+                context.close(promise: nil)
+            }
         }
     }
 
@@ -148,7 +164,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         case .end:
             switch state {
             case .receiving(let head, let body):
-                timeout?.cancel()
+                requestDeadline = nil
                 dispatch(context: context, head: head, body: body)
             default:
                 return
@@ -172,7 +188,9 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         state = .responding
         let keepAlive = head.isKeepAlive
         var requestLogger = logger
-        requestLogger[metadataKey: "request"] = "\(request.requestID)"
+        // Only when the access log is on: copying the logger's metadata and formatting the id
+        // on every request showed up in the get-key profile.
+        if logger.logLevel <= .debug { requestLogger[metadataKey: "request"] = "\(request.requestID)" }
         switch responder.handle(request, allocator: context.channel.allocator, eventLoop: context.eventLoop) {
         case .response(let response):
             requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.uri) -> \(response.status.code)")

@@ -59,6 +59,12 @@ public struct JSONWriter {
 
     private mutating func writeEscaped(_ s: String) {
         buffer.writeInteger(UInt8(ascii: "\""))
+        // Almost every string (names, ids, dates) needs no escaping: copy it in one go.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == 0x22 || $0 == 0x5C || $0 == 0x7F }) {
+            buffer.writeString(s)
+            buffer.writeInteger(UInt8(ascii: "\""))
+            return
+        }
         for byte in s.utf8 {
             switch byte {
             case UInt8(ascii: "\""): buffer.writeStaticString("\\\"")

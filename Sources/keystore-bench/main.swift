@@ -1,1 +1,0 @@
-print("keystore-bench: see BENCHMARKS.md")

@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# Runs the whole keystore benchmark table (BENCHMARKS.md): get-key over the Unix socket vs nginx,
+# rotation convergence for 3/10/25-node clusters on loopback, and a fresh node syncing 10,000 RAM
+# keys (time, RSS/VmLck, idle peer traffic). Installs what is missing, builds release, generates
+# certificates and configs in a temp dir, starts everything, stops everything.
+#
+# Usage: bench/run.sh [get-key] [converge] [sync]      (no argument: all three)
+# Environment: DURATION (s per load row, default 3), WARMUP (1), CONNECTIONS (1,8,32,128),
+#   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), BASE_PORT (27400),
+#   KEEP=1 keeps the temp dir (logs, configs) for inspection.
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+DURATION="${DURATION:-3}"; WARMUP="${WARMUP:-1}"; CONNECTIONS="${CONNECTIONS:-1,8,32,128}"
+SIZES="${SIZES:-3 10 25}"; ROTATIONS="${ROTATIONS:-40}"; BASE_PORT="${BASE_PORT:-27400}"
+SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"
+parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync)
+
+die() { echo "bench/run.sh: $*" >&2; exit 1; }
+
+# --- packages and build ------------------------------------------------------------------------
+missing=()
+for p in nginx-light libssl-dev libsodium-dev openssl curl iproute2; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || die "missing packages: ${missing[*]} (sudo apt-get install ${missing[*]})"
+    echo "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+echo "building keystored and keystore-bench (release)..."
+(cd "$root" && swift build -c release --product keystored >/dev/null && swift build -c release --product keystore-bench >/dev/null)
+bindir="$(cd "$root" && swift build -c release --show-bin-path)"
+keystored="$bindir/keystored"; bench="$bindir/keystore-bench"
+
+# --- scratch dir, certificates, cleanup ----------------------------------------------------------
+# Short path: Unix socket paths are limited to 107 bytes.
+tmp="$(mktemp -d /tmp/ksb-XXXXXX)"
+pids=()
+stop_all() {
+    for pid in "${pids[@]:-}"; do [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]:-}"; do [ -n "$pid" ] && wait "$pid" 2>/dev/null || true; done
+    pids=()
+    if [ -f "$tmp/nginx.pid" ]; then kill "$(cat "$tmp/nginx.pid")" 2>/dev/null || true; rm -f "$tmp/nginx.pid"; fi
+}
+cleanup() { stop_all; if [ "${KEEP:-0}" = 1 ]; then echo "kept $tmp"; else rm -rf "$tmp"; fi; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+all_nodes=(); for i in $(seq 1 25); do all_nodes+=("node$i"); done
+"$root/deploy/gen-certs.sh" "$tmp/certs" "${all_nodes[@]}" >/dev/null
+
+# write_config FILE NODE_COUNT FIRST_PORT DOMAIN_COUNT KEYS_PER_DOMAIN JOIN_TIMEOUT_MS
+write_config() {
+    local file="$1" n="$2" port="$3" ndom="$4" nkeys="$5" join="$6" i d k sep
+    {
+        printf '{ "cluster": "bench", "join_timeout_ms": %s, "grace_period_s": 3600, "ram_key_size": 2048,\n' "$join"
+        printf '  "tls": { "ca": "%s/certs/ca.pem", "cert": "%s/certs/{node}.pem", "key": "%s/certs/{node}.key" },\n' "$tmp" "$tmp" "$tmp"
+        printf '  "nodes": {\n'
+        for i in $(seq 1 "$n"); do
+            sep=","; [ "$i" -eq "$n" ] && sep=""
+            printf '    "node%s": { "peer": "127.0.0.1:%s", "socket": "%s/{node}.sock", "data_dir": "%s/data/{node}" }%s\n' \
+                "$i" $((port + i)) "$tmp" "$tmp" "$sep"
+        done
+        printf '  },\n  "domains": {\n'
+        for d in $(seq 1 "$ndom"); do
+            local dname="first.com"; [ "$d" -gt 1 ] && dname="d$d.example"
+            printf '    "%s": { "keys": [' "$dname"
+            for k in $(seq 1 "$nkeys"); do
+                local kname="token_secret"; [ "$k" -gt 1 ] && kname="k$k"
+                sep=","; [ "$k" -eq "$nkeys" ] && sep=""
+                printf '{ "name": "%s", "type": "ram" }%s' "$kname" "$sep"
+            done
+            sep=","; [ "$d" -eq "$ndom" ] && sep=""
+            printf '] }%s\n' "$sep"
+        done
+        printf '  }\n}\n'
+    } > "$file"
+}
+
+start_node() { # CONFIG NODE
+    "$keystored" --config "$1" --node "$2" >"$tmp/$2.log" 2>&1 &
+    pids+=("$!")
+}
+
+wait_ready() { # SOCKET PID
+    for _ in $(seq 1 600); do
+        curl -sf --unix-socket "$1" http://localhost/v1/health 2>/dev/null | grep -q '"ready":true' && return 0
+        kill -0 "$2" 2>/dev/null || die "node for $1 exited; log: $(tail -n 3 "${1%.sock}.log")"
+        sleep 0.05
+    done
+    die "$1 not ready after 30 s"
+}
+
+load_note() {
+    echo "load before this part: $(cut -d' ' -f1-3 /proc/loadavg) (1/5/15 min); busiest other processes:"
+    ps -eo pcpu,comm --sort=-pcpu | sed -n '2,4p' | sed 's/^/    /'
+}
+
+echo
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r)"
+echo "keystored: $keystored"
+
+# --- get-key: keystored vs nginx -----------------------------------------------------------------
+run_get_key() {
+    echo; echo "## get-key over the Unix socket: keystored vs nginx"; load_note
+    write_config "$tmp/single.json" 1 "$BASE_PORT" 2 2 200
+    start_node "$tmp/single.json" node1
+    wait_ready "$tmp/node1.sock" "${pids[-1]}"
+    local path=/v1/domains/first.com/keys/token_secret
+    # nginx serves a body of exactly the same shape and length, with random base64 instead of
+    # the real key so no secret is ever written to disk.
+    local real keylen fake body
+    real="$(curl -sf --unix-socket "$tmp/node1.sock" "http://localhost$path")"
+    keylen="$(printf '%s' "$real" | sed -E 's/.*"key":"([^"]*)".*/\1/' | tr -d '\n' | wc -c)"
+    fake="$(openssl rand -base64 $((keylen * 3 / 4 + 3)) | tr -d '\n' | head -c "$keylen")"
+    body="$(printf '%s' "$real" | sed -E "s#\"key\":\"[^\"]*\"#\"key\":\"$fake\"#")"
+    [ "${#body}" -eq "${#real}" ] || die "nginx body is ${#body} bytes, keystored's ${#real}"
+    mkdir -p "$tmp/nginx-tmp"
+    sed -e "s#@DIR@#$tmp#g" -e "s#@SOCKET@#$tmp/nginx.sock#" -e "s#@WORKERS@#${NGINX_WORKERS:-auto}#" \
+        "$root/bench/nginx.conf.template" > "$tmp/nginx.conf.part"
+    # The body contains '/', '+', '=' and '#': substitute it with awk, not sed.
+    BODY="$body"$'\n' awk '{ gsub(/@BODY@/, ENVIRON["BODY"]); print }' "$tmp/nginx.conf.part" > "$tmp/nginx.conf"
+    nginx -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log" || die "nginx did not start; see $tmp/nginx-error.log"
+    for _ in $(seq 1 100); do [ -S "$tmp/nginx.sock" ] && break; sleep 0.05; done
+    # Two floors with no application work, same body: keystored's NIOHTTP1 pipeline, and bare NIO.
+    printf '%s\n' "$body" > "$tmp/body.json"
+    local also=()
+    for mode in nio-http1 raw; do
+        "$bench" static-server --socket "$tmp/static-$mode.sock" --body-file "$tmp/body.json" --mode "$mode" >/dev/null 2>"$tmp/static-$mode.log" &
+        pids+=("$!")
+        also+=(--also "nio-static-$mode=$tmp/static-$mode.sock=$!")
+    done
+    for mode in nio-http1 raw; do
+        for _ in $(seq 1 100); do [ -S "$tmp/static-$mode.sock" ] && break; sleep 0.05; done
+    done
+    local ks_pid="${pids[0]}"
+    local nginx_pids
+    nginx_pids="$(cat "$tmp/nginx.pid"),$(pgrep -P "$(cat "$tmp/nginx.pid")" | paste -sd,)"
+    echo "keystored threads: $(ls /proc/"$ks_pid"/task | wc -l) (event loops: min(cores, 4)); nginx workers: $(pgrep -P "$(cat "$tmp/nginx.pid")" | wc -l)"
+    echo
+    "$bench" get-key --keystored "$tmp/node1.sock" --nginx "$tmp/nginx.sock" --path "$path" \
+        --keystored-pid "$ks_pid" --nginx-pids "$nginx_pids" "${also[@]}" \
+        --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP"
+    echo
+    echo "keystored node1 after the load: $(grep -E 'VmRSS|VmLck' /proc/"$ks_pid"/status | tr -s ' \t' ' ' | tr '\n' ' ')"
+    stop_all
+}
+
+# --- convergence -------------------------------------------------------------------------------
+run_converge() {
+    echo; echo "## rotation convergence (rotate on one node, every node's /v1/events reports it)"; load_note
+    echo
+    "$bench" converge --header-only
+    for n in $SIZES; do
+        write_config "$tmp/c$n.json" "$n" "$BASE_PORT" 2 2 3000
+        local sockets=""
+        for i in $(seq 1 "$n"); do
+            start_node "$tmp/c$n.json" "node$i"
+            sockets+="${sockets:+,}$tmp/node$i.sock"
+        done
+        "$bench" converge --sockets "$sockets" --rotations "$ROTATIONS" --row-only
+        stop_all
+        rm -rf "$tmp/data"
+    done
+}
+
+# --- fresh node sync of 10,000 RAM keys ---------------------------------------------------------
+peer_bytes() { # total bytes sent on every TCP socket touching the two peer ports
+    ss -tinH "( sport = :$1 or dport = :$1 or sport = :$2 or dport = :$2 )" 2>/dev/null \
+        | grep -o 'bytes_sent:[0-9]*' | cut -d: -f2 | awk '{ s += $1 } END { print s + 0 }'
+}
+run_sync() {
+    local keys=$((SYNC_DOMAINS * SYNC_KEYS))
+    echo; echo "## a fresh node syncing $keys RAM keys ($SYNC_DOMAINS domains x $SYNC_KEYS, 2048 bytes each)"; load_note
+    local port=$((BASE_PORT + 50))
+    write_config "$tmp/sync.json" 2 "$port" "$SYNC_DOMAINS" "$SYNC_KEYS" 1000
+    start_node "$tmp/sync.json" node1
+    local ref_pid="${pids[-1]}"
+    wait_ready "$tmp/node1.sock" "$ref_pid"
+    local domains="first.com"; for d in $(seq 2 "$SYNC_DOMAINS"); do domains+=",d$d.example"; done
+    echo
+    "$bench" sync --keystored "$keystored" --config "$tmp/sync.json" --node node2 --socket "$tmp/node2.sock" \
+        --reference "$tmp/node1.sock" --reference-pid "$ref_pid" --domains "$domains" --log "$tmp/node2.log"
+    # Idle traffic with replicas in agreement (anti-entropy digests + SWIM probes), both directions.
+    start_node "$tmp/sync.json" node2
+    wait_ready "$tmp/node2.sock" "${pids[-1]}"
+    sleep 3
+    local b0 b1 secs=10
+    b0="$(peer_bytes $((port + 1)) $((port + 2)))"; sleep "$secs"; b1="$(peer_bytes $((port + 1)) $((port + 2)))"
+    echo
+    echo "idle peer traffic, 2 nodes in agreement holding $keys keys: $(( (b1 - b0) / secs )) bytes/s both directions" \
+         "(TCP payload incl. TLS; anti-entropy every 1 s per node + SWIM) ≈ $(( (b1 - b0) / secs / 2 )) bytes per anti-entropy round"
+    stop_all
+}
+
+for part in "${parts[@]}"; do
+    case "$part" in
+        get-key) run_get_key ;;
+        converge) run_converge ;;
+        sync) run_sync ;;
+        *) die "unknown part '$part'; use get-key, converge or sync" ;;
+    esac
+done
+echo
+echo "certificate registry sync: TODO (registry not built yet)"
