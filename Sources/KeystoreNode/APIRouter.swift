@@ -68,6 +68,7 @@ public final class APIRouter: APIResponder {
             result = .response(.error(APIError(.internalError, "internal error; see the node's log (request \(request.requestID))"), allocator: allocator))
         }
         let metrics = services.metrics
+        let routeLabel = label
         switch result {
         case .response(let response):
             metrics.request(route: label, status: response.status, nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
@@ -78,7 +79,7 @@ public final class APIRouter: APIResponder {
                 case .success(let response): status = response.status
                 case .failure(let error): status = (error as? APIError)?.status ?? .internalServerError
                 }
-                metrics.request(route: label, status: status, nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
+                metrics.request(route: routeLabel, status: status, nanoseconds: DispatchTime.now().uptimeNanoseconds - started)
             }
         case .stream(let status, _):
             metrics.request(route: label, status: status, nanoseconds: DispatchTime.now().uptimeNanoseconds - started)

@@ -191,6 +191,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
         // Only when the access log is on: copying the logger's metadata and formatting the id
         // on every request showed up in the get-key profile.
         if logger.logLevel <= .debug { requestLogger[metadataKey: "request"] = "\(request.requestID)" }
+        let accessLog = requestLogger
         switch responder.handle(request, allocator: context.channel.allocator, eventLoop: context.eventLoop) {
         case .response(let response):
             requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.uri) -> \(response.status.code)")
@@ -202,7 +203,7 @@ final class HTTPConnectionHandler: ChannelInboundHandler, RemovableChannelHandle
                 guard case .responding = handler.state else { return }
                 switch result {
                 case .success(let response):
-                    requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.uri) -> \(response.status.code)")
+                    accessLog.debug("uid \(caller.uid) \(head.method.rawValue) \(head.uri) -> \(response.status.code)")
                     handler.write(context: context, response: response, version: head.version, keepAlive: keepAlive)
                 case .failure(let error):
                     let apiError = (error as? APIError) ?? APIError(.internalError, "request failed: \(error)")
