@@ -4,9 +4,9 @@
 # keys (time, RSS/VmLck, idle peer traffic). Installs what is missing, builds release, generates
 # certificates and configs in a temp dir, starts everything, stops everything.
 #
-# Usage: bench/run.sh [get-key] [converge] [sync]      (no argument: all three)
+# Usage: bench/run.sh [get-key] [converge] [sync] [certs]   (no argument: all four)
 # Environment: DURATION (s per load row, default 3), WARMUP (1), CONNECTIONS (1,8,32,128),
-#   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), BASE_PORT (27400),
+#   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), CERTS (100000), BASE_PORT (27400),
 #   KEEP=1 keeps the temp dir (logs, configs) for inspection.
 set -euo pipefail
 
@@ -14,13 +14,13 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 DURATION="${DURATION:-3}"; WARMUP="${WARMUP:-1}"; CONNECTIONS="${CONNECTIONS:-1,8,32,128}"
 SIZES="${SIZES:-3 10 25}"; ROTATIONS="${ROTATIONS:-40}"; BASE_PORT="${BASE_PORT:-27400}"
 SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"
-parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync)
+parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync certs)
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 
 # --- packages and build ------------------------------------------------------------------------
 missing=()
-for p in nginx-light libssl-dev libsodium-dev openssl curl iproute2; do
+for p in nginx-light libssl-dev libsodium-dev libsqlite3-dev sqlite3 openssl curl iproute2; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -195,13 +195,47 @@ run_sync() {
     stop_all
 }
 
+# --- fresh node sync of N registered certificates -----------------------------------------------
+now_ms() { date +%s%3N; }
+registered_count() { # SOCKET: the node's in-memory registry size, from its metrics gauge
+    curl -sf --unix-socket "$1" http://localhost/metrics 2>/dev/null \
+        | sed -n 's/^keystore_certificates{state="registered"} \([0-9.]*\).*/\1/p' | cut -d. -f1
+}
+run_certs() {
+    local n="${CERTS:-100000}" port=$((BASE_PORT + 70))
+    echo; echo "## a fresh node syncing $n registered certificates (600-byte DER each)"; load_note
+    write_config "$tmp/certs.json" 2 "$port" 1 1 1000
+    # Seed node1's registry database directly (synthetic records: valid rows, random DER bytes; the
+    # store never re-parses DER it loads), so the benchmark measures sync, not 100k fsynced appends.
+    start_node "$tmp/certs.json" node1; wait_ready "$tmp/node1.sock" "${pids[-1]}"; stop_all
+    sqlite3 "$tmp/data/node1/registry.sqlite3" "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $n)
+        INSERT INTO certificates (domain, user, sha256, name, der, not_before_ms, not_after_ms, jids, no_cert_management,
+                                  added_wall, added_logical, added_origin)
+        SELECT 'first.com', 'u' || i || '@first.com', randomblob(32), 'device', randomblob(600), 0, 4102444800000,
+               '[\"u' || i || '@first.com\"]', 0, 1795400000000, i, 'node1' FROM n;" || die "seeding the registry failed"
+    local t0 t1 t2 t3 n2
+    t0="$(now_ms)"; start_node "$tmp/certs.json" node1; wait_ready "$tmp/node1.sock" "${pids[-1]}"; t1="$(now_ms)"
+    echo "node1 restart with $n records in its database: ready after $((t1 - t0)) ms; $(grep -E 'VmRSS' /proc/"${pids[-1]}"/status | tr -s ' \t' ' ')"
+    t2="$(now_ms)"; start_node "$tmp/certs.json" node2; local p2="${pids[-1]}"; wait_ready "$tmp/node2.sock" "$p2"; t3="$(now_ms)"
+    for _ in $(seq 1 600); do n2="$(registered_count "$tmp/node2.sock")"; [ "${n2:-0}" -ge "$n" ] && break; sleep 0.1; done
+    local t4; t4="$(now_ms)"
+    for _ in $(seq 1 600); do
+        [ "$(sqlite3 "$tmp/data/node2/registry.sqlite3" 'SELECT count(*) FROM certificates' 2>/dev/null)" -ge "$n" ] && break; sleep 0.2
+    done
+    local t5; t5="$(now_ms)"
+    echo
+    echo "| certificates | fresh node: spawn → ready ms | → all $n in memory ms | → all persisted ms | fresh node RSS |"
+    echo "|---:|---:|---:|---:|---:|"
+    echo "| $n | $((t3 - t2)) | $((t4 - t2)) | $((t5 - t2)) | $(grep -E 'VmRSS' /proc/"$p2"/status | awk '{print $2/1024 " MiB"}') |"
+    stop_all
+}
+
 for part in "${parts[@]}"; do
     case "$part" in
         get-key) run_get_key ;;
         converge) run_converge ;;
         sync) run_sync ;;
-        *) die "unknown part '$part'; use get-key, converge or sync" ;;
+        certs) run_certs ;;
+        *) die "unknown part '$part'; use get-key, converge, sync or certs" ;;
     esac
 done
-echo
-echo "certificate registry sync: TODO (registry not built yet)"

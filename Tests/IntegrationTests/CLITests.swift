@@ -75,7 +75,7 @@ final class CLITests: ClusterTestCase {
         process.executableURL = URL(fileURLWithPath: Products.keystorectl)
         process.arguments = ["--socket", cluster.socketPath("node1"), "events"]
         let output = cluster.scratch.file("events.out")
-        FileManager.default.createFile(atPath: output, contents: nil)
+        _ = FileManager.default.createFile(atPath: output, contents: nil)
         process.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
         try process.run()
         defer { process.terminate(); process.waitUntilExit() }

@@ -35,9 +35,9 @@ final class APIRouterTests: XCTestCase {
         directory = NSTemporaryDirectory() + "router-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         for name in ["ca.pem", "node1.pem", "node1.key"] {
-            FileManager.default.createFile(atPath: "\(directory!)/\(name)", contents: Data("x".utf8), attributes: [.posixPermissions: 0o600])
+            _ = FileManager.default.createFile(atPath: "\(directory!)/\(name)", contents: Data("x".utf8), attributes: [.posixPermissions: 0o600])
         }
-        FileManager.default.createFile(atPath: "\(directory!)/psk", contents: Data(" psk-value \n".utf8), attributes: [.posixPermissions: 0o600])
+        _ = FileManager.default.createFile(atPath: "\(directory!)/psk", contents: Data(" psk-value \n".utf8), attributes: [.posixPermissions: 0o600])
         let json = """
         { "cluster": "c", "tls": { "ca": "ca.pem", "cert": "{node}.pem", "key": "{node}.key" },
           "nodes": { "node1": { "peer": "127.0.0.1:7401", "socket": "/tmp/r.sock", "data_dir": "data" } },
