@@ -71,9 +71,18 @@ final class ClusterShell: @unchecked Sendable {
     private var identities: [String: PeerIdentity] = [:]
     /// Last anti-entropy verdict per peer: digests equal (in sync) or a repair in progress.
     private var syncState: [String: String] = [:]
+    /// When we last asked a peer for a repair (bucket digests sent); cleared by its reply.
+    private var repairRequested: [String: UInt64] = [:]
+    static let repairCooldownMillis: UInt64 = 5000
     private var listener: Channel?
     private var timers: [RepeatedTask] = []
     private var join: (promise: EventLoopPromise<JoinOutcome>, notReadyAnswers: Set<String>)?
+    private var joinDeadline: Scheduled<Void>?
+    /// Once a ready peer is streaming its state, the join waits for its syncDone this long at
+    /// most (a large registry takes longer than `join_timeout_ms` to transfer; becoming ready
+    /// halfway would serve an incomplete registry).
+    static let syncTransferTimeout: TimeAmount = .seconds(60)
+    private var extendedFor: String?
     private let snapshot: Mutex<ClusterStatus>
     private var stopped = false
 
@@ -144,7 +153,7 @@ final class ClusterShell: @unchecked Sendable {
             let promise = self.loop.makePromise(of: JoinOutcome.self)
             self.join = (promise, [])
             for node in self.peers.keys.sorted() { self.send(.syncRequest(stamp: self.state.stamp()), to: node) }
-            self.loop.scheduleTask(in: .milliseconds(Int64(timeoutMillis))) { self.finishJoin(.timedOut) }
+            self.joinDeadline = self.loop.scheduleTask(in: .milliseconds(Int64(timeoutMillis))) { self.finishJoin(.timedOut) }
             return promise.futureResult
         }
         return (try? await future.get()) ?? .timedOut
@@ -153,6 +162,8 @@ final class ClusterShell: @unchecked Sendable {
     private func finishJoin(_ outcome: JoinOutcome) {
         guard let join else { return }
         self.join = nil
+        joinDeadline?.cancel()
+        joinDeadline = nil
         join.promise.succeed(outcome)
     }
 
@@ -340,12 +351,17 @@ final class ClusterShell: @unchecked Sendable {
             apply(directives)
         case .digest(let root, let stamp):
             guard observe(stamp, from: peer) else { return }
-            if root != state.rootDigest {
-                syncState[peer.node] = "repairing"
-                send(.bucketDigests(state.bucketDigests, stamp: state.stamp()), to: peer.node)
-            } else {
+            if root == state.rootDigest {
                 syncState[peer.node] = "in_sync"
+                return
             }
+            // While joining, the full state is already on its way; a repair now would send it
+            // all again. And one repair per peer at a time: a large one takes longer than a round.
+            let now = monotonicMillis()
+            guard state.isReady, now - (repairRequested[peer.node] ?? 0) >= ClusterShell.repairCooldownMillis else { return }
+            repairRequested[peer.node] = now
+            syncState[peer.node] = "repairing"
+            send(.bucketDigests(state.bucketDigests, stamp: state.stamp()), to: peer.node)
         case .bucketDigests(let theirs, let stamp):
             guard observe(stamp, from: peer) else { return }
             let differing = state.differingBuckets(theirs: theirs)
@@ -370,18 +386,21 @@ final class ClusterShell: @unchecked Sendable {
                 }
             case .repairReply:
                 syncState[peer.node] = "in_sync"
+                repairRequested[peer.node] = nil
             case .sync:
-                break
+                // A ready peer is streaming its state: wait for all of it, not just join_timeout.
+                if join != nil && extendedFor == nil {
+                    extendedFor = peer.node
+                    joinDeadline?.cancel()
+                    joinDeadline = loop.scheduleTask(in: ClusterShell.syncTransferTimeout) { self.finishJoin(.timedOut) }
+                    logger.info("receiving the cluster state from \(peer.node); waiting for all of it")
+                }
             }
         case .syncRequest(let stamp):
             guard observe(stamp, from: peer) else { return }
             let ready = state.isReady
-            if ready {
-                for chunk in PeerFrameCodec.chunks(of: state.fullWireDelta()) {
-                    send(.delta(chunk, purpose: .sync, stamp: state.stamp()), to: peer.node)
-                }
-            }
-            send(.syncDone(stamp: state.stamp(), ready: ready), to: peer.node)
+            let chunks = ready ? PeerFrameCodec.chunks(of: state.fullWireDelta()) : []
+            sendSync(chunks, from: 0, to: peer.node, ready: ready)
         case .syncDone(let stamp, let ready):
             guard observe(stamp, from: peer), var join else { return }
             if ready {
@@ -396,6 +415,18 @@ final class ClusterShell: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Sends a full-state answer one frame per loop turn, so encoding a large registry does not
+    /// hold the loop (and SWIM's probes) for seconds; syncDone follows the last chunk.
+    private func sendSync(_ chunks: [WireDelta], from index: Int, to node: String, ready: Bool) {
+        guard !stopped else { return }
+        guard index < chunks.count else {
+            send(.syncDone(stamp: state.stamp(), ready: ready), to: node)
+            return
+        }
+        send(.delta(chunks[index], purpose: .sync, stamp: state.stamp()), to: node)
+        loop.scheduleTask(in: .milliseconds(1)) { self.sendSync(chunks, from: index + 1, to: node, ready: ready) }
     }
 
     private func observe(_ stamp: HLCTimestamp, from peer: PeerIdentity) -> Bool {
@@ -446,9 +477,11 @@ final class ClusterShell: @unchecked Sendable {
                 if member.status == .alive {
                     // A member (re)appeared: compare state with it at once instead of waiting a round.
                     send(.digest(root: state.rootDigest, stamp: state.stamp()), to: member.node)
-                } else if let channel = outbound[member.node]?.channel {
+                } else if member.status == .dead, let channel = outbound[member.node]?.channel {
                     // After a partition the old TCP connection may sit in retransmission backoff for
-                    // many seconds; a fresh dial gets through as soon as the network does.
+                    // many seconds; a fresh dial gets through as soon as the network does. Only on
+                    // `dead`: a member merely suspected (busy merging a large sync, say) keeps its
+                    // connection and the transfer on it.
                     outbound[member.node]?.channel = nil
                     channel.close(promise: nil)
                 }
