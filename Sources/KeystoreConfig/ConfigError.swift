@@ -131,25 +131,31 @@ public enum ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
 }
 
 /// Quotes and escapes an untrusted value so it stays on one printable line.
-func q(_ value: String) -> String {
-    var out = "'"
+func q(_ value: String) -> String { quotedOnOneLine(value, quote: "'") }
+
+/// Escapes backslashes, the quote character, line breaks and other control or line-separator
+/// characters (JSON-style `\uXXXX`), so hostile names cannot split an error message.
+func quotedOnOneLine(_ value: String, quote: Unicode.Scalar) -> String {
+    var out = String(quote)
     for scalar in value.unicodeScalars {
         switch scalar {
         case "\\": out += "\\\\"
-        case "'": out += "\\'"
+        case quote: out += "\\" + String(quote)
         case "\n": out += "\\n"
         case "\r": out += "\\r"
         case "\t": out += "\\t"
         default:
             if scalar.value < 0x20 || scalar.value == 0x7F || (scalar.value >= 0x80 && scalar.value < 0xA0)
                 || scalar.value == 0x2028 || scalar.value == 0x2029 {
-                out += "\\u{" + String(scalar.value, radix: 16) + "}"
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: max(0, 4 - hex.count)) + hex
             } else {
                 out.unicodeScalars.append(scalar)
             }
         }
     }
-    return out + "'"
+    out.unicodeScalars.append(quote)
+    return out
 }
 
 /// A path an operator can paste into a shell as-is (POSIX single quotes when needed).
