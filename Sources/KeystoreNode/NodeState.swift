@@ -58,6 +58,12 @@ public final class NodeState: Sendable {
         var ready = false
     }
 
+    /// Anti-entropy buckets (same on every node: part of the peer protocol). A one-entry
+    /// difference costs the bucket digests (8 bytes each) plus that bucket's entries, so more
+    /// buckets trade a bigger digest list for a smaller repair; 1024 keeps both small up to
+    /// ~100k entries (see the codec's anti-entropy cost test).
+    public static let antiEntropyBuckets = 1024
+
     public let config: ClusterConfig
     public let nodeName: String
     let arena: SecretArena
@@ -83,7 +89,8 @@ public final class NodeState: Sendable {
         }
         self.ramKeys = ram
         self.fileKeyPaths = files
-        self.inner = Mutex(Inner(store: ReplicatedStore(graceMillis: UInt64(config.gracePeriodSeconds) * 1000)))
+        self.inner = Mutex(Inner(store: ReplicatedStore(graceMillis: UInt64(config.gracePeriodSeconds) * 1000,
+                                                        bucketCount: NodeState.antiEntropyBuckets)))
     }
 
     var isReady: Bool { inner.withLock { $0.ready } }
