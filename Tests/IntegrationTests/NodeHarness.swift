@@ -270,7 +270,8 @@ final class ClusterHarness {
     }
 
     func shutdown(dumpLogs: Bool) {
-        for process in processes.values { process.stop() }
+        // Retired processes too: a test may start a node again while the first one still runs.
+        for process in retired + Array(processes.values) { process.stop() }
         if dumpLogs { print(allLogs) }
         scratch.remove()
     }
