@@ -9,19 +9,8 @@ import Glibc
 /// Real requests from other uids (via `setpriv`) against the per-domain ACL: the caller's
 /// uid/gid come from SO_PEERCRED, so these are the credentials the kernel reports.
 final class AccessControlTests: ClusterTestCase {
-    struct CLIResult { var status: Int32; var output: String }
-
-    private func keystorectl(as uid: Int, gid: Int, _ arguments: [String]) throws -> CLIResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-        process.arguments = ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", Products.keystorectl] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return CLIResult(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    private func keystorectl(as uid: Int, gid: Int, _ arguments: [String]) throws -> CommandResult {
+        try runCommand("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=\(gid)", "--clear-groups", Products.keystorectl] + arguments)
     }
 
     func testCallersSeeOnlyTheDomainsAndOperationsTheACLGrants() throws {

@@ -4,19 +4,8 @@ import XCTest
 
 /// The real keystorectl binary against a real node: the v1 CLI names from DESIGN.md.
 final class CLITests: ClusterTestCase {
-    struct Result { var status: Int32; var output: String }
-
-    private func ctl(_ socket: String, _ arguments: [String]) throws -> Result {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Products.keystorectl)
-        process.arguments = ["--socket", socket] + arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Result(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    private func ctl(_ socket: String, _ arguments: [String]) throws -> CommandResult {
+        try runCommand(Products.keystorectl, ["--socket", socket] + arguments)
     }
 
     func testCertsAndKeysCommandsEndToEnd() throws {

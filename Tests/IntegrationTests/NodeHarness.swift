@@ -73,26 +73,37 @@ enum SharedCertificates {
         return dir
     }
 
+    /// Runs a command to completion; throws (with its output) unless it exits 0.
     @discardableResult
     static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
+        let result = try runCommand(executable, arguments, environment: environment)
+        guard result.status == 0 else {
+            throw NSError(domain: "harness", code: Int(result.status), userInfo: [NSLocalizedDescriptionKey: "\(executable) \(arguments) failed: \(result.output)"])
+        }
+        return result.output
+    }
+}
+
+/// Exit status and combined stdout+stderr of a finished command.
+struct CommandResult { var status: Int32; var output: String }
+
+/// Runs a command to completion, capturing stdout and stderr together.
+func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> CommandResult {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
+    if !environment.isEmpty {
         var env = ProcessInfo.processInfo.environment
         for (k, v) in environment { env[k] = v }
         process.environment = env
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = out
-        try process.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw NSError(domain: "harness", code: Int(process.terminationStatus), userInfo: [NSLocalizedDescriptionKey: "\(executable) \(arguments) failed: \(text)"])
-        }
-        return text
     }
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = out
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return CommandResult(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
 }
 
 /// One real `keystored` process.
