@@ -275,14 +275,10 @@ public final class APIRouter: APIResponder {
         json.beginObject()
         json.key("user"); json.string(user.description)
         json.key("certs"); json.beginArray()
-        for record in records where record.content != nil { writeCertificate(record, into: &json) }
+        for record in records where record.content != nil { APIRouter.writeCertificate(record, into: &json) }
         json.endArray()
         json.endObject(); json.newline()
         return APIResponse(body: json.buffer)
-    }
-
-    private func writeCertificate(_ record: CertificateRecord, into json: inout JSONWriter) {
-        APIRouter.writeCertificate(record, into: &json)
     }
 
     static func writeCertificate(_ record: CertificateRecord, into json: inout JSONWriter) {

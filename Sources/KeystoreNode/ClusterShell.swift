@@ -36,8 +36,8 @@ final class ClusterShell: @unchecked Sendable {
     /// Inbound connections that have not been admitted yet (touched on `loop` only).
     private var unadmitted = 0
 
-    func admitted() { unadmitted -= 1 }
-    func unadmittedClosed() { unadmitted -= 1 }
+    /// An inbound connection left the unadmitted state (admitted, or closed before its hello).
+    func leftUnadmitted() { unadmitted -= 1 }
 
     struct Settings {
         var antiEntropyInterval: TimeAmount = .milliseconds(1000)

@@ -182,11 +182,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         metrics.gauge("keystore_keys", [("type", "file")], Double(state.fileKeyPaths.count))
         metrics.gauge("keystore_key_versions", [], Double(state.withStore { $0.ramSecrets.count }))
         metrics.gauge("keystore_event_subscribers", [], Double(events.subscriberCount))
-        let (live, removed) = state.withStore { inner -> (Int, Int) in
-            let all = inner.store.allCertificateRecords()
-            let removed = all.filter { $0.removal != nil }.count
-            return (all.count - removed, removed)
-        }
+        let (live, removed) = state.withStore { $0.store.certificateCounts() }
         metrics.gauge("keystore_certificates", [("state", "registered")], Double(live))
         metrics.gauge("keystore_certificates", [("state", "removed")], Double(removed))
     }

@@ -81,7 +81,7 @@ final class PeerConnectionHandler: ChannelInboundHandler {
         peer = identity
         admissionDeadline?.cancel()
         admissionDeadline = nil
-        shell.admitted()
+        shell.leftUnadmitted()
     }
 
     /// Unadmitted inbound connections (no verified hello yet) are bounded in time: a peer port
@@ -102,7 +102,7 @@ final class PeerConnectionHandler: ChannelInboundHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         admissionDeadline?.cancel()
-        if counted && peer == nil { shell.unadmittedClosed() }
+        if counted && peer == nil { shell.leftUnadmitted() }
         context.fireChannelInactive()
     }
 

@@ -18,6 +18,19 @@ final class CertificateTests: XCTestCase {
         }
     }
 
+    func testCertificateCountsSeparateRegisteredFromRemoved() {
+        var store = ReplicatedStore(graceMillis: 1)
+        XCTAssertTrue(store.certificateCounts() == (0, 0))
+        _ = store.merge(StoreDelta(certificates: [
+            record(certID(alice, 1), certContent("phone", added: ts(1), origin: "n1")),
+            record(certID(alice, 2), certContent("laptop", added: ts(2), origin: "n1")),
+            record(certID(alice, 3), nil, removal(.revoked, 3, "n2")),
+        ]), nowMillis: 0)
+        XCTAssertTrue(store.certificateCounts() == (2, 1), "\(store.certificateCounts())")
+        _ = store.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .disabled, stamp: ts(4), origin: "n1")
+        XCTAssertTrue(store.certificateCounts() == (1, 2), "\(store.certificateCounts())")
+    }
+
     func testTombstoneWinsOverConcurrentAddInAnyOrder() {
         let id = certID(alice, 1)
         // n1 and n2 register the same certificate concurrently; n2 disables its copy at once.
