@@ -9,21 +9,6 @@ import NIOHTTP1
 import ReplicatedStore
 import SecretMemory
 
-/// A snapshot of cluster membership for `/v1/cluster` and health.
-public struct ClusterStatus: Sendable {
-    public struct Member: Sendable {
-        public var node: String
-        public var address: String
-        public var state: String
-        public var lastContactMillis: UInt64?
-        public var version: String?
-        /// Anti-entropy with this member: "in_sync", "repairing", "unknown"; for self "ready"/"joining".
-        public var sync: String? = nil
-    }
-    public var members: [Member]
-    public var aliveNodes: Set<String>
-}
-
 /// What the router needs from the rest of the node.
 public protocol NodeServices: AnyObject, Sendable {
     var state: NodeState { get }

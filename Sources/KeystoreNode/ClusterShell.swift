@@ -55,14 +55,12 @@ final class ClusterShell: @unchecked Sendable {
     }
 
     let loop: EventLoop
-    let state: NodeState
+    let replica: ClusterReplica
     let tls: PeerTLSContext
     let logger: Logger
     let settings: Settings
     let instance: UInt64
-    let events: EventHub
     let metrics: NodeMetrics
-    let certificates: CertificateService
     private let me: NodeConfig
     private let peers: [String: NodeConfig]
     private var swim: SWIMInstance
@@ -86,22 +84,20 @@ final class ClusterShell: @unchecked Sendable {
     private let snapshot: Mutex<ClusterStatus>
     private var stopped = false
 
-    init(state: NodeState, tls: PeerTLSContext, loop: EventLoop, logger: Logger, events: EventHub, metrics: NodeMetrics,
-         certificates: CertificateService, settings: Settings = Settings()) {
+    init(config: ClusterConfig, replica: ClusterReplica, tls: PeerTLSContext, loop: EventLoop, logger: Logger, metrics: NodeMetrics,
+         settings: Settings = Settings()) {
         self.metrics = metrics
-        self.certificates = certificates
-        self.state = state
-        self.events = events
+        self.replica = replica
         self.tls = tls
         self.loop = loop
         self.logger = logger
         self.settings = settings
         self.instance = wallClockMillis()
-        self.me = state.config.me
-        var peers = state.config.nodes
-        peers[state.nodeName] = nil
+        self.me = config.me
+        var peers = config.nodes
+        peers[config.nodeName] = nil
         self.peers = peers
-        self.swim = SWIMInstance(myself: state.nodeName, address: me.peerAddress, instance: instance,
+        self.swim = SWIMInstance(myself: config.nodeName, address: me.peerAddress, instance: instance,
                                  seeds: peers.values.sorted { $0.name < $1.name }.map { (node: $0.name, address: $0.peerAddress) },
                                  settings: settings.swim, nowMillis: monotonicMillis())
         self.snapshot = Mutex(ClusterStatus(members: [], aliveNodes: []))
@@ -125,7 +121,7 @@ final class ClusterShell: @unchecked Sendable {
                 return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         PeerTLSHandler(context: self.tls, role: .server),
-                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena, metrics: self.metrics)),
+                        ByteToMessageHandler(PeerFrameDecoder(arena: self.replica.arena, metrics: self.metrics)),
                         PeerConnectionHandler(direction: .inbound, shell: self, logger: self.logger),
                     ])
                 }
@@ -152,7 +148,7 @@ final class ClusterShell: @unchecked Sendable {
         let future: EventLoopFuture<JoinOutcome> = loop.flatSubmit {
             let promise = self.loop.makePromise(of: JoinOutcome.self)
             self.join = (promise, [])
-            for node in self.peers.keys.sorted() { self.send(.syncRequest(stamp: self.state.stamp()), to: node) }
+            for node in self.peers.keys.sorted() { self.send(.syncRequest(stamp: self.replica.stamp()), to: node) }
             self.joinDeadline = self.loop.scheduleTask(in: .milliseconds(Int64(timeoutMillis))) { self.finishJoin(.timedOut) }
             return promise.futureResult
         }
@@ -185,10 +181,10 @@ final class ClusterShell: @unchecked Sendable {
     var status: ClusterStatus { snapshot.withLock { $0 } }
 
     private func refreshSnapshot() {
-        var members = [ClusterStatus.Member(node: state.nodeName, address: me.peerAddress, state: "alive",
+        var members = [ClusterStatus.Member(node: replica.nodeName, address: me.peerAddress, state: "alive",
                                             lastContactMillis: wallClockMillis(), version: keystoreVersion,
-                                            sync: state.isReady ? "ready" : "joining")]
-        var alive: Set<String> = [state.nodeName]
+                                            sync: replica.isReady ? "ready" : "joining")]
+        var alive: Set<String> = [replica.nodeName]
         let monoNow = monotonicMillis(), wallNow = wallClockMillis()
         var listed = Set<String>()
         for member in swim.members {
@@ -242,8 +238,8 @@ final class ClusterShell: @unchecked Sendable {
 
     private func dial(_ config: NodeConfig) {
         let node = config.name
-        let hello = PeerMessage.hello(PeerHello(cluster: state.config.cluster, node: state.nodeName, instance: instance,
-                                                address: me.peerAddress, softwareVersion: keystoreVersion, stamp: state.stamp()))
+        let hello = PeerMessage.hello(PeerHello(cluster: replica.clusterName, node: replica.nodeName, instance: instance,
+                                                address: me.peerAddress, softwareVersion: keystoreVersion, stamp: replica.stamp()))
         ClientBootstrap(group: loop)
             .connectTimeout(.seconds(2))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -251,7 +247,7 @@ final class ClusterShell: @unchecked Sendable {
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandlers([
                         PeerTLSHandler(context: self.tls, role: .client(expectedPeer: node)),
-                        ByteToMessageHandler(PeerFrameDecoder(arena: self.state.arena, metrics: self.metrics)),
+                        ByteToMessageHandler(PeerFrameDecoder(arena: self.replica.arena, metrics: self.metrics)),
                         PeerConnectionHandler(direction: .outbound(node: node), shell: self, logger: self.logger),
                     ])
                 }
@@ -294,11 +290,10 @@ final class ClusterShell: @unchecked Sendable {
         return Array(candidates.prefix(fanout))
     }
 
-    /// Pushes locally created entries (new keys, rotations, PSK fingerprints) to peers.
-    func publish(_ delta: StoreDelta) {
-        guard !delta.isEmpty else { return }
+    /// Pushes locally created entries (new keys, rotations, PSK fingerprints, registrations) to peers.
+    func publish(_ wire: WireDelta) {
+        guard !wire.isEmpty else { return }
         loop.execute {
-            let wire = self.state.wireDelta(for: delta)
             // The origin tells every alive member directly: local changes (rotations, new keys)
             // are rare, so N-1 frames are cheap, and no member then depends on a random rumour
             // reaching it (a miss waited for anti-entropy, up to ~1 s). Forwarding stays sqrt(N).
@@ -309,7 +304,7 @@ final class ClusterShell: @unchecked Sendable {
     private func push(_ wire: WireDelta, excluding: String?, toEveryone: Bool = false) {
         guard !wire.isEmpty else { return }
         let targets = pushTargets(excluding: excluding, all: toEveryone)
-        let stamp = state.stamp()
+        let stamp = replica.stamp()
         for chunk in PeerFrameCodec.chunks(of: wire) {
             for node in targets { send(.delta(chunk, purpose: .push, stamp: stamp), to: node) }
         }
@@ -320,15 +315,15 @@ final class ClusterShell: @unchecked Sendable {
     /// Accepts a verified inbound connection's hello.
     func admit(_ hello: PeerHello) -> PeerIdentity? {
         loop.preconditionInEventLoop()
-        guard hello.cluster == state.config.cluster else {
-            logger.warning("peer \(hello.node) belongs to cluster '\(hello.cluster)', not '\(state.config.cluster)'; closing")
+        guard hello.cluster == replica.clusterName else {
+            logger.warning("peer \(hello.node) belongs to cluster '\(hello.cluster)', not '\(replica.clusterName)'; closing")
             return nil
         }
         guard peers[hello.node] != nil else {
             logger.warning("peer \(hello.node) is not in this node's config; closing (add it to \"nodes\" on every node)")
             return nil
         }
-        do { try state.observe(hello.stamp) } catch {
+        do { try replica.observe(hello.stamp) } catch {
             logger.warning("peer \(hello.node): \(error); closing")
             return nil
         }
@@ -351,38 +346,41 @@ final class ClusterShell: @unchecked Sendable {
             apply(directives)
         case .digest(let root, let stamp):
             guard observe(stamp, from: peer) else { return }
-            if root == state.rootDigest {
+            if root == replica.rootDigest {
                 syncState[peer.node] = "in_sync"
                 return
             }
             // While joining, the full state is already on its way; a repair now would send it
             // all again. And one repair per peer at a time: a large one takes longer than a round.
             let now = monotonicMillis()
-            guard state.isReady, now - (repairRequested[peer.node] ?? 0) >= ClusterShell.repairCooldownMillis else { return }
+            guard replica.isReady, now - (repairRequested[peer.node] ?? 0) >= ClusterShell.repairCooldownMillis else { return }
             repairRequested[peer.node] = now
             syncState[peer.node] = "repairing"
-            send(.bucketDigests(state.bucketDigests, stamp: state.stamp()), to: peer.node)
+            send(.bucketDigests(replica.bucketDigests, stamp: replica.stamp()), to: peer.node)
         case .bucketDigests(let theirs, let stamp):
             guard observe(stamp, from: peer) else { return }
-            let differing = state.differingBuckets(theirs: theirs)
+            let differing = ReplicatedStore.differingBuckets(mine: replica.bucketDigests, theirs: theirs)
             guard !differing.isEmpty else { return }
-            let wire = state.wireDelta(forBuckets: differing)
+            let wire = replica.wireDelta(forBuckets: differing)
             for chunk in PeerFrameCodec.chunks(of: wire) {
-                send(.delta(chunk, purpose: .repair(buckets: differing), stamp: state.stamp()), to: peer.node)
+                send(.delta(chunk, purpose: .repair(buckets: differing), stamp: replica.stamp()), to: peer.node)
             }
         case .delta(let wire, let purpose, let stamp):
             guard observe(stamp, from: peer) else { return }
-            let outcome = state.mergeRemote(wire)
-            report(outcome, from: peer.node)
+            if case .push = purpose {
+                replica.applyRemote(wire, from: peer.node) { forwardable in
+                    self.loop.execute { self.push(forwardable, excluding: peer.node) }
+                }
+            } else {
+                replica.applyRemote(wire, from: peer.node) { _ in }
+            }
             switch purpose {
             case .push:
-                if !outcome.forwardable.isEmpty {
-                    push(state.wireDelta(for: outcome.forwardable), excluding: peer.node)
-                }
+                break
             case .repair(let buckets):
-                let mine = state.wireDelta(forBuckets: buckets)
+                let mine = replica.wireDelta(forBuckets: buckets)
                 for chunk in PeerFrameCodec.chunks(of: mine) {
-                    send(.delta(chunk, purpose: .repairReply, stamp: state.stamp()), to: peer.node)
+                    send(.delta(chunk, purpose: .repairReply, stamp: replica.stamp()), to: peer.node)
                 }
             case .repairReply:
                 syncState[peer.node] = "in_sync"
@@ -398,8 +396,8 @@ final class ClusterShell: @unchecked Sendable {
             }
         case .syncRequest(let stamp):
             guard observe(stamp, from: peer) else { return }
-            let ready = state.isReady
-            let chunks = ready ? PeerFrameCodec.chunks(of: state.fullWireDelta()) : []
+            let ready = replica.isReady
+            let chunks = ready ? PeerFrameCodec.chunks(of: replica.fullWireDelta()) : []
             sendSync(chunks, from: 0, to: peer.node, ready: ready)
         case .syncDone(let stamp, let ready):
             guard observe(stamp, from: peer), var join else { return }
@@ -422,34 +420,20 @@ final class ClusterShell: @unchecked Sendable {
     private func sendSync(_ chunks: [WireDelta], from index: Int, to node: String, ready: Bool) {
         guard !stopped else { return }
         guard index < chunks.count else {
-            send(.syncDone(stamp: state.stamp(), ready: ready), to: node)
+            send(.syncDone(stamp: replica.stamp(), ready: ready), to: node)
             return
         }
-        send(.delta(chunks[index], purpose: .sync, stamp: state.stamp()), to: node)
+        send(.delta(chunks[index], purpose: .sync, stamp: replica.stamp()), to: node)
         loop.scheduleTask(in: .milliseconds(1)) { self.sendSync(chunks, from: index + 1, to: node, ready: ready) }
     }
 
     private func observe(_ stamp: HLCTimestamp, from peer: PeerIdentity) -> Bool {
         do {
-            try state.observe(stamp)
+            try replica.observe(stamp)
             return true
         } catch {
             logger.warning("ignoring a message from \(peer.node): \(error)")
             return false
-        }
-    }
-
-    private func report(_ outcome: MergeOutcome, from node: String) {
-        certificates.merged(outcome, from: node)
-        for ref in outcome.primaryChanged {
-            let primary = state.primaryVersionID(ref)
-            logger.info("\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")
-            if state.isReady, let primary {
-                events.publish(NodeEvent(kind: .keyRotated, domain: ref.domain, fields: [("name", ref.name), ("primary", primary.description)]))
-            }
-        }
-        if !outcome.added.isEmpty {
-            logger.debug("merged \(outcome.added.count) key versions from \(node)")
         }
     }
 
@@ -471,12 +455,10 @@ final class ClusterShell: @unchecked Sendable {
             case .statusChanged(let member, let previous):
                 changed = true
                 logger.notice("member \(member.node) is \(member.status.rawValue)\(previous.map { " (was \($0.rawValue))" } ?? "")")
-                var fields = [("member", member.node), ("state", member.status.rawValue), ("address", member.address)]
-                if let previous { fields.append(("previous", previous.rawValue)) }
-                events.publish(NodeEvent(kind: .member, domain: nil, fields: fields))
+                replica.memberChanged(member, previous: previous)
                 if member.status == .alive {
                     // A member (re)appeared: compare state with it at once instead of waiting a round.
-                    send(.digest(root: state.rootDigest, stamp: state.stamp()), to: member.node)
+                    send(.digest(root: replica.rootDigest, stamp: replica.stamp()), to: member.node)
                 } else if member.status == .dead, let channel = outbound[member.node]?.channel {
                     // After a partition the old TCP connection may sit in retransmission backoff for
                     // many seconds; a fresh dial gets through as soon as the network does. Only on
@@ -491,10 +473,10 @@ final class ClusterShell: @unchecked Sendable {
     }
 
     private func antiEntropyRound() {
-        guard !stopped, state.isReady else { return }
+        guard !stopped, replica.isReady else { return }
         let alive = swim.members.filter { $0.status == .alive }.map(\.node)
         guard let target = alive.randomElement(using: &random) else { return }
-        send(.digest(root: state.rootDigest, stamp: state.stamp()), to: target)
+        send(.digest(root: replica.rootDigest, stamp: replica.stamp()), to: target)
     }
 }
 

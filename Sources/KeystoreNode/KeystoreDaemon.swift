@@ -41,6 +41,7 @@ public final class KeystoreDaemon: NodeServices, Service {
     let group: MultiThreadedEventLoopGroup
     let arena: SecretArena
     let cluster: ClusterShell
+    let replica: NodeReplica
     public let certificates: CertificateService
 
     private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext,
@@ -52,8 +53,8 @@ public final class KeystoreDaemon: NodeServices, Service {
         self.metrics = metrics
         self.events = EventHub(nodeName: state.nodeName, maxBacklogBytes: eventsMaxBacklog, logger: logger)
         self.certificates = CertificateService(state: state, database: database, logger: logger, events: events)
-        self.cluster = ClusterShell(state: state, tls: tls, loop: group.next(), logger: logger, events: events, metrics: metrics,
-                                    certificates: certificates)
+        self.replica = NodeReplica(state: state, certificates: certificates, events: events, logger: logger)
+        self.cluster = ClusterShell(config: state.config, replica: replica, tls: tls, loop: group.next(), logger: logger, metrics: metrics)
     }
 
     public var memoryLocked: Bool { arena.statistics.lockFailures == 0 }
@@ -203,7 +204,8 @@ public final class KeystoreDaemon: NodeServices, Service {
     // MARK: NodeServices
 
     public func publish(_ delta: StoreDelta) {
-        cluster.publish(delta)
+        guard !delta.isEmpty else { return }
+        cluster.publish(state.wireDelta(for: delta))
     }
 
     public func clusterStatus() -> ClusterStatus {
