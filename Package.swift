@@ -13,6 +13,8 @@ let package = Package(
         .library(name: "KeystoreConfig", targets: ["KeystoreConfig"]),
         .library(name: "ReplicatedStore", targets: ["ReplicatedStore"]),
         .library(name: "PeerWire", targets: ["PeerWire"]),
+        // The replication core, for keystore-sim and other in-process drivers.
+        .library(name: "Replication", targets: ["Replication"]),
         .library(name: "LocalAPI", targets: ["LocalAPI"]),
         .library(name: "KeystoreNode", targets: ["KeystoreNode"]),
         .library(name: "CertificateRegistry", targets: ["CertificateRegistry"]),
@@ -48,6 +50,8 @@ let package = Package(
         .target(name: "ReplicatedStore", dependencies: []),
         // SWIM-style membership state machine (pure, no I/O).
         .target(name: "Membership", dependencies: []),
+        // Replication between members: join decision, push, anti-entropy, state streaming (pure, no I/O).
+        .target(name: "Replication", dependencies: ["ReplicatedStore", "Membership"]),
         // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
         .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
@@ -112,6 +116,7 @@ let package = Package(
         .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
+        .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicatedStore", "Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [
             "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
             .product(name: "NIOCore", package: "swift-nio"),
