@@ -63,7 +63,7 @@ let package = Package(
         ]),
         // The versioned, length-prefixed, size-limited peer frame format (pure codec).
         .target(name: "PeerWire", dependencies: [
-            "SecretMemory", "ReplicatedStore", "Membership",
+            "SecretMemory", "ReplicatedStore", "Membership", "Replication",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // Blocking HTTP/1.1-over-Unix-socket client for the local API (CLI and tests).
@@ -78,7 +78,7 @@ let package = Package(
         ]),
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
-            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "PeerTLS", "PeerWire", "LocalAPI",
+            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "Replication", "PeerTLS", "PeerWire", "LocalAPI",
             "CertificateRegistry", "RegistryDatabase",
             "CSodium", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -118,7 +118,7 @@ let package = Package(
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicatedStore", "Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [
-            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
+            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "Replication",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "PeerTLSTests", dependencies: [

@@ -10,10 +10,12 @@ import ReplicatedStore
 /// - **Join.** A starting node connects to every peer and asks each for its state on every new
 ///   usable connection. It adopts the state of the first *ready* peer whose `syncDone` arrives,
 ///   but finishes only when every merge issued before that `syncDone` has completed (merges are
-///   asynchronous: the node persists certificate records before applying them). It also
-///   finishes when every peer answered "starting too" (`clusterStarting`). It bootstraps alone
-///   (`timedOut`) only once `join_timeout_ms` has passed and no peer can be reached at all; a
-///   peer that is reachable but silent (flooded port, paused process, slow TLS) keeps it
+///   asynchronous: the node persists certificate records before applying them). When every peer
+///   answered "starting too" (`clusterStarting`), or `join_timeout_ms` has passed and every peer
+///   either answered so or cannot be reached at all (`timedOut`), one node generates the keys:
+///   the smallest name among itself and the reachable peers starting too. The others keep
+///   asking it and adopt its state, so a cluster started at once gets one version per key. A
+///   peer that is reachable but silent (flooded port, paused process, slow TLS) keeps the join
 ///   waiting, because that peer may hold the cluster's keys. Until the node calls `markReady`
 ///   (after generating the keys still missing), state requests are held, not answered "not
 ///   ready", so no peer mistakes a node finishing its join for a cluster that is starting.
@@ -140,7 +142,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     public var joinProblem: JoinProblem? {
         guard case .joining(let join) = phase, join.decision == nil, let started = join.startedAt,
               now >= started &+ join.timeoutMillis else { return nil }
-        var problem = JoinProblem(notAnswering: [], receivingFrom: [], unreachable: [], notReady: [],
+        var problem = JoinProblem(notAnswering: [], receivingFrom: [], unreachable: [], notReady: [], starter: awaitedStarter,
                                   overdueMillis: now - (started &+ join.timeoutMillis))
         for node in peers {
             guard let peer = state[node] else { continue }
@@ -359,6 +361,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         switch phase {
         case .joining(let join):
             guard let started = join.startedAt, join.decision == nil else { break }
+            let starter = awaitedStarter
             for node in peers {
                 guard let peer = state[node] else { continue }
                 if !peer.linkUp {
@@ -366,9 +369,10 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                         state[node]?.lastConnectAt = now
                         out.append(.connect(node))
                     }
-                } else if case .notReady(let at) = peer.answer, now >= started &+ join.timeoutMillis,
-                          now >= at &+ settings.reaskNotReadyMillis {
-                    // Past the timeout and still waiting: one that was starting may be ready now.
+                } else if case .notReady(let at) = peer.answer, now >= at &+ settings.reaskNotReadyMillis,
+                          node == starter || now >= started &+ join.timeoutMillis {
+                    // The starter is generating the keys, or (past the timeout, still waiting)
+                    // one that was starting may be ready now: ask again.
                     state[node]?.answer = .notReady(at: now)
                     out.append(.send(.syncRequest, to: node))
                 }
@@ -426,24 +430,43 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     private mutating func evaluateJoin(into out: inout [Directive]) {
         guard case .joining(var join) = phase, let started = join.startedAt else { return }
         if join.decision == nil {
-            let answers = peers.compactMap { state[$0]?.answer }
-            let notReady = answers.filter { if case .notReady = $0 { return true } else { return false } }.count
-            if notReady == peers.count {
-                join.decision = .clusterStarting
-            } else if now >= started &+ join.timeoutMillis, peers.allSatisfy({ node in
-                guard let peer = state[node] else { return true }
-                if case .notReady = peer.answer { return true }
-                if case .unreachable = peer.reach { return true }
-                return false
-            }) {
-                join.decision = .timedOut
+            let notReady = peers.filter { if case .notReady? = state[$0]?.answer { return true } else { return false } }
+            let unreachable = peers.filter { if case .unreachable? = state[$0]?.reach { return true } else { return false } }
+            let candidate: JoinOutcome
+            if notReady.count == peers.count {
+                candidate = .clusterStarting
+            } else if now >= started &+ join.timeoutMillis, Set(notReady).union(unreachable).count == peers.count {
+                candidate = .timedOut
+            } else {
+                return
             }
-            guard join.decision != nil else { return }
+            // Of the nodes starting together, only one generates keys; the others wait for its
+            // state (re-asking it), so a cluster started at once gets one version of each key,
+            // not one per node. Deterministic: every node picks the same starter.
+            guard starter(among: notReady, unreachable: unreachable) == myself else { return }
+            join.decision = candidate
             join.waitingFor = Set(pending.keys)
             phase = .joining(join)
         }
         guard let decision = join.decision, join.waitingFor.allSatisfy({ pending[$0] == nil }) else { return }
         finish(decision, into: &out)
+    }
+
+    /// The node that generates keys for a cluster starting together: the smallest name among
+    /// this node and the peers that answered "starting too" and can still be reached.
+    private func starter(among notReady: [NodeID], unreachable: [NodeID]) -> NodeID {
+        let reachable = Set(notReady).subtracting(unreachable)
+        return ([myself] + reachable).min() ?? myself
+    }
+
+    /// While joining: the starter this node waits for, if the join is held only by it.
+    private var awaitedStarter: NodeID? {
+        guard case .joining(let join) = phase, join.decision == nil else { return nil }
+        let notReady = peers.filter { if case .notReady? = state[$0]?.answer { return true } else { return false } }
+        guard !notReady.isEmpty else { return nil }
+        let unreachable = peers.filter { if case .unreachable? = state[$0]?.reach { return true } else { return false } }
+        let starter = starter(among: notReady, unreachable: unreachable)
+        return starter == myself ? nil : starter
     }
 
     private mutating func finish(_ outcome: JoinOutcome, into out: inout [Directive]) {

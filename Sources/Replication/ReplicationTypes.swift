@@ -77,11 +77,14 @@ public enum LinkEvent: Sendable, Hashable {
 public enum JoinOutcome: Sendable, Hashable {
     /// A ready peer sent us the cluster's full state (and every merge of it has completed).
     case adopted(from: NodeID)
-    /// Every peer answered, none was ready: the cluster is starting together.
+    /// Every peer answered, none was ready: the cluster is starting together. Only the starter
+    /// (the smallest node name among this node and those peers) gets this; the others wait for
+    /// its state.
     case clusterStarting
-    /// For `join_timeout_ms` and after it, no peer could be reached at all (every peer's latest
-    /// connection attempt failed before any handshake, or the peer answered that it is starting
-    /// too): bootstrap alone. Peers that are reachable but do not answer never lead here.
+    /// For `join_timeout_ms` and after it, every peer either could not be reached at all (its
+    /// latest connection attempt failed before any handshake) or answered that it is starting
+    /// too, and this node is the starter among those: bootstrap. Peers that are reachable but do
+    /// not answer never lead here.
     case timedOut
     /// No other node configured.
     case alone
@@ -135,6 +138,9 @@ public struct JoinProblem: Sendable, Hashable, CustomStringConvertible {
     public var unreachable: [NodeID]
     /// Answered that they are starting too.
     public var notReady: [NodeID]
+    /// The peer expected to generate the keys for nodes starting together, when that is all the
+    /// join waits for.
+    public var starter: NodeID?
     /// How long past `join_timeout_ms` the node has been waiting.
     public var overdueMillis: UInt64
 
@@ -147,6 +153,9 @@ public struct JoinProblem: Sendable, Hashable, CustomStringConvertible {
             parts.append("waiting for peers \(notAnswering.joined(separator: ", ")): reachable but not answering")
         }
         if !unreachable.isEmpty { parts.append("unreachable: \(unreachable.joined(separator: ", "))") }
+        if let starter, notAnswering.isEmpty && receivingFrom.isEmpty {
+            parts.append("waiting for \(starter) to generate the keys of the starting cluster")
+        }
         if !notReady.isEmpty { parts.append("starting too: \(notReady.joined(separator: ", "))") }
         let seconds = Double(overdueMillis / 100) / 10
         return "still joining \(seconds) s after join_timeout_ms; " + parts.joined(separator: "; ")
@@ -162,9 +171,9 @@ public struct ReplicationSettings: Sendable, Hashable {
     public var repairCooldownMillis: UInt64 = 5000
     /// While joining, how often a peer without a usable connection is dialled again.
     public var redialIntervalMillis: UInt64 = 500
-    /// Past `join_timeout_ms`, how often peers that answered "starting too" are asked again
-    /// (one of them may have become ready meanwhile).
-    public var reaskNotReadyMillis: UInt64 = 1000
+    /// How often a peer that answered "starting too" is asked again when this node waits for it:
+    /// the starter of a cluster starting together, or any such peer past `join_timeout_ms`.
+    public var reaskNotReadyMillis: UInt64 = 250
     /// Forwarding reaches max(minimumFanout, ⌈√N⌉) random alive members.
     public var minimumFanout: Int = 3
 
