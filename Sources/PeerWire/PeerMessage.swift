@@ -37,7 +37,8 @@ public struct PeerHello: Sendable, Equatable {
 
     /// Compares the leading "major.minor" of a version string; anything unparsable is old.
     static func version(_ version: String, isAtLeast minimum: (Int, Int)) -> Bool {
-        let numbers = version.split(separator: "-", maxSplits: 1).first?.split(separator: ".").prefix(2).map { Int($0) } ?? []
+        let release = version.prefix { $0 != "-" && $0 != "+" }
+        let numbers = release.split(separator: ".", omittingEmptySubsequences: false).prefix(2).map { Int($0) }
         guard numbers.count == 2, let major = numbers[0], let minor = numbers[1] else { return false }
         return (major, minor) >= minimum
     }

@@ -311,6 +311,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         var out: [Directive] = []
         switch event {
         case .up:
+            guard !peer.linkUp else { return [] }
             peer.linkUp = true
             peer.reach = .connected
             peer.requestedOnLink = false
