@@ -495,6 +495,7 @@ final class ClusterLoop {
                 logger.warning("ignoring a message from \(peer.node): \(error)")
                 return
             }
+            if case .syncRequest = message { logger.debug("\(peer.node) asks for the cluster state") }
             execute(replication.receive(message, from: peer.node, nowMillis: now, replica: content))
         }
     }
@@ -505,6 +506,11 @@ final class ClusterLoop {
         for directive in directives {
             switch directive {
             case .send(let message, let node):
+                switch message {
+                case .syncRequest: logger.debug("asking \(node) for the cluster state")
+                case .syncDone(let ready): logger.debug("sent \(ready ? "the whole state" : "\"not ready\"") to \(node)")
+                default: break
+                }
                 send(.replication(message, stamp: replica.stamp()), to: node)
             case .connect(let node):
                 dialIfNeeded(node, now: monotonicMillis())
@@ -520,7 +526,7 @@ final class ClusterLoop {
                 joinPromise = nil
             }
         }
-        if !replication.streamingTo.isEmpty { schedulePump() }
+        if !replication.streamingTo.isEmpty { schedulePump(nextTurn: true) }
     }
 
     private func execute(_ directives: [SWIMDirective]) {
@@ -566,20 +572,27 @@ final class ClusterLoop {
         }
     }
 
-    /// Full-state answers go out one chunk at a time, each when the connection has drained the
-    /// previous one, so a large registry neither holds the loop nor piles up in memory.
-    private func schedulePump() {
+    /// Full-state answers go out one chunk per loop turn, and only while the connection has
+    /// drained what it was given (`isWritable`), so a large registry neither holds the loop nor
+    /// piles up in memory; a connection that is not writable is looked at again 1 ms later.
+    private func schedulePump(nextTurn: Bool = false) {
         guard !pumpScheduled, !stopped else { return }
         pumpScheduled = true
         let bound = self.bound
-        loop.scheduleTask(in: .milliseconds(1)) { bound.value.pump() }
+        if nextTurn {
+            loop.execute { bound.value.pump() }
+        } else {
+            loop.scheduleTask(in: .milliseconds(1)) { bound.value.pump() }
+        }
     }
 
     private func pump() {
-        pumpScheduled = false
         guard !stopped else { return }
         let links = self.links
-        execute(replication.pump { links[$0]?.path?.isWritable ?? false })
+        let directives = replication.pump { links[$0]?.path?.isWritable ?? false }
+        execute(directives) // still marked scheduled: the next pump is chosen below
+        pumpScheduled = false
+        if !replication.streamingTo.isEmpty { schedulePump(nextTurn: !directives.isEmpty) }
     }
 
     // MARK: Timers

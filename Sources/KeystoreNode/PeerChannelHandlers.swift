@@ -65,12 +65,27 @@ final class PeerConnectionHandler: ChannelInboundHandler {
                 logger.warning("peer connection from \(loopBound.value.remoteAddress?.description ?? "?") sent no valid hello within \(ClusterLoop.admissionTimeout); closing")
                 loopBound.value.close(promise: nil)
             }
-        case .outbound(let node):
+        case .outbound:
+            // Started once TCP is up (`channelActive`): until then the connect timeout applies.
+            break
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if case .outbound(let node) = direction, !tlsDone {
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            let logger = self.logger
             handshakeDeadline = context.eventLoop.scheduleTask(in: ClusterLoop.admissionTimeout) {
                 logger.notice("peer \(node) accepted the connection but did not complete TLS within \(ClusterLoop.admissionTimeout); closing")
                 loopBound.value.close(promise: nil)
             }
         }
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        handshakeDeadline?.cancel()
+        handshakeDeadline = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

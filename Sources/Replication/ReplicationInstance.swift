@@ -146,8 +146,8 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                                   overdueMillis: now - (started &+ join.timeoutMillis))
         for node in peers {
             guard let peer = state[node] else { continue }
-            if case .notReady = peer.answer { problem.notReady.append(node); continue }
             if peer.receiving { problem.receivingFrom.append(node); continue }
+            if case .notReady = peer.answer { problem.notReady.append(node); continue }
             if case .unreachable = peer.reach { problem.unreachable.append(node) } else { problem.notAnswering.append(node) }
         }
         return problem
@@ -213,6 +213,9 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             case .finishing:
                 state[node]?.heldSyncRequest = true
             case .ready:
+                // Asked again on the same connection while answering: the answer under way ends
+                // with its `syncDone`; starting over would never finish for a peer that re-asks.
+                guard state[node]?.stream == nil else { break }
                 startStream(to: node, replica: replica, into: &out)
             }
 
@@ -245,9 +248,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                 state[node]?.sync = .inSync
                 state[node]?.repairRequestedAt = nil
             case .sync:
-                if case .joining(let join) = phase, join.decision == nil, state[node]?.answer == nil {
-                    state[node]?.receiving = true
-                }
+                if case .joining(let join) = phase, join.decision == nil { state[node]?.receiving = true }
             }
 
         case .digest(let root):
@@ -370,7 +371,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                         state[node]?.lastConnectAt = now
                         out.append(.connect(node))
                     }
-                } else if case .notReady(let at) = peer.answer, now >= at &+ settings.reaskNotReadyMillis,
+                } else if case .notReady(let at) = peer.answer, !peer.receiving, now >= at &+ settings.reaskNotReadyMillis,
                           node == starter || now >= started &+ join.timeoutMillis {
                     // The starter is generating the keys, or (past the timeout, still waiting)
                     // one that was starting may be ready now: ask again.

@@ -163,7 +163,12 @@ final class ClusterHarness {
         scratch = try ScratchDirectory()
         nodeNames = nodes
         let certs = try SharedCertificates.directory()
-        for node in nodes where peerAddresses == nil { ports[node] = try freeTCPPort() }
+        for node in nodes where peerAddresses == nil {
+            // The kernel may hand a just-released port out again: every node needs its own.
+            var port = try freeTCPPort()
+            while ports.values.contains(port) { port = try freeTCPPort() }
+            ports[node] = port
+        }
         try scratch.write("psk/first_provision", "  first-psk-secret \n")
         try scratch.write("psk/second_provision", "second-psk-secret\n")
         var nodeEntries: [String: Any] = [:]
@@ -197,7 +202,8 @@ final class ClusterHarness {
 
     /// Starts `node`; returns once its socket answers (not necessarily ready).
     @discardableResult
-    func start(_ node: String, arguments: [String] = [], config: String? = nil, waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
+    func start(_ node: String, arguments: [String] = [], config: String? = nil, environment: [String: String] = [:], waitForSocket: Bool = true,
+               file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
         let logPath = scratch.file("\(node).\(retired.count + processes.count).log")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
@@ -212,6 +218,9 @@ final class ClusterHarness {
         }
         process.standardOutput = log
         process.standardError = log
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+        }
         try process.run()
         let handle = NodeProcess(name: node, socketPath: socketPath(node), logPath: logPath, process: process)
         if let old = processes[node] { retired.append(old) }
