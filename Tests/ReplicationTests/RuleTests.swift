@@ -162,7 +162,13 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(other.tick(nowMillis: 100, random: &random, replica: empty)), [])
         XCTAssertEqual(summary(other.tick(nowMillis: 252, random: &random, replica: empty)), ["syncRequest→node1"])
         XCTAssertEqual(summary(other.tick(nowMillis: 300, random: &random, replica: empty)), [])
-        XCTAssertEqual(summary(other.receive(.syncDone(ready: true), from: "node1", nowMillis: 400, replica: empty)),
+        // While the starter's state streams in, it is not asked again.
+        _ = other.receive(syncChunk(), from: "node1", nowMillis: 310, replica: empty)
+        XCTAssertEqual(summary(other.tick(nowMillis: 600, random: &random, replica: empty)), [])
+        XCTAssertEqual(summary(other.receive(.syncDone(ready: true), from: "node1", nowMillis: 700, replica: empty)), [],
+                       "waits for the merge of the chunk")
+        XCTAssertEqual(other.joinProblem, nil)
+        XCTAssertEqual(summary(other.applied(ApplyID(rawValue: 1), new: StoreDelta(), nowMillis: 710, random: &random, replica: empty)),
                        ["finished:adopted(from: \"node1\")"])
         // If the starter cannot be reached any more, the next one in line takes over.
         var third = Instance(myself: "node2", peers: ["node1", "node3", "node4"], nowMillis: 0)
@@ -204,6 +210,9 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(instance.pump()), ["sync→node2"])
         XCTAssertEqual(summary(instance.pump { $0 != "node2" }), [], "the shell's backpressure holds it")
         XCTAssertEqual(summary(instance.pump()), ["sync→node2"])
+        // Asked again on the same connection: the answer under way goes on (a requester that
+        // re-asks faster than a large answer takes would otherwise never get one).
+        XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node2", nowMillis: 3, replica: state)), [])
         // The connection breaks mid-stream: the next one gets the whole answer again.
         _ = instance.linkChanged("node2", .down, nowMillis: 4)
         XCTAssertEqual(summary(instance.pump()), [])
