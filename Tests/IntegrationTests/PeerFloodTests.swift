@@ -34,17 +34,25 @@ final class PeerFloodTests: ClusterTestCase {
         XCTAssertFalse(log.contains("bootstrapping alone"), "node1 generated keys alone", file: file, line: line)
     }
 
-    func testARestartWhileEveryPeerPortIsFloodedFromLoopbackAdoptsOrWaitsButNeverMints() throws {
+    /// A converged three-node cluster whose node1 was killed and whose peer ports (node1's
+    /// included) are now flooded from `source`; node1 has just been started again.
+    private func restartNode1DuringAFlood(from source: String, connectionsPerPort: Int) throws
+        -> (cluster: ClusterHarness, key: String, flood: PeerPortFlood) {
         let cluster = try makeCluster(nodes: three)
         try cluster.startAll()
         let key = try XCTUnwrap(cluster.waitForAgreement())
         cluster.processes["node1"]!.kill9()
+        let flood = PeerPortFlood(ports: three.map { cluster.ports[$0]! }, connectionsPerPort: connectionsPerPort, source: source)
+        waitUntil("the flood holds connections on every port") { flood.openedTotal >= 3 * connectionsPerPort }
+        try cluster.start("node1")
+        return (cluster, key, flood)
+    }
+
+    func testARestartWhileEveryPeerPortIsFloodedFromLoopbackAdoptsOrWaitsButNeverMints() throws {
         // More idle connections than the old 64 unadmitted slots, at every peer port, reopened
         // as soon as the nodes close them, from the address the peers themselves use.
-        let flood = PeerPortFlood(ports: three.map { cluster.ports[$0]! }, connectionsPerPort: 80, source: "127.0.0.1")
+        let (cluster, key, flood) = try restartNode1DuringAFlood(from: "127.0.0.1", connectionsPerPort: 80)
         defer { flood.stop() }
-        waitUntil("the flood holds connections on every port") { flood.openedTotal >= 3 * 80 }
-        try cluster.start("node1")
         let ready = watchNeverServesANewKey(cluster, key: key, seconds: 8)
         print("flood: \(flood.openedTotal) connections opened while node1 restarted; node1 \(ready ? "adopted the cluster's key" : "kept waiting")")
         assertNeverBootstrapped(cluster)
@@ -56,22 +64,15 @@ final class PeerFloodTests: ClusterTestCase {
     }
 
     func testAFloodFromAnotherAddressCannotKeepTheNodesOwnPeersOut() throws {
-        let cluster = try makeCluster(nodes: three)
-        try cluster.startAll()
-        let key = try XCTUnwrap(cluster.waitForAgreement())
-        cluster.processes["node1"]!.kill9()
         // 127.0.0.2 holds at most its per-address share of the unadmitted slots; the peers (on
         // 127.0.0.1) always find room, so the restart adopts while the flood goes on.
-        let flood = PeerPortFlood(ports: three.map { cluster.ports[$0]! }, connectionsPerPort: 100, source: "127.0.0.2")
+        let (cluster, key, flood) = try restartNode1DuringAFlood(from: "127.0.0.2", connectionsPerPort: 100)
         defer { flood.stop() }
-        waitUntil("the flood holds connections on every port") { flood.openedTotal >= 3 * 100 }
-        try cluster.start("node1")
         cluster.waitReady("node1", timeout: 15)
         XCTAssertEqual(try cluster.client("node1").getKey(domain: "first.com", name: "token_secret").primary?.key, key)
         XCTAssertTrue(flood.isRunning)
         assertNeverBootstrapped(cluster)
-        let node2 = cluster.processes["node2"]!.log
-        XCTAssertTrue(node2.contains("to make room"), "the flood filled 127.0.0.2's share at node2")
+        XCTAssertTrue(cluster.processes["node2"]!.log.contains("to make room"), "the flood filled 127.0.0.2's share at node2")
         print("flood from 127.0.0.2: \(flood.openedTotal) connections opened; node1 adopted the cluster's key during it")
     }
 

@@ -243,20 +243,19 @@ final class ReplicationSimulation {
 
     // MARK: Time
 
-    func advance(by millis: UInt64) {
-        let end = now + millis
-        while now < end { step() }
-    }
-
-    /// Steps until `condition` holds; the elapsed simulated time, or nil after `millis`.
+    /// Steps until `condition` holds; the elapsed simulated time, or nil once `millis` passed.
     @discardableResult
     func run(until condition: () -> Bool, within millis: UInt64) -> UInt64? {
         let start = now
-        while now - start <= millis {
-            if condition() { return now - start }
+        while !condition() {
+            guard now - start <= millis else { return nil }
             step()
         }
-        return condition() ? now - start : nil
+        return now - start
+    }
+
+    func advance(by millis: UInt64) {
+        if millis > 0 { run(until: { false }, within: millis - 1) }
     }
 
     func step() {
