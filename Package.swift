@@ -131,5 +131,9 @@ let package = Package(
         .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
         .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        // End to end with Debian's Prosody running integrations/prosody and slixmpp clients, against
+        // real keystored nodes. NodeHarness.swift and UserCertificates.swift are symlinks to the
+        // IntegrationTests files (one harness, compiled into both targets).
+        .testTarget(name: "ProsodyIntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
     ]
 )
