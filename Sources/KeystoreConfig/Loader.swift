@@ -206,6 +206,7 @@ struct Loader {
         let top = try ObjectFields(document, path: "", allowed: Self.topLevelFields)
 
         let cluster = try nonEmpty(top.string("cluster", required: true) ?? "", path: top.path("cluster"))
+        guard Syntax.isClusterName(cluster) else { throw .badClusterName(field: top.path("cluster"), name: cluster) }
         let tls = try loadTLS(top.required("tls"), path: top.path("tls"))
         let joinTimeout = try top.integer("join_timeout_ms", default: 3000, range: Self.joinTimeoutRange)
         let grace = try top.integer("grace_period_s", default: 3600, range: Self.gracePeriodRange)
