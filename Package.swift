@@ -136,6 +136,6 @@ let package = Package(
         ]),
         .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl"]),
     ]
 )
