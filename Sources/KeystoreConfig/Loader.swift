@@ -1,3 +1,5 @@
+import KeystoreAPI
+import KeystoreJSON
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -30,7 +32,7 @@ extension ClusterConfig {
         let file = configFile.map { PathUtil.absolute($0, relativeTo: directory) } ?? directory
         let document: JSONValue
         do {
-            document = try JSONReader.parse(json)
+            document = try JSONReader.parse(json, allowComments: true)
         } catch {
             throw ConfigError.syntax(file: file, line: error.line, column: error.column, message: error.message)
         }
@@ -204,6 +206,7 @@ struct Loader {
         let top = try ObjectFields(document, path: "", allowed: Self.topLevelFields)
 
         let cluster = try nonEmpty(top.string("cluster", required: true) ?? "", path: top.path("cluster"))
+        guard Syntax.isClusterName(cluster) else { throw .badClusterName(field: top.path("cluster"), name: cluster) }
         let tls = try loadTLS(top.required("tls"), path: top.path("tls"))
         let joinTimeout = try top.integer("join_timeout_ms", default: 3000, range: Self.joinTimeoutRange)
         let grace = try top.integer("grace_period_s", default: 3600, range: Self.gracePeriodRange)

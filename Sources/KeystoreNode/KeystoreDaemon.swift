@@ -33,28 +33,29 @@ public enum DaemonError: Error, CustomStringConvertible {
 /// One running node: owns the event loops, the local API, the cluster shell and the state.
 /// Runs as a swift-service-lifecycle `Service`: SIGTERM/SIGINT trigger a graceful shutdown
 /// (stop accepting, close peers, remove the socket); SIGHUP rereads the PSK files.
-public final class KeystoreDaemon: NodeServices, Service {
-    public let state: NodeState
+public final class KeystoreDaemon: NodeEnvironment, Service {
+    let state: NodeState
     public let logger: Logger
-    public let events: EventHub
+    let events: EventHub
     public let metrics: NodeMetrics
     let group: MultiThreadedEventLoopGroup
     let arena: SecretArena
     let cluster: ClusterShell
-    let replica: NodeReplica
-    public let certificates: CertificateService
+    let operations: NodeOperations
 
     private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext,
-                 metrics: NodeMetrics, database: RegistryDatabase, eventsMaxBacklog: Int) {
+                 metrics: NodeMetrics, database: sending RegistryDatabase, eventsMaxBacklog: Int) {
         self.state = state
         self.arena = arena
         self.logger = logger
         self.group = group
         self.metrics = metrics
         self.events = EventHub(nodeName: state.nodeName, maxBacklogBytes: eventsMaxBacklog, logger: logger)
-        self.certificates = CertificateService(state: state, database: database, logger: logger, events: events)
-        self.replica = NodeReplica(state: state, certificates: certificates, events: events, logger: logger)
-        self.cluster = ClusterShell(config: state.config, replica: replica, tls: tls, loop: group.next(), logger: logger, metrics: metrics)
+        let operations = NodeOperations(state: state, registry: RegistryWriter(database: database), events: events, logger: logger, metrics: metrics)
+        self.operations = operations
+        let cluster = ClusterShell(config: state.config, replica: operations, tls: tls, loop: group.next(), logger: logger, metrics: metrics)
+        self.cluster = cluster
+        operations.attachPublisher { wire in cluster.publish(wire) }
     }
 
     public var memoryLocked: Bool { arena.statistics.lockFailures == 0 }
@@ -75,7 +76,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         let arena = try SecretArena { message in warningLogger.critical("\(message)") }
         let state = NodeState(config: config, arena: arena)
         do {
-            try state.loadFileKeys()
+            _ = try state.loadFileKeys()
         } catch let error as ConfigError {
             throw DaemonError.config(error.description)
         }
@@ -93,9 +94,9 @@ public final class KeystoreDaemon: NodeServices, Service {
         let database: RegistryDatabase
         do {
             database = try RegistryDatabase(directory: config.me.dataDir)
-            let count = try CertificateService.loadPersisted(database, into: state)
+            let count = try NodeOperations.loadPersisted(database, into: state)
             logger.info("loaded \(count) certificate records from \(database.path)")
-        } catch let error as RegistryDatabaseError {
+        } catch {
             throw DaemonError.startup("nodes.\(node).data_dir: \(error.description)")
         }
         let threads = min(System.coreCount, 4)
@@ -113,7 +114,7 @@ public final class KeystoreDaemon: NodeServices, Service {
             else { throw DaemonError.socketGroup(name) }
         }
         let acl = state.config.accessControl(daemonUID: getuid())
-        let router = APIRouter(services: self, acl: acl)
+        let router = APIRouter(node: operations, environment: self, acl: acl)
         var limits = LocalAPILimits()
         limits.uncappedUID = getuid()
         let server = try await LocalAPIServer.start(
@@ -142,10 +143,9 @@ public final class KeystoreDaemon: NodeServices, Service {
         // DESIGN.md RAM keys 2: adopt the cluster's keys before generating any.
         let started = monotonicMillis()
         let outcome = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis)
-        let created = try state.becomeReady()
-        publish(created)
+        let generated: Int
+        do { generated = try operations.becomeReady() } catch { throw DaemonError.startup(error.description) }
         metrics.joinDuration(milliseconds: monotonicMillis() - started)
-        let generated = created.keyVersions.count
         switch outcome {
         case .adopted(let peer):
             logger.info("ready after \(monotonicMillis() - started) ms: adopted the cluster's keys from \(peer); generated \(generated) missing ram keys")
@@ -158,7 +158,8 @@ public final class KeystoreDaemon: NodeServices, Service {
         }
 
         let housekeeping = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
-            for (ref, id) in state.expire() { logger.info("version \(id) of \(ref) expired after its grace period") }
+            operations.expireVersions()
+            operations.retryPendingPeerRecords()
             recordGauges()
         }
         recordGauges()
@@ -169,7 +170,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         logger.info("shutting down")
         for s in servers { await s.close() }
         await cluster.shutdown()
-        certificates.close()
+        await operations.registry.close()
         try? await group.shutdownGracefully()
         logger.info("stopped")
     }
@@ -181,9 +182,11 @@ public final class KeystoreDaemon: NodeServices, Service {
         metrics.gauge("keystore_ready", [], state.isReady ? 1 : 0)
         metrics.gauge("keystore_keys", [("type", "ram")], Double(state.ramKeys.count))
         metrics.gauge("keystore_keys", [("type", "file")], Double(state.fileKeyPaths.count))
-        metrics.gauge("keystore_key_versions", [], Double(state.withStore { $0.ramSecrets.count }))
+        let counts = state.counts()
+        metrics.gauge("keystore_key_versions", [], Double(counts.ramVersions))
         metrics.gauge("keystore_event_subscribers", [], Double(events.subscriberCount))
-        let (live, removed) = state.withStore { $0.store.certificateCounts() }
+        let (live, removed) = counts.certificates
+        metrics.gauge("keystore_registry_pending_records", [], Double(operations.registry.failures.withLock { $0.pendingRecords }))
         metrics.gauge("keystore_certificates", [("state", "registered")], Double(live))
         metrics.gauge("keystore_certificates", [("state", "removed")], Double(removed))
     }
@@ -193,7 +196,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         ProcessSignals.on(SIGHUP) { [weak self] in
             guard let self else { return }
             do {
-                let changed = try self.reload()
+                let changed = try self.operations.reloadFileKeys()
                 self.logger.info("SIGHUP: reloaded file keys; changed: \(changed.isEmpty ? "none" : changed.map(\.description).joined(separator: ", "))")
             } catch {
                 self.logger.error("SIGHUP: reload failed, previous keys kept: \(error)")
@@ -201,40 +204,9 @@ public final class KeystoreDaemon: NodeServices, Service {
         }
     }
 
-    // MARK: NodeServices
-
-    public func publish(_ delta: StoreDelta) {
-        guard !delta.isEmpty else { return }
-        cluster.publish(state.wireDelta(for: delta))
-    }
+    // MARK: NodeEnvironment
 
     public func clusterStatus() -> ClusterStatus {
         cluster.status
     }
-
-    public func reload() throws -> [KeyRef] {
-        let changed = try state.loadFileKeys()
-        // New PSK fingerprints go out at once so mismatches show up cluster-wide.
-        let mine = state.withStore { $0.store.pskFingerprints().filter { $0.node == state.nodeName && changed.contains($0.key) } }
-        publish(StoreDelta(pskFingerprints: mine))
-        return changed
-    }
-}
-
-/// Serves `GET /metrics` only: the optional TCP listener for Prometheus.
-struct MetricsResponder: APIResponder {
-    let metrics: NodeMetrics
-    func handle(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) -> APIResult {
-        guard request.method == .GET, request.pathSegments == ["metrics"] else {
-            return .response(.error(APIError(.notFound, "only GET /metrics is served on this listener"), allocator: allocator))
-        }
-        return .response(metricsResponse(metrics, allocator))
-    }
-}
-
-func metricsResponse(_ metrics: NodeMetrics, _ allocator: ByteBufferAllocator) -> APIResponse {
-    let bytes = metrics.exposition()
-    var buffer = allocator.buffer(capacity: bytes.count)
-    buffer.writeBytes(bytes)
-    return APIResponse(contentType: "text/plain; version=0.0.4", body: buffer)
 }

@@ -1,3 +1,4 @@
+import CertificateRegistry
 import KeystoreConfig
 import PeerWire
 import ReplicatedStore
@@ -19,6 +20,8 @@ func byteHex(_ b: UInt8) -> String {
     return String([digits[Int(b >> 4)], digits[Int(b & 0xF)]])
 }
 
+func hexString(_ bytes: [UInt8]) -> String { bytes.map(byteHex).joined() }
+
 /// What a key lookup found, with references to the secrets so the JSON can be written
 /// outside the lock.
 enum KeyLookup {
@@ -28,27 +31,12 @@ enum KeyLookup {
     case notFound
 }
 
-public enum NodeStateError: Error, CustomStringConvertible {
-    case notRAMKey(KeyRef)
-    case unknownKey(KeyRef)
-    case notReady
-    case memory(SecretMemoryError)
-
-    public var description: String {
-        switch self {
-        case .notRAMKey(let key): return "\(key.name) in \(key.domain) is a file key; only ram keys can be rotated (replace the PSK file and reload instead)"
-        case .unknownKey(let key): return "no key named \(key.name) in domain \(key.domain)"
-        case .notReady: return "this node is still joining the cluster; retry shortly"
-        case .memory(let error): return error.description
-        }
-    }
-}
-
 /// The node's replicated state plus the secrets behind it, under one lock.
 ///
 /// The pure `ReplicatedStore` never sees key bytes; they live here, indexed by version id,
 /// in the secret arena, and are dropped (zeroed) exactly when the store prunes a version.
-public final class NodeState: Sendable {
+/// Only `NodeOperations` changes it (the one change path); everything else reads.
+final class NodeState: Sendable {
     struct Inner {
         var store: ReplicatedStore
         var clock = HybridLogicalClock()
@@ -62,17 +50,17 @@ public final class NodeState: Sendable {
     /// difference costs the bucket digests (8 bytes each) plus that bucket's entries, so more
     /// buckets trade a bigger digest list for a smaller repair; 1024 keeps both small up to
     /// ~100k entries (see the codec's anti-entropy cost test).
-    public static let antiEntropyBuckets = 1024
+    static let antiEntropyBuckets = 1024
 
-    public let config: ClusterConfig
-    public let nodeName: String
+    let config: ClusterConfig
+    let nodeName: String
     let arena: SecretArena
     /// The RAM keys this node's config declares, with their sizes.
     let ramKeys: [KeyRef: Int]
     let fileKeyPaths: [KeyRef: String]
     private let inner: Mutex<Inner>
 
-    public init(config: ClusterConfig, arena: SecretArena) {
+    init(config: ClusterConfig, arena: SecretArena) {
         self.config = config
         self.nodeName = config.nodeName
         self.arena = arena
@@ -95,6 +83,8 @@ public final class NodeState: Sendable {
 
     var isReady: Bool { inner.withLock { $0.ready } }
 
+    // MARK: Keys
+
     /// The key used to fingerprint PSKs: public (every node derives the same one) but specific
     /// to the cluster and key, so fingerprints cannot be compared across clusters or keys.
     func fingerprintKey(for ref: KeyRef) -> [UInt8] {
@@ -102,9 +92,9 @@ public final class NodeState: Sendable {
     }
 
     /// (Re)reads every PSK file. All files are read before anything changes, so a bad file
-    /// leaves the previous keys in place and the error names it.
-    @discardableResult
-    public func loadFileKeys() throws -> [KeyRef] {
+    /// leaves the previous keys in place and the error names it. Returns the keys whose
+    /// content changed and this node's new fingerprint records (for peers).
+    func loadFileKeys() throws -> (changed: [KeyRef], fingerprints: [PSKFingerprint]) {
         var loaded: [KeyRef: FileKey] = [:]
         let now = wallClockMillis()
         for (ref, path) in fileKeyPaths.sorted(by: { $0.key < $1.key }) {
@@ -116,16 +106,17 @@ public final class NodeState: Sendable {
         }
         return inner.withLock { state in
             var changed: [KeyRef] = []
+            var records: [PSKFingerprint] = []
             for (ref, new) in loaded {
                 if let old = state.fileKeys[ref], old.fingerprint == new.fingerprint {
                     continue // keep the original load time for an unchanged file
                 }
                 state.fileKeys[ref] = new
                 changed.append(ref)
-                let stamp = state.clock.now(wallMillis: now)
-                _ = state.store.setLocalPSKFingerprint(PSKFingerprint(node: nodeName, key: ref, fingerprint: new.fingerprint, stamp: stamp))
+                let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: new.fingerprint, stamp: state.clock.now(wallMillis: now))
+                if state.store.setLocalPSKFingerprint(record) { records.append(record) }
             }
-            return changed.sorted()
+            return (changed.sorted(), records)
         }
     }
 
@@ -147,6 +138,12 @@ public final class NodeState: Sendable {
         }
     }
 
+    /// Version metadata without key material (rotate's answer), primary first.
+    func versionViews(_ ref: KeyRef) -> [KeyVersionView] {
+        let now = wallClockMillis()
+        return inner.withLock { $0.store.versions(of: ref, nowMillis: now) }
+    }
+
     /// Number of live versions (for listings), nil when unknown / not ready.
     func versionCount(_ ref: KeyRef) -> Int? {
         if fileKeyPaths[ref] != nil { return inner.withLock { $0.fileKeys[ref] == nil ? 0 : 1 } }
@@ -158,13 +155,13 @@ public final class NodeState: Sendable {
 
     /// After the join decision: generate every configured RAM key the cluster did not give us,
     /// then serve. Returns the versions this node created (to be pushed to peers).
-    func becomeReady() throws(NodeStateError) -> StoreDelta {
+    func becomeReady() throws(NodeError) -> StoreDelta {
         let now = wallClockMillis()
         // Generate outside the lock: randombytes for thousands of keys takes a while.
         let missing = inner.withLock { state in ramKeys.keys.filter { !state.store.hasVersions($0) } }
         var fresh: [KeyRef: SecretBytes] = [:]
         for ref in missing {
-            do { fresh[ref] = try SecretBytes.random(count: ramKeys[ref]!, in: arena) } catch { throw .memory(error) }
+            do { fresh[ref] = try SecretBytes.random(count: ramKeys[ref]!, in: arena) } catch { throw .secretMemory(error) }
         }
         return inner.withLock { state in
             var delta = StoreDelta()
@@ -182,14 +179,14 @@ public final class NodeState: Sendable {
     }
 
     /// A new primary version for a RAM key (DESIGN.md RAM keys 5).
-    func rotate(_ ref: KeyRef) throws(NodeStateError) -> (KeyVersion, StoreDelta) {
+    func rotate(_ ref: KeyRef) throws(NodeError) -> (KeyVersion, StoreDelta) {
         if fileKeyPaths[ref] != nil { throw .notRAMKey(ref) }
         guard let size = ramKeys[ref] else { throw .unknownKey(ref) }
         let secret: SecretBytes
-        do { secret = try SecretBytes.random(count: size, in: arena) } catch { throw .memory(error) }
+        do { secret = try SecretBytes.random(count: size, in: arena) } catch { throw .secretMemory(error) }
         let now = wallClockMillis()
-        return try inner.withLock { state throws(NodeStateError) in
-            guard state.ready else { throw .notReady }
+        return try inner.withLock { state throws(NodeError) in
+            guard state.ready else { throw .notReady("ram key \(ref.name)") }
             let id = VersionID(created: state.clock.now(wallMillis: now), origin: nodeName)
             let version = state.store.rotate(ref, id: id)
             state.ramSecrets[id] = secret
@@ -213,86 +210,160 @@ public final class NodeState: Sendable {
         }
     }
 
-    func withStore<R>(_ body: (inout Inner) throws -> R) rethrows -> R {
-        try inner.withLock { try body(&$0) }
-    }
-
     /// PSK keys whose fingerprints differ among `nodes`.
     func pskMismatches(among nodes: Set<String>) -> [PSKMismatch] {
         inner.withLock { $0.store.pskMismatches(among: nodes) }
     }
-}
 
-// MARK: Replication
+    /// Gauges: live RAM key versions and certificate records by state.
+    func counts() -> (ramVersions: Int, certificates: (registered: Int, removed: Int)) {
+        inner.withLock { ($0.ramSecrets.count, $0.store.certificateCounts()) }
+    }
 
+    // MARK: Replication
 
-
-extension NodeState {
     /// Attaches the secrets to locally known versions (versions whose secret is gone are
     /// left out: they were pruned meanwhile).
     func wireDelta(for delta: StoreDelta) -> WireDelta {
-        withStore { state in
-            var wire = WireDelta(pskFingerprints: delta.pskFingerprints, certificates: delta.certificates)
-            for (ref, versions) in delta.keyVersions.sorted(by: { $0.key < $1.key }) {
-                for version in versions {
-                    if let secret = state.ramSecrets[version.id] {
-                        wire.versions.append(WireKeyVersion(key: ref, version: version, secret: secret))
-                    }
+        inner.withLock { Self.wire(for: delta, secrets: $0.ramSecrets) }
+    }
+
+    private static func wire(for delta: StoreDelta, secrets: [VersionID: SecretBytes]) -> WireDelta {
+        var wire = WireDelta(pskFingerprints: delta.pskFingerprints, certificates: delta.certificates)
+        for (ref, versions) in delta.keyVersions.sorted(by: { $0.key < $1.key }) {
+            for version in versions {
+                if let secret = secrets[version.id] {
+                    wire.versions.append(WireKeyVersion(key: ref, version: version, secret: secret))
                 }
             }
-            return wire
         }
+        return wire
     }
 
     func fullWireDelta() -> WireDelta {
-        wireDelta(for: withStore { $0.store.fullDelta() })
+        inner.withLock { Self.wire(for: $0.store.fullDelta(), secrets: $0.ramSecrets) }
     }
 
     func wireDelta(forBuckets buckets: [Int]) -> WireDelta {
-        wireDelta(for: withStore { $0.store.delta(forBuckets: buckets) })
+        inner.withLock { Self.wire(for: $0.store.delta(forBuckets: buckets), secrets: $0.ramSecrets) }
     }
 
-    var rootDigest: UInt64 { withStore { $0.store.rootDigest() } }
-    var bucketDigests: [UInt64] { withStore { $0.store.bucketDigests() } }
-
-    func differingBuckets(theirs: [UInt64]) -> [Int] {
-        withStore { $0.store.differingBuckets(mine: $0.store.bucketDigests(), theirs: theirs) }
-    }
+    var rootDigest: UInt64 { inner.withLock { $0.store.rootDigest() } }
+    var bucketDigests: [UInt64] { inner.withLock { $0.store.bucketDigests() } }
 
     /// Current HLC reading for outgoing messages.
     func stamp() -> HLCTimestamp {
         let now = wallClockMillis()
-        return withStore { $0.clock.now(wallMillis: now) }
+        return inner.withLock { $0.clock.now(wallMillis: now) }
     }
 
     /// Advances our clock past a peer's; refuses stamps from a clock far in the future.
     func observe(_ stamp: HLCTimestamp) throws(ClockError) {
         let now = wallClockMillis()
-        let result: Result<HLCTimestamp, ClockError> = withStore { state in
+        let result: Result<HLCTimestamp, ClockError> = inner.withLock { state in
             do throws(ClockError) { return .success(try state.clock.observe(stamp, wallMillis: now)) } catch { return .failure(error) }
         }
         _ = try result.get()
     }
 
-    /// Merges a peer's entries. Only RAM keys this node's config declares are admitted; the
-    /// secrets of admitted versions move into the vault, the rest are dropped (zeroed).
-    func mergeRemote(_ wire: WireDelta) -> MergeOutcome {
+    /// Merges a peer's key versions and PSK fingerprints (never persisted: they live in memory
+    /// only). Only RAM keys this node's config declares are admitted; the secrets of admitted
+    /// versions move into the vault, the rest are dropped (zeroed).
+    func mergeRemoteKeys(_ wire: WireDelta) -> MergeOutcome {
         var secrets: [VersionID: SecretBytes] = [:]
         var delta = StoreDelta(pskFingerprints: wire.pskFingerprints)
-        // Registrations for domains this node does not serve are still kept: they cost little and
-        // keep every replica's digest equal, so anti-entropy does not loop on them.
-        delta.certificates = wire.certificates
         for item in wire.versions {
             guard ramKeys[item.key] != nil else { continue }
             secrets[item.version.id] = item.secret
             delta.keyVersions[item.key, default: []].append(item.version)
         }
+        guard !delta.isEmpty else { return MergeOutcome() }
         let now = wallClockMillis()
-        return withStore { state in
+        return inner.withLock { state in
             let outcome = state.store.merge(delta, nowMillis: now)
             for (_, version) in outcome.added { state.ramSecrets[version.id] = secrets[version.id] }
             for (_, id) in outcome.pruned { state.ramSecrets[id] = nil }
             return outcome
         }
+    }
+
+    // MARK: Registry (reads)
+
+    /// Every record of the user, removed ones included.
+    func certificates(domain: String, user: JID) -> [CertificateRecord] {
+        inner.withLock { $0.store.certificates(domain: domain, user: user.description) }
+    }
+
+    func liveCertificates(domain: String, user: JID) -> [CertificateRecord] {
+        inner.withLock { $0.store.liveCertificates(domain: domain, user: user.description) }
+    }
+
+    /// What the XEP-0257 rules see: live records plus removed ones (a tombstone beats any copy).
+    func registrations(domain: String, user: JID) -> [RegisteredCertificate] {
+        inner.withLock { state in
+            state.store.certificates(domain: domain, user: user.description).compactMap { $0.registered(user: user) }
+        }
+    }
+
+    // MARK: Registry (the writer's primitives; call only from `RegistryWriter`)
+
+    /// The record an `append` would store, or the rule it breaks. Does not change anything.
+    func planAppend(domain: String, user: JID, name: String, certificate parsed: ParsedCertificate,
+                    noCertManagement: Bool) throws(NodeError) -> CertificateRecord {
+        let now = wallClockMillis()
+        let result: Result<CertificateRecord, NodeError> = inner.withLock { state in
+            let existing = state.store.certificates(domain: domain, user: user.description).compactMap { $0.registered(user: user) }
+            do throws(RegistryError) {
+                try CertificateRules.checkAppend(parsed, name: name, user: user, existing: existing, nowMillis: Int64(now))
+            } catch {
+                return .failure(.registry(error))
+            }
+            let id = CertificateID(domain: domain, user: user.description, sha256: parsed.sha256)
+            let content = CertificateContent(name: name, der: parsed.der, notBeforeMillis: parsed.notBeforeMillis,
+                                             notAfterMillis: parsed.notAfterMillis, jids: parsed.xmppAddrs.map(\.description),
+                                             noCertManagement: noCertManagement, added: state.clock.now(wallMillis: now), origin: nodeName)
+            return .success(CertificateRecord(id: id, content: content, removal: nil))
+        }
+        return try result.get()
+    }
+
+    /// The records a disable/revoke would store: every live certificate of the user with that
+    /// name (two nodes may have accepted one name concurrently), or all of them (`name == nil`,
+    /// revoke-all also covers disabled ones, upgrading them to revoked). Changes nothing.
+    func planRemoval(domain: String, user: JID, name: String?, kind: RemovalKind) -> [CertificateRecord] {
+        let now = wallClockMillis()
+        return inner.withLock { state in
+            let targets = state.store.certificates(domain: domain, user: user.description).filter { record in
+                guard let content = record.content else { return false }
+                if let name { return record.removal == nil && content.name == name }
+                return record.removal == nil || (kind == .revoked && record.removal?.kind == .disabled)
+            }
+            let stamp = state.clock.now(wallMillis: now)
+            return targets.map { record in
+                record.merged(with: CertificateRecord(id: record.id, content: nil,
+                                                      removal: CertificateRemoval(kind: kind, stamp: stamp, origin: nodeName)))
+            }
+        }
+    }
+
+    /// The merged value of every incoming record that would change this replica (what must
+    /// be persisted before `applyCertificates`). Changes nothing.
+    func certificateChanges(_ incoming: [CertificateRecord]) -> [CertificateRecord] {
+        inner.withLock { $0.store.certificateChanges(incoming) }
+    }
+
+    func certificateRecord(_ id: CertificateID) -> CertificateRecord? {
+        inner.withLock { $0.store.certificateRecord(id) }
+    }
+
+    /// Joins records into the store (after they were persisted).
+    func applyCertificates(_ records: [CertificateRecord]) -> MergeOutcome {
+        let now = wallClockMillis()
+        return inner.withLock { $0.store.merge(StoreDelta(certificates: records), nowMillis: now) }
+    }
+
+    /// Start-up: the records read from the local database.
+    func loadPersisted(_ records: [CertificateRecord]) {
+        inner.withLock { $0.store.loadCertificates(records) }
     }
 }

@@ -197,7 +197,8 @@ final class ClusterHarness {
 
     /// Starts `node`; returns once its socket answers (not necessarily ready).
     @discardableResult
-    func start(_ node: String, arguments: [String] = [], config: String? = nil, waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
+    func start(_ node: String, arguments: [String] = [], config: String? = nil, environment: [String: String] = [:],
+               waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
         let logPath = scratch.file("\(node).\(retired.count + processes.count).log")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
@@ -209,6 +210,9 @@ final class ClusterHarness {
         } else {
             process.executableURL = URL(fileURLWithPath: Products.keystored)
             process.arguments = daemonArguments
+        }
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }
         process.standardOutput = log
         process.standardError = log
