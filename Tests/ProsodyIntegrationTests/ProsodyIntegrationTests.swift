@@ -162,6 +162,8 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
         cluster.keystore.waitReady("node1")
         let closed = tabletOnA.waitForEvent("stream_error", timeout: 30)
         XCTAssertEqual(closed?["condition"] as? String, "not-authorized")
+        // node1 restarted, so it could not replay what A missed: A re-checked its sessions.
+        XCTAssertTrue(cluster.a.log.contains("node cannot replay the missed events"), "A resumed with a cursor and was told to resync")
         let watchOnA = try cluster.connect("watch-again@A", to: cluster.a, jid: "alice@\(host)/watch2", certificate: watch)
         XCTAssertEqual(watchOnA.waitForSession(), "alice@\(host)/watch2", "node1 is back: EXTERNAL works again on A")
         try alice.send("ping")

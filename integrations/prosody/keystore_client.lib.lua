@@ -326,6 +326,9 @@ function follower_methods:connect()
 			local decoded = json.decode(packet.body or "");
 			self:log("error", "GET %s answered %d: %s", path, packet.code,
 				type(decoded) == "table" and tostring(decoded.message) or tostring(packet.body));
+			if packet.code == 400 and self.resumed_from then
+				self.cursor = nil; -- a cursor the node cannot read: start afresh (and re-check everything)
+			end
 		end
 		self:disconnected("stream ended");
 	end, function (parse_err)

@@ -39,12 +39,18 @@ module:add_feature(xmlns_saslcert);
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
---- Runs fn inside an async runner: directly when already in one (c2s stanza handlers are),
---- else in a fresh one. fn may then wait for promises without blocking Prosody's loop.
+--- Runs a stanza handler's work inside an async runner: directly when already in one (c2s
+--- stanza handlers are, and waiting there pauses only that session), else in a fresh one.
 local function in_runner(fn)
 	if async.ready() then
 		return fn();
 	end
+	async.runner(function (f) f(); end):run(fn);
+end
+
+--- Background work (re-checks, retries) always gets its own runner, so its waiting never holds
+--- up whoever triggered it.
+local function in_background(fn)
 	async.runner(function (f) f(); end):run(fn);
 end
 
@@ -102,19 +108,27 @@ local function each_certificate_session()
 	return result;
 end
 
---- Fingerprints revoked or disabled lately (from events), so that a SASL verdict which the keystore
---- gave just before the removal, but which arrives after its event, cannot let the session in.
+--- Certificates (user and fingerprint) revoked or disabled lately, from events and our own
+--- requests: a SASL verdict the keystore gave just before a removal, but which reaches us after
+--- its event, must not let the session in. A removed certificate never comes back for that user
+--- (the registry refuses to register it again), so entries never go stale; the table is only
+--- bounded.
 local recently_removed, recently_removed_count = {}, 0;
 local recently_removed_limit = 10000;
 
-local function remember_removed(fingerprint)
-	if not recently_removed[fingerprint] then
+local function removal_key(bare_jid, fingerprint)
+	return bare_jid .. " " .. fingerprint;
+end
+
+local function remember_removed(bare_jid, fingerprint)
+	local key = removal_key(bare_jid, fingerprint);
+	if not recently_removed[key] then
 		recently_removed_count = recently_removed_count + 1;
 		if recently_removed_count > recently_removed_limit then
 			recently_removed, recently_removed_count = {}, 1;
 		end
 	end
-	recently_removed[fingerprint] = os.time();
+	recently_removed[key] = os.time();
 end
 
 local function close_sessions(fingerprint, bare_jid, why)
@@ -123,13 +137,14 @@ local function close_sessions(fingerprint, bare_jid, why)
 	local closed = 0;
 	for session in pairs(sessions) do
 		local identity = session.keystore_cert;
-		if not session.destroyed and identity and identity.fingerprint == fingerprint
-				and (bare_jid == nil or session.username .. "@" .. session.host == bare_jid) then
+		if session.destroyed or not identity or identity.fingerprint ~= fingerprint then
+			sessions[session] = nil;
+		elseif session.username .. "@" .. session.host == bare_jid then
+			sessions[session] = nil;
 			session.log("info", "Closing stream: its client certificate '%s' was %s", tostring(identity.name), why);
 			session:close({ condition = "not-authorized", text = "Your client certificate was " .. why });
 			closed = closed + 1;
 		end
-		sessions[session] = nil;
 	end
 	if next(sessions) == nil then sessions_by_fingerprint[fingerprint] = nil; end
 	return closed;
@@ -160,9 +175,9 @@ local function recheck_once()
 			local state = type(answer) == "table" and answer.state or nil;
 			if session and gone_states:contains(state)
 					and answer.fingerprint_sha256 == session.keystore_cert.fingerprint then
-				remember_removed(session.keystore_cert.fingerprint);
-				close_sessions(session.keystore_cert.fingerprint, session.username .. "@" .. host,
-					state == "revoked" and "revoked" or "removed");
+				local bare_jid = session.username .. "@" .. host;
+				remember_removed(bare_jid, session.keystore_cert.fingerprint);
+				close_sessions(session.keystore_cert.fingerprint, bare_jid, state == "revoked" and "revoked" or "removed");
 			end
 		end
 		if #answers ~= #batch then
@@ -178,7 +193,7 @@ local function recheck_all(reason)
 	if recheck.running then return; end
 	recheck.running = true;
 	module:log("debug", "Re-checking certificate sessions (%s)", reason);
-	in_runner(function ()
+	in_background(function ()
 		while recheck.needed do
 			recheck.needed = false;
 			local ok, failure = recheck_once();
@@ -203,16 +218,16 @@ end
 local events = client:follow_events({
 	on_event = function (event)
 		if event.domain ~= host then return; end
-		local fingerprint = event.fingerprint_sha256;
-		if type(fingerprint) ~= "string" then return; end
+		local fingerprint, user = event.fingerprint_sha256, event.user;
+		if type(fingerprint) ~= "string" or type(user) ~= "string" then return; end
 		if event.type == "cert_revoked" then
-			remember_removed(fingerprint);
-			local closed = close_sessions(fingerprint, event.user, "revoked");
+			remember_removed(user, fingerprint);
+			local closed = close_sessions(fingerprint, user, "revoked");
 			module:log("info", "Certificate '%s' of %s revoked (origin %s); closed %d stream(s)",
 				tostring(event.name), tostring(event.user), tostring(event.origin), closed);
 		elseif event.type == "cert_disabled" then
 			-- A disabled certificate no longer logs in; streams already open keep going (XEP-0257).
-			remember_removed(fingerprint);
+			remember_removed(user, fingerprint);
 		end
 	end;
 	on_gap = recheck_all;
@@ -330,7 +345,7 @@ module:hook("stanza/" .. xmlns_sasl .. ":auth", function (event)
 		session.log("error", "Keystore verified another certificate than the one presented; refusing");
 		return;
 	end
-	if recently_removed[fingerprint] then
+	if recently_removed[removal_key(username .. "@" .. host, fingerprint)] then
 		session.log("info", "Certificate of %s was revoked or disabled while it was being checked", answer.jid);
 		return;
 	end
@@ -485,9 +500,10 @@ local function handle_removal(event)
 		local entries = type(result.json.certs) == "table" and result.json.certs or { result.json };
 		for _, entry in ipairs(entries) do
 			if type(entry.fingerprint_sha256) == "string" then
-				remember_removed(entry.fingerprint_sha256);
+				local bare_jid = origin.username .. "@" .. host;
+				remember_removed(bare_jid, entry.fingerprint_sha256);
 				if action == "revoke" then
-					close_sessions(entry.fingerprint_sha256, origin.username .. "@" .. host, "revoked");
+					close_sessions(entry.fingerprint_sha256, bare_jid, "revoked");
 				end
 			end
 		end
@@ -549,7 +565,7 @@ local pending = { flushing = false, again = false, timer = nil, failures = 0 };
 local function flush_pending_revocations()
 	if pending.flushing then pending.again = true; return; end
 	pending.flushing = true;
-	in_runner(function ()
+	in_background(function ()
 		repeat
 			pending.again = false;
 			local failed;
@@ -573,7 +589,7 @@ local function flush_pending_revocations()
 				module:log("info", "Revoked %d certificate(s) of deleted account %s@%s", #revoked, username, host);
 				for _, entry in ipairs(revoked) do
 					if type(entry.fingerprint_sha256) == "string" then
-						remember_removed(entry.fingerprint_sha256);
+						remember_removed(username .. "@" .. host, entry.fingerprint_sha256);
 						close_sessions(entry.fingerprint_sha256, username .. "@" .. host, "revoked");
 					end
 				end
