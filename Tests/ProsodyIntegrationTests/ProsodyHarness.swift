@@ -62,7 +62,6 @@ final class ProsodyServer {
     let port: Int
     let keystoreSocket: String
     private var process: Process?
-    private(set) var starts = 0
 
     var configPath: String { directory + "/prosody.cfg.lua" }
     var logPath: String { directory + "/prosody.log" }
@@ -128,7 +127,6 @@ final class ProsodyServer {
         process.standardError = output
         try process.run()
         self.process = process
-        starts += 1
         waitUntil("Prosody \(name) listens on \(port) and follows the keystore's events", timeout: 30, file: file, line: line) {
             guard process.isRunning else { return true }
             return log.components(separatedBy: "keystore events: connected").count > logLinesBefore

@@ -218,3 +218,15 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
                      median * 1000, sorted.last! * 1000, sorted.first! * 1000, sorted.count))
     }
 }
+
+/// keystore_client.lib.lua on Prosody's own net.server loop against a scripted peer on a real Unix
+/// socket that sends its answers 3 bytes at a time: JSON answers, API errors and their stanza-error
+/// mapping, outages, timeouts, truncated answers, and the event follower's resume and resync.
+final class KeystoreClientLibraryTests: ProsodyTestCase {
+    func testClientLibraryAgainstAFragmentingPeer() throws {
+        let script = Products.repositoryRoot.appendingPathComponent("integrations/prosody/test/keystore_client_test.lua").path
+        let result = try runCommand("/usr/bin/lua5.4", [script])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("all 7 steps passed"), result.output)
+    }
+}

@@ -406,8 +406,12 @@ local function reply_error(origin, stanza, failure)
 	return true;
 end
 
---- XEP-0257 section 6: only over an encrypted, authenticated stream.
+--- XEP-0257 section 6: only a local user's own session, over an encrypted, authenticated stream.
 local function check_stream(origin, stanza)
+	if origin.type ~= "c2s" or not origin.username then
+		origin.send(st.error_reply(stanza, "cancel", "service-unavailable"));
+		return false;
+	end
 	if not origin.secure then
 		origin.send(st.error_reply(stanza, "auth", "forbidden", "Certificate management needs an encrypted stream"));
 		return false;
