@@ -336,7 +336,10 @@ module:hook("stanza/" .. xmlns_sasl .. ":auth", function (event)
 
 	local answer = result.json;
 	local fingerprint = certificate_fingerprint(cert);
-	local username, jid_host, resource = jid_split(answer.jid);
+	local username, jid_host, resource;
+	if type(answer.jid) == "string" then
+		username, jid_host, resource = jid_split(answer.jid);
+	end
 	if not username or jid_host ~= host then
 		session.log("warn", "Keystore accepted the certificate for %s, which is not an account on %s", tostring(answer.jid), host);
 		return;
