@@ -39,19 +39,19 @@ module:add_feature(xmlns_saslcert);
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
+--- Background work (re-checks, retries) always gets its own runner, so its waiting never holds
+--- up whoever triggered it.
+local function in_background(fn)
+	async.runner(function (f) f(); end):run(fn);
+end
+
 --- Runs a stanza handler's work inside an async runner: directly when already in one (c2s
 --- stanza handlers are, and waiting there pauses only that session), else in a fresh one.
 local function in_runner(fn)
 	if async.ready() then
 		return fn();
 	end
-	async.runner(function (f) f(); end):run(fn);
-end
-
---- Background work (re-checks, retries) always gets its own runner, so its waiting never holds
---- up whoever triggered it.
-local function in_background(fn)
-	async.runner(function (f) f(); end):run(fn);
+	in_background(fn);
 end
 
 --- Waits for a promise. Returns true, value or false, failure.
