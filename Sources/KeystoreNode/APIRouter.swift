@@ -25,15 +25,18 @@ public protocol NodeEnvironment: AnyObject, Sendable {
 public final class APIRouter: APIResponder {
     let node: NodeOperations
     let environment: NodeEnvironment
-    let acl: AccessControl
-    let domains: [String: DomainConfig]
+    /// The daemon's own uid, always allowed (the ACL rules come from the current config).
+    let daemonUID: UInt32
 
-    init(node: NodeOperations, environment: NodeEnvironment, acl: AccessControl) {
+    init(node: NodeOperations, environment: NodeEnvironment, daemonUID: UInt32) {
         self.node = node
         self.environment = environment
-        self.acl = acl
-        self.domains = node.state.config.domains
+        self.daemonUID = daemonUID
     }
+
+    /// The ACL and domains of the config in force (a reload swaps them between requests).
+    private var acl: AccessControl { node.state.config.accessControl(daemonUID: daemonUID) }
+    private var domains: [String: DomainConfig] { node.state.config.domains }
 
     private var logger: Logger { node.logger }
 
@@ -106,13 +109,8 @@ public final class APIRouter: APIResponder {
         case .cluster:
             return .response(try encode(cluster(), allocator))
         case .reload:
-            let changed: [KeyRef]
-            do { changed = try node.reloadFileKeys() } catch let error as ConfigError {
-                throw APIError(.conflict, NodeError.reloadRefused(error.description).description)
-            } catch {
-                throw APIError(.internalError, "reload failed: \(error)")
-            }
-            return .response(try encode(ReloadResponse(reloaded: true, changed: changed.map(\.description), config: []), allocator))
+            let (changed, changes) = try mapped { () throws(NodeError) in try node.reload() }
+            return .response(try encode(ReloadResponse(reloaded: true, changed: changed.map(\.description), config: changes.summary), allocator))
         case .events:
             return try events(request, since: query["since"])
         case .listKeys:
@@ -372,6 +370,7 @@ public final class APIRouter: APIResponder {
 
     private func events(_ request: APIRequest, since: String?) throws(APIError) -> APIResult {
         let caller = request.caller
+        let acl = self.acl
         let visible = acl.visibleDomains(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, allDomains: domains.keys.sorted())
         let nodeWide = acl.permits(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, domain: nil)
         if !nodeWide && visible.isEmpty { try require(.eventsRead, domain: nil, request) }

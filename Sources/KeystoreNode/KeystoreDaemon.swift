@@ -32,7 +32,7 @@ public enum DaemonError: Error, CustomStringConvertible {
 
 /// One running node: owns the event loops, the local API, the cluster shell and the state.
 /// Runs as a swift-service-lifecycle `Service`: SIGTERM/SIGINT trigger a graceful shutdown
-/// (stop accepting, close peers, remove the socket); SIGHUP rereads the PSK files.
+/// (stop accepting, close peers, remove the socket); SIGHUP reloads the config and PSK files.
 public final class KeystoreDaemon: NodeEnvironment, Service {
     let state: NodeState
     public let logger: Logger
@@ -63,12 +63,15 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
     /// Loads and checks everything that can be wrong in the config before anything starts,
     /// so a bad deploy fails at once with one line.
     public static func load(configPath: String, node: String, logger: Logger, metrics: NodeMetrics = NodeMetrics(registry: nil),
-                            eventsMaxBacklog: Int = 1 << 20) throws -> KeystoreDaemon {
+                            eventsMaxBacklog: Int = 1 << 20, logLevel: LogLevelControl? = nil) throws -> KeystoreDaemon {
         let config: ClusterConfig
         do {
             config = try ClusterConfig.load(path: configPath, node: node)
         } catch {
             throw DaemonError.config(error.description)
+        }
+        if let logLevel, !logLevel.pinned, let level = config.logLevel.flatMap({ Logger.Level(rawValue: $0.rawValue) }) {
+            logLevel.set(level)
         }
         var logger = logger
         logger[metadataKey: "node"] = "\(node)"
@@ -100,8 +103,15 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
             throw DaemonError.startup("nodes.\(node).data_dir: \(error.description)")
         }
         let threads = min(System.coreCount, 4)
-        return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads),
+        let daemon = KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads),
                               tls: tls, metrics: metrics, database: database, eventsMaxBacklog: eventsMaxBacklog)
+        if let logLevel {
+            daemon.operations.onReconfiguration { config, changes in
+                guard changes.logLevelChanged, !logLevel.pinned, let level = config.logLevel.flatMap({ Logger.Level(rawValue: $0.rawValue) }) else { return }
+                logLevel.set(level)
+            }
+        }
+        return daemon
     }
 
     /// Serves until graceful shutdown is requested (SIGTERM/SIGINT via the ServiceGroup).
@@ -113,8 +123,7 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
             else if let entry = getgrnam(name) { groupID = entry.pointee.gr_gid }
             else { throw DaemonError.socketGroup(name) }
         }
-        let acl = state.config.accessControl(daemonUID: getuid())
-        let router = APIRouter(node: operations, environment: self, acl: acl)
+        let router = APIRouter(node: operations, environment: self, daemonUID: getuid())
         var limits = LocalAPILimits()
         limits.uncappedUID = getuid()
         let server = try await LocalAPIServer.start(
@@ -180,9 +189,9 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         metrics.gauge("keystore_secret_memory_locked_bytes", [], Double(stats.lockedBytes))
         metrics.gauge("keystore_secret_memory_reserved_bytes", [], Double(stats.reservedBytes))
         metrics.gauge("keystore_ready", [], state.isReady ? 1 : 0)
-        metrics.gauge("keystore_keys", [("type", "ram")], Double(state.ramKeys.count))
-        metrics.gauge("keystore_keys", [("type", "file")], Double(state.fileKeyPaths.count))
         let counts = state.counts()
+        metrics.gauge("keystore_keys", [("type", "ram")], Double(counts.ramKeys))
+        metrics.gauge("keystore_keys", [("type", "file")], Double(counts.fileKeys))
         metrics.gauge("keystore_key_versions", [], Double(counts.ramVersions))
         metrics.gauge("keystore_event_subscribers", [], Double(events.subscriberCount))
         let (live, removed) = counts.certificates
@@ -191,15 +200,15 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         metrics.gauge("keystore_certificates", [("state", "removed")], Double(removed))
     }
 
-    /// SIGHUP rereads the PSK files (signals are taken by `ProcessSignals`; see keystored's main).
+    /// SIGHUP reloads (signals are taken by `ProcessSignals`; see keystored main).
     private func installReloadHandler() {
         ProcessSignals.on(SIGHUP) { [weak self] in
             guard let self else { return }
             do {
-                let changed = try self.operations.reloadFileKeys()
-                self.logger.info("SIGHUP: reloaded file keys; changed: \(changed.isEmpty ? "none" : changed.map(\.description).joined(separator: ", "))")
+                let (changed, changes) = try self.operations.reload()
+                self.logger.info("SIGHUP: reloaded; file keys changed: \(changed.isEmpty ? "none" : changed.map(\.description).joined(separator: ", ")); config changes: \(changes.summary.isEmpty ? "none" : changes.summary.joined(separator: "; "))")
             } catch {
-                self.logger.error("SIGHUP: reload failed, previous keys kept: \(error)")
+                self.logger.error("SIGHUP: \(error)")
             }
         }
     }

@@ -1,5 +1,6 @@
 import CertificateRegistry
 import KeystoreAPI
+import KeystoreConfig
 import Logging
 import Membership
 import NIOCore
@@ -23,6 +24,8 @@ public final class NodeOperations: Sendable {
     let metrics: NodeMetrics
     /// Sends locally made changes to peers (the cluster shell); set once the shell exists.
     private let publisher = Mutex<(@Sendable (WireDelta) -> Void)?>(nil)
+    /// Parts of the node outside the state that follow a reload (cluster membership, log level).
+    private let reconfigurationHandlers = Mutex<[@Sendable (ClusterConfig, ConfigChanges) -> Void]>([])
 
     init(state: NodeState, registry: RegistryWriter, events: EventHub, logger: Logger, metrics: NodeMetrics) {
         self.state = state
@@ -60,12 +63,42 @@ public final class NodeOperations: Sendable {
         return state.versionViews(ref)
     }
 
-    /// Rereads the PSK files; returns the keys whose content changed. New fingerprints go out
-    /// at once so a mismatch shows up cluster-wide.
-    func reloadFileKeys() throws -> [KeyRef] {
-        let (changed, fingerprints) = try state.loadFileKeys()
-        publish(StoreDelta(pskFingerprints: fingerprints))
-        return changed
+    func onReconfiguration(_ handler: @escaping @Sendable (ClusterConfig, ConfigChanges) -> Void) {
+        reconfigurationHandlers.withLock { $0.append(handler) }
+    }
+
+    /// `SIGHUP` / `POST /v1/reload`: rereads the config file and every PSK file and applies
+    /// whatever can change without a restart, all or nothing: a config that does not load, a
+    /// PSK file that is bad, or a change that needs a restart leaves everything as it was.
+    /// New RAM keys adopt the cluster's value when a peer already has one; only a key no
+    /// member has yet is generated here. Returns the PSKs whose content changed and one line
+    /// per configuration change.
+    func reload() throws(NodeError) -> (changedFileKeys: [KeyRef], changes: ConfigChanges) {
+        let current = state.config
+        let new: ClusterConfig
+        do { new = try ClusterConfig.load(path: current.configFile, node: current.nodeName) } catch {
+            throw .reloadRefused(error.description)
+        }
+        let changes = ConfigChanges(from: current, to: new)
+        guard changes.needsRestart.isEmpty else {
+            throw .reloadRefused("these changes need a restart: " + changes.needsRestart.joined(separator: "; "))
+        }
+        let layout = KeyLayout(new)
+        let fileKeys: [KeyRef: FileKey]
+        do { fileKeys = try state.readFileKeys(for: layout) } catch {
+            throw .reloadRefused((error as? ConfigError)?.description ?? "\(error)")
+        }
+        let result = state.reconfigure(to: layout, fileKeys: fileKeys)
+        publish(StoreDelta(pskFingerprints: result.declarations))
+        for ref in result.forgotten { logger.info("\(ref): no member declares this ram key any more; its versions are forgotten and zeroed") }
+        if state.isReady {
+            let minted = try state.mintMissingKeys()
+            publish(minted)
+            for ref in minted.keyVersions.keys.sorted() { logger.info("\(ref): new ram key generated (no member had it)") }
+        }
+        for handler in reconfigurationHandlers.withLock({ $0 }) { handler(new, changes) }
+        if !changes.summary.isEmpty { logger.notice("reloaded the config: \(changes.summary.joined(separator: "; "))") }
+        return (result.changedFileKeys, changes)
     }
 
     /// Housekeeping: versions past their grace period are dropped and their secrets zeroed.
@@ -171,7 +204,8 @@ extension NodeOperations: ClusterReplica {
     /// Key versions and PSK fingerprints live in memory only: applied at once. Certificate
     /// records are persisted first, on the registry writer (see `persistPeerRecords`).
     func applyRemote(_ wire: WireDelta, from node: String, completion: @escaping @Sendable (WireDelta) -> Void) {
-        let keys = state.mergeRemoteKeys(wire)
+        let (keys, forgotten) = state.mergeRemoteKeys(wire)
+        for ref in forgotten { logger.info("\(ref): no member declares this ram key any more; its versions are forgotten and zeroed") }
         for ref in keys.primaryChanged {
             let primary = state.primaryVersionID(ref)
             logger.info("\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")

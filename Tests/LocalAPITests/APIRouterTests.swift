@@ -56,7 +56,7 @@ final class APIRouterTests: XCTestCase {
                                     events: EventHub(nodeName: state.nodeName, logger: logger), logger: logger, metrics: NodeMetrics(registry: nil))
         let published = self.published
         operations.attachPublisher { wire in published.deltas.withLock { $0.append(wire) } }
-        router = APIRouter(node: operations, environment: Environment(node: state.nodeName), acl: config.accessControl(daemonUID: 0))
+        router = APIRouter(node: operations, environment: Environment(node: state.nodeName), daemonUID: 0)
     }
 
     override func tearDown() async throws {
