@@ -129,13 +129,13 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LocalAPITests", dependencies: [
-            "LocalAPI", "KeystoreNode", "KeystoreClient",
+            "LocalAPI", "KeystoreNode", "KeystoreClient", "KeystoreAPI", "RegistryDatabase", "PeerWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "KeystoreAPI", "KeystoreJSON", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl"]),
     ]
 )
