@@ -671,9 +671,9 @@ enum Output {
     }
 
     static func removal(_ verb: String, _ answer: CertificateRemovalResponse) -> String {
-        var line = "\(verb) certificate \(answer.name) of \(answer.user)"
-        // Two nodes may have accepted the same name concurrently: every such entry is removed.
-        if answer.certs.count > 1 { line += " (\(answer.certs.count) entries)" }
+        var line = "\(verb) certificate \(answer.entry.name) for \(answer.entry.jids.joined(separator: ", "))"
+        // Two nodes may have accepted the same name concurrently: every such certificate is removed.
+        if answer.certs.count > 1 { line += " (\(answer.certs.count) certificates of that name)" }
         return line
     }
 

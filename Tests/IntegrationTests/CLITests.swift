@@ -39,7 +39,7 @@ final class CLITests: ClusterTestCase {
 
         let revoke = try ctl(socket, ["certs", "revoke", "first.com", "frank", "laptop"])
         XCTAssertEqual(revoke.status, 0, revoke.output)
-        XCTAssertEqual(revoke.output, "revoked certificate laptop of frank@first.com\n")
+        XCTAssertEqual(revoke.output, "revoked certificate laptop for frank@first.com\n")
         let active = try ctl(socket, ["certs", "list", "first.com", "frank"])
         XCTAssertFalse(active.output.contains("laptop"), active.output)
         let all = try ctl(socket, ["certs", "list", "--all", "first.com", "frank"])

@@ -26,7 +26,7 @@ final class KeystoreClientTests: XCTestCase {
             case ("GET", "/v1/domains/first.com/users/alice/certs"):
                 return Canned.json(200, #"{"user":"alice@first.com","certs":["# + Self.entryJSON(state: "active") + "]}")
             case ("POST", "/v1/domains/first.com/users/alice/certs/laptop/revoke"):
-                return Canned.json(200, #"{"user":"alice@first.com","name":"laptop","certs":["# + Self.entryJSON(state: "revoked") + "]}")
+                return Canned.json(200, Self.removalJSON(states: ["revoked"]))
             case ("POST", "/v1/domains/first.com/sasl-external"):
                 return Canned.json(200, #"{"jid":"alice@first.com","name":"laptop","fingerprint_sha256":"abcd","no_cert_management":false,"not_after":"2027-01-01T00:00:00.000Z"}"#)
             case ("POST", "/v1/reload"): return Canned.json(200, #"{"reloaded":true,"changed":["first.com/psk"]}"#)
@@ -85,6 +85,11 @@ final class KeystoreClientTests: XCTestCase {
         #"{"name":"\#(name)","fingerprint_sha256":"abcd","not_before":"2026-01-01T00:00:00.000Z","not_after":"2027-01-01T00:00:00.000Z","#
             + #""jids":["alice@first.com"],"no_cert_management":false,"added":"2026-06-01T00:00:00.000Z","state":"\#(state)""#
             + (state == "revoked" ? "" : #","certificate":"MIIB""#) + "}"
+    }
+
+    /// A disable/revoke answer: the first entry's fields plus `certs` with every entry removed.
+    static func removalJSON(states: [String]) -> String {
+        String(entryJSON(state: states[0]).dropLast()) + #","certs":["# + states.map { entryJSON(state: $0) }.joined(separator: ",") + "]}"
     }
 
     static func entry(state: CertificateState, name: String = "laptop") -> CertificateEntry {
@@ -211,16 +216,15 @@ final class KeystoreClientTests: XCTestCase {
             }
         case .disableCert:
             return RouteExchange(method: "POST", path: "/v1/domains/first.com/users/alice/certs/laptop/disable", answer: ok(
-                #"{"user":"alice@first.com","name":"laptop","certs":["# + Self.entryJSON(state: "disabled") + "]}")) {
+                Self.removalJSON(states: ["disabled"]))) {
                 XCTAssertEqual(try $0.disableCert(domain: "first.com", user: "alice", name: "laptop"),
-                               CertificateRemovalResponse(user: "alice@first.com", name: "laptop", certs: [Self.entry(state: .disabled)]))
+                               CertificateRemovalResponse(certs: [Self.entry(state: .disabled)]))
             }
         case .revokeCert:
             return RouteExchange(method: "POST", path: "/v1/domains/first.com/users/alice/certs/laptop/revoke", answer: ok(
-                #"{"user":"alice@first.com","name":"laptop","certs":["# + Self.entryJSON(state: "revoked") + "," + Self.entryJSON(state: "revoked") + "]}")) {
+                Self.removalJSON(states: ["revoked", "revoked"]))) {
                 XCTAssertEqual(try $0.revokeCert(domain: "first.com", user: "alice", name: "laptop"),
-                               CertificateRemovalResponse(user: "alice@first.com", name: "laptop",
-                                                          certs: [Self.entry(state: .revoked), Self.entry(state: .revoked)]))
+                               CertificateRemovalResponse(certs: [Self.entry(state: .revoked), Self.entry(state: .revoked)]))
             }
         case .revokeAllCerts:
             return RouteExchange(method: "POST", path: "/v1/domains/first.com/users/alice/certs/revoke-all", answer: ok(

@@ -229,10 +229,9 @@ final class KeystorectlTests: XCTestCase {
             case ("POST", "/v1/domains/first.com/users/alice%40first.com/certs"):
                 return .bytes(Canned.response(201, "Created", body: KeystoreClientTests.entryJSON(state: "active", name: "stored-name")))
             case ("POST", "/v1/domains/first.com/users/alice%40first.com/certs/laptop/revoke"):
-                return Canned.json(200, #"{"user":"alice@first.com","name":"laptop","certs":["#
-                    + KeystoreClientTests.entryJSON(state: "revoked") + "," + KeystoreClientTests.entryJSON(state: "revoked") + "]}")
+                return Canned.json(200, KeystoreClientTests.removalJSON(states: ["revoked", "revoked"]))
             case ("POST", "/v1/domains/first.com/users/alice/certs/laptop/disable"):
-                return Canned.json(200, #"{"user":"alice@first.com","name":"laptop","certs":["# + KeystoreClientTests.entryJSON(state: "disabled") + "]}")
+                return Canned.json(200, KeystoreClientTests.removalJSON(states: ["disabled"]))
             case ("POST", "/v1/reload"):
                 return Canned.json(200, #"{"reloaded":true,"changed":["first.com/provision_pre_shared"],"config":["domain second.com added"],"message":"never shown"}"#)
             case ("POST", "/v1/domains/FIRST.com/keys/token_secret/rotate"):
@@ -255,10 +254,10 @@ final class KeystorectlTests: XCTestCase {
 
         (code, out, err) = try ctl(["certs", "revoke", "first.com", "alice@first.com", "laptop"])
         XCTAssertEqual(code, 0, err)
-        XCTAssertEqual(out, "revoked certificate laptop of alice@first.com (2 entries)\n")
+        XCTAssertEqual(out, "revoked certificate laptop for alice@first.com (2 certificates of that name)\n")
         (code, out, err) = try ctl(["certs", "disable", "first.com", "alice", "laptop"])
         XCTAssertEqual(code, 0, err)
-        XCTAssertEqual(out, "disabled certificate laptop of alice@first.com\n")
+        XCTAssertEqual(out, "disabled certificate laptop for alice@first.com\n")
 
         (code, out, err) = try ctl(["reload"])
         XCTAssertEqual(code, 0, err)
