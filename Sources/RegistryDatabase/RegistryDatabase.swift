@@ -134,36 +134,29 @@ public final class RegistryDatabase {
 
     /// Every stored record (registrations and tombstones), ordered by (domain, user, sha256).
     public func loadAll() throws(RegistryDatabaseError) -> [StoredCertificate] {
-        guard db != nil, let statements else {
-            throw .cannotOpen(path: path, reason: "the database was closed; open it again to read")
-        }
-        let stmt = statements.selectAll
-        defer { sqlite3_reset(stmt) }
-        sqlite3_reset(stmt)
-        var result: [StoredCertificate] = []
-        while true {
-            let rc = sqlite3_step(stmt)
-            if rc == SQLITE_DONE { break }
-            guard rc == SQLITE_ROW else { throw readError(rc, what: "read records") }
-            result.append(try decodeRow(stmt))
-        }
-        return result
+        try readRows(\.selectAll, what: "read records") { stmt throws(RegistryDatabaseError) in try decodeRow(stmt) }
     }
 
     /// Every stored refresh-token sequence floor, ordered by (domain, user).
     public func loadTokenSequenceFloors() throws(RegistryDatabaseError) -> [StoredTokenSequenceFloor] {
+        try readRows(\.selectFloors, what: "read token floors") { stmt throws(RegistryDatabaseError) in try decodeFloorRow(stmt) }
+    }
+
+    /// Steps one prepared SELECT to the end, decoding each row.
+    private func readRows<Row>(_ statement: KeyPath<Statements, OpaquePointer>, what: String,
+                               _ decode: (OpaquePointer) throws(RegistryDatabaseError) -> Row) throws(RegistryDatabaseError) -> [Row] {
         guard db != nil, let statements else {
             throw .cannotOpen(path: path, reason: "the database was closed; open it again to read")
         }
-        let stmt = statements.selectFloors
+        let stmt = statements[keyPath: statement]
         defer { sqlite3_reset(stmt) }
         sqlite3_reset(stmt)
-        var result: [StoredTokenSequenceFloor] = []
+        var result: [Row] = []
         while true {
             let rc = sqlite3_step(stmt)
             if rc == SQLITE_DONE { break }
-            guard rc == SQLITE_ROW else { throw readError(rc, what: "read token floors") }
-            result.append(try decodeFloorRow(stmt))
+            guard rc == SQLITE_ROW else { throw readError(rc, what: what) }
+            result.append(try decode(stmt))
         }
         return result
     }
