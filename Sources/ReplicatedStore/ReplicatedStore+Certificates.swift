@@ -143,19 +143,13 @@ extension ReplicatedStore {
     }
 
     /// Start-up path: joins records read from the local database into the store. Same join as
-    /// `merge`, but nothing is reported as news, since this is not news to gossip. Returns the
-    /// records whose stored form is stale because the join compacted them (rows written before
-    /// compaction existed), so the shell can rewrite those rows; expired records are left to
-    /// the shell's first `expireCertificates` call, which reports them for deletion.
-    @discardableResult
-    public mutating func loadCertificates(_ records: [CertificateRecord]) -> [CertificateRecord] {
+    /// `merge`, but nothing is reported, since this is not news to gossip or persist again.
+    /// Rows written before compaction existed come back compacted (a revoked record with its
+    /// DER): the shell finds them with `record.compacted() != record` to rewrite them, and
+    /// leaves expired records to its first `expireCertificates` call, which reports them.
+    public mutating func loadCertificates(_ records: [CertificateRecord]) {
         reserveCertificateCapacity(records.count)
-        var compacted: [CertificateRecord] = []
-        for record in records {
-            let stored = applyCertificate(record).changedTo ?? certEntries[record.id]?.record
-            if let stored, stored.content?.der != record.content?.der { compacted.append(stored) }
-        }
-        return compacted
+        for record in records { applyCertificate(record) }
     }
 
     // MARK: Internals

@@ -59,7 +59,7 @@ final class CompactionTests: XCTestCase {
         XCTAssertEqual(add.compacted(), add, "a live record is not compacted")
     }
 
-    func testRevokingByNameReturnsCompactedRecordsAndLoadReportsStaleRows() {
+    func testRevokingByNameReturnsCompactedRecordsAndLoadCompactsOldRows() {
         var s = ReplicatedStore(graceMillis: 1)
         _ = s.appendCertificate(certID(alice, 1), content("phone", added: 1, origin: "n1"))
         let revoked = s.removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .revoked,
@@ -67,14 +67,18 @@ final class CompactionTests: XCTestCase {
         XCTAssertEqual(revoked.map { $0.content?.der }, [[]], "what the shell persists and gossips is compact")
 
         // A database written before compaction holds the DER of revoked rows: loading compacts
-        // them and reports them for rewriting; live and disabled rows are not reported.
+        // them (the shell spots such rows with `compacted() != record`); live and disabled rows
+        // keep their DER.
         let oldRevokedRow = record(certID(alice, 1), content("phone", added: 1, origin: "n1"), removal(.revoked, 2, "n1"))
         let disabledRow = record(certID(alice, 2), content("laptop", added: 1, origin: "n1"), removal(.disabled, 2, "n1"))
         let liveRow = record(certID(alice, 3), content("tablet", added: 1, origin: "n1"))
         var restarted = ReplicatedStore(graceMillis: 1)
-        let stale = restarted.loadCertificates([oldRevokedRow, disabledRow, liveRow])
-        XCTAssertEqual(stale, [oldRevokedRow.compacted()])
+        restarted.loadCertificates([oldRevokedRow, disabledRow, liveRow])
+        XCTAssertEqual([oldRevokedRow, disabledRow, liveRow].filter { $0.compacted() != $0 }.map(\.id), [certID(alice, 1)])
         XCTAssertEqual(restarted.certificate(certID(alice, 1)), s.certificate(certID(alice, 1)))
+        XCTAssertEqual(restarted.certificate(certID(alice, 1)), oldRevokedRow.compacted())
+        XCTAssertEqual(restarted.certificate(certID(alice, 2)), disabledRow)
+        XCTAssertEqual(restarted.certificate(certID(alice, 3)), liveRow)
     }
 
     /// Pins the encoding of a compacted record: digests are compared between processes and
