@@ -136,13 +136,17 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LocalAPITests", dependencies: [
-            "LocalAPI", "KeystoreNode", "KeystoreClient",
+            "LocalAPI", "KeystoreNode", "KeystoreClient", "KeystoreAPI", "RegistryDatabase", "PeerWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl"]),
+        // End to end with Debian's Prosody running integrations/prosody and slixmpp clients, against
+        // real keystored nodes. NodeHarness.swift and UserCertificates.swift are symlinks to the
+        // IntegrationTests files (one harness, compiled into both targets).
+        .testTarget(name: "ProsodyIntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
     ]
 )
