@@ -109,11 +109,6 @@ extension ReplicatedStore {
 
     // MARK: Queries
 
-    /// The stored record of one certificate, if any.
-    public func certificate(_ id: CertificateID) -> CertificateRecord? {
-        certEntries[id]?.record
-    }
-
     /// Every record of the user, removed ones and bare tombstones included (the shell needs
     /// them to refuse re-registering a removed certificate), sorted by (added, id); bare
     /// tombstones, having no add time, come last by id.
@@ -158,14 +153,18 @@ extension ReplicatedStore {
     }
 
     /// What `merge` would change for these records, without changing anything: the merged
-    /// value of each record that would differ, once per id. The node persists exactly these
-    /// before applying them (persist, then apply).
-    public func certificateChanges(_ incoming: [CertificateRecord]) -> [CertificateRecord] {
+    /// (and compacted) value of each record that would differ, once per id. The node persists
+    /// exactly these before applying them (persist, then apply). With `nowMillis` (the time the
+    /// merge will use), records the merge refuses because their certificate has expired are
+    /// left out too; a held record that merge then forgets shows up in its
+    /// `certificatesForgotten`, for deleting the row after applying.
+    public func certificateChanges(_ incoming: [CertificateRecord], nowMillis: UInt64? = nil) -> [CertificateRecord] {
         var after: [CertificateID: CertificateRecord] = [:]
         var order: [CertificateID] = []
         for record in incoming where record.content != nil || record.removal != nil {
+            if let nowMillis, let content = record.content, content.isForgettable(atMillis: nowMillis) { continue }
             let current = after[record.id] ?? certEntries[record.id]?.record
-            let merged = current.map { $0.merged(with: record) } ?? record
+            let merged = current.map { $0.merged(with: record) } ?? record.compacted()
             guard merged != current else { continue }
             if after[record.id] == nil { order.append(record.id) }
             after[record.id] = merged

@@ -16,7 +16,17 @@
 public struct ReplicatedStore: Sendable, Equatable {
     /// Changed only by a config reload (`grace_period_s`); nodes of one cluster should agree on
     /// it, or a version one node already expired keeps coming back in repairs until they do.
-    public var graceMillis: UInt64
+    /// A change recomputes each key's cached earliest expiry.
+    public var graceMillis: UInt64 {
+        didSet {
+            guard graceMillis != oldValue else { return }
+            for key in multiVersionKeys {
+                if let versions = keys[key]?.versions {
+                    keys[key]?.nextExpiryMillis = Self.nextExpiry(versions, grace: graceMillis)
+                }
+            }
+        }
+    }
     public let bucketCount: Int
 
     private struct KeyEntry: Sendable, Equatable {
@@ -208,7 +218,7 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// the shell can zero the secrets.
     public mutating func forgetKey(_ key: KeyRef) -> [VersionID] {
         guard let previous = keys[key]?.versions else { return [] }
-        install(key, [], previous: previous)
+        install(key, [], added: [], removed: previous)
         return previous.map(\.id)
     }
 

@@ -39,18 +39,18 @@ final class CompactionTests: XCTestCase {
         compactContent.der = []
         let expected = record(id, compactContent, removal(.revoked, 200, "n3"))
         for s in stores {
-            XCTAssertEqual(s.certificate(id), expected, "fingerprint, name, validity, JIDs and removal stay; the DER goes")
+            XCTAssertEqual(s.certificateRecord(id), expected, "fingerprint, name, validity, JIDs and removal stay; the DER goes")
             XCTAssertEqual(s, stores[0])
             XCTAssertEqual(s.rootDigest(), stores[0].rootDigest())
         }
         // A disabled record keeps its DER: XEP-0257 still lists it with its certificate.
         var disabled = ReplicatedStore(graceMillis: 1)
         _ = disabled.merge(StoreDelta(certificates: [add, disable]), nowMillis: 0)
-        XCTAssertEqual(disabled.certificate(id)?.content?.der, der)
+        XCTAssertEqual(disabled.certificateRecord(id)?.content?.der, der)
         // Revoking it by name compacts it.
         _ = disabled.merge(StoreDelta(certificates: [revokeBare]), nowMillis: 0)
-        XCTAssertEqual(disabled.certificate(id)?.content?.der, [])
-        XCTAssertEqual(disabled.certificate(id)?.content?.notAfterMillis, 4_000_000_000_000)
+        XCTAssertEqual(disabled.certificateRecord(id)?.content?.der, [])
+        XCTAssertEqual(disabled.certificateRecord(id)?.content?.notAfterMillis, 4_000_000_000_000)
 
         // The record-level join compacts too, and compaction commutes with it.
         XCTAssertEqual(add.merged(with: revokeBare), expected)
@@ -75,10 +75,26 @@ final class CompactionTests: XCTestCase {
         var restarted = ReplicatedStore(graceMillis: 1)
         restarted.loadCertificates([oldRevokedRow, disabledRow, liveRow])
         XCTAssertEqual([oldRevokedRow, disabledRow, liveRow].filter { $0.compacted() != $0 }.map(\.id), [certID(alice, 1)])
-        XCTAssertEqual(restarted.certificate(certID(alice, 1)), s.certificate(certID(alice, 1)))
-        XCTAssertEqual(restarted.certificate(certID(alice, 1)), oldRevokedRow.compacted())
-        XCTAssertEqual(restarted.certificate(certID(alice, 2)), disabledRow)
-        XCTAssertEqual(restarted.certificate(certID(alice, 3)), liveRow)
+        XCTAssertEqual(restarted.certificateRecord(certID(alice, 1)), s.certificateRecord(certID(alice, 1)))
+        XCTAssertEqual(restarted.certificateRecord(certID(alice, 1)), oldRevokedRow.compacted())
+        XCTAssertEqual(restarted.certificateRecord(certID(alice, 2)), disabledRow)
+        XCTAssertEqual(restarted.certificateRecord(certID(alice, 3)), liveRow)
+    }
+
+    /// The node persists `certificateChanges` before it merges: compacted like the merge
+    /// stores them, and without what the merge refuses as expired.
+    func testCertificateChangesPlanWhatTheMergeStores() {
+        let id = certID(alice, 1), expired = certID(alice, 2)
+        let add = record(id, content("phone", added: 100, origin: "n1"))
+        let revoke = record(id, nil, removal(.revoked, 200, "n3"))
+        let old = record(expired, content("old", added: 1, origin: "n1", notAfter: 0))
+        var s = ReplicatedStore(graceMillis: 1)
+        let now = UInt64(margin) + 1
+        let planned = s.certificateChanges([add, revoke, old], nowMillis: now)
+        XCTAssertEqual(planned, [add.merged(with: revoke)])
+        XCTAssertEqual(planned.first?.content?.der, [])
+        XCTAssertEqual(s.certificateChanges([add, revoke, old]).map(\.id), [id, expired], "without a time nothing is refused")
+        XCTAssertEqual(s.merge(StoreDelta(certificates: [add, revoke, old]), nowMillis: now).certificatesChanged, planned)
     }
 
     /// Pins the encoding of a compacted record: digests are compared between processes and
@@ -147,12 +163,12 @@ final class CompactionTests: XCTestCase {
         var s = ReplicatedStore(graceMillis: 1)
         _ = s.merge(StoreDelta(certificates: [bare]), nowMillis: 0)
         XCTAssertEqual(s.expireCertificates(nowMillis: UInt64.max), [], "no validity, never forgotten on its own")
-        XCTAssertEqual(s.certificate(id), bare)
+        XCTAssertEqual(s.certificateRecord(id), bare)
 
         var completed = s
         let joined = completed.merge(StoreDelta(certificates: [full]), nowMillis: 5)
         XCTAssertEqual(joined.certificatesChanged.map(\.id), [id])
-        XCTAssertEqual(completed.certificate(id)?.content?.der, [], "completed and compacted")
+        XCTAssertEqual(completed.certificateRecord(id)?.content?.der, [], "completed and compacted")
         XCTAssertEqual(completed.expireCertificates(nowMillis: forgetAt), [id])
         XCTAssertEqual(completed, ReplicatedStore(graceMillis: 1))
 

@@ -100,7 +100,10 @@ final class MergeLawTests: XCTestCase {
                 var r = ReplicatedStore(graceMillis: grace, bucketCount: 8)
                 for d in deltas.shuffled(using: &rng) {
                     let before = r
+                    let planned = before.certificateChanges(d.certificates, nowMillis: now)
                     let out = r.merge(d, nowMillis: now)
+                    // The node persists `certificateChanges` before merging: exactly what the merge changes.
+                    XCTAssertEqual(planned, out.certificatesChanged, ctx)
                     // `forwardable` carries the whole change and only input records.
                     var replay = before
                     _ = replay.merge(out.forwardable, nowMillis: now)
@@ -237,7 +240,9 @@ final class MergeLawTests: XCTestCase {
                 var r = ReplicatedStore(graceMillis: grace, bucketCount: 8)
                 for d in deltas.shuffled(using: &rng) {
                     let before = r
+                    let planned = before.certificateChanges(d.certificates, nowMillis: finalNow)
                     let out = r.merge(d, nowMillis: finalNow)
+                    XCTAssertEqual(planned, out.certificatesChanged, ctx)
                     XCTAssertTrue(out.certificatesForgotten.isEmpty, "nothing held is expired at a fixed time; \(ctx)")
                     XCTAssertEqual(before == r, before.rootDigest() == r.rootDigest(), ctx)
                     refusedOnArrival += d.certificates.filter { $0.content?.isForgettable(atMillis: finalNow) ?? false }.count
@@ -269,7 +274,7 @@ final class MergeLawTests: XCTestCase {
                     if Bool.random(using: &rng) {
                         let forgotten = r.expireCertificates(nowMillis: now)
                         forgottenSeen += forgotten.count
-                        XCTAssertTrue(forgotten.allSatisfy { r.certificate($0) == nil }, ctx)
+                        XCTAssertTrue(forgotten.allSatisfy { r.certificateRecord($0) == nil }, ctx)
                     }
                 }
                 let forgotten = r.expireCertificates(nowMillis: finalNow)
