@@ -76,15 +76,6 @@ extension ReplicatedStore {
         return records
     }
 
-    /// The 0.1.0 single-record form of `removeCertificates`. It removes every live record of
-    /// the name (the rule above) but returns only the first, so a caller persisting the
-    /// result would persist only that one.
-    @available(*, deprecated, message: "returns one of possibly several removed records; use removeCertificates")
-    public mutating func removeCertificate(domain: String, user: String, name: String, kind: RemovalKind,
-                                           stamp: HLCTimestamp, origin: NodeID) -> CertificateRecord? {
-        removeCertificates(domain: domain, user: user, name: name, kind: kind, stamp: stamp, origin: origin).first
-    }
-
     /// Forgets every record whose certificate expired more than
     /// `certificateRetentionAfterExpiryMillis` before `nowMillis` (rule 2 above) and returns
     /// their ids, sorted, for the shell to delete from its database. Costs O(1) while nothing

@@ -267,19 +267,6 @@ final class CertificateTests: XCTestCase {
         XCTAssertEqual(n2.liveCertificates(domain: "first.com", user: alice).map(\.id), [other])
     }
 
-    /// The 0.1.0 API applies the new rule too (it removes every live record of the name) and
-    /// returns the first of them; it stays only until the node calls `removeCertificates`.
-    @available(*, deprecated)
-    func testDeprecatedSingleRecordRemovalAppliesTheNewRule() {
-        var s = ReplicatedStore(graceMillis: 1)
-        _ = s.appendCertificate(certID(alice, 1), certContent("phone", added: ts(1), origin: "n1"))
-        _ = s.appendCertificate(certID(alice, 2), certContent("phone", added: ts(2), origin: "n2"))
-        let first = s.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .revoked,
-                                        stamp: ts(3), origin: "n1")
-        XCTAssertEqual(first?.id, certID(alice, 1))
-        XCTAssertEqual(s.liveCertificates(domain: "first.com", user: alice), [])
-    }
-
     func testAppendListLoadAndRecordJoinEdgeCases() {
         var s = ReplicatedStore(graceMillis: 1)
         let a = certID(alice, 1), b = certID(alice, 2)
