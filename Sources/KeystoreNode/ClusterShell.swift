@@ -1,3 +1,4 @@
+import KeystoreAPI
 import KeystoreConfig
 import Logging
 import Membership
@@ -283,7 +284,7 @@ final class ClusterLoop {
         let id = ObjectIdentifier(channel)
         slots.leave(id)
         unadmitted[id] = nil
-        if hello.answersOnDialedConnection {
+        if identity.features.answersOnDialedConnection {
             // Gated on the dialer's version: a 0.1.0 dialer closes a dialed connection on which
             // anything arrives, so it keeps getting our messages over our own dial (rolling
             // upgrades from 0.1.0 keep working).
@@ -316,7 +317,8 @@ final class ClusterLoop {
             logger.warning("peer \(hello.node): \(error); closing")
             return nil
         }
-        let identity = PeerIdentity(node: hello.node, instance: hello.instance, address: hello.address, softwareVersion: hello.softwareVersion)
+        let identity = PeerIdentity(node: hello.node, instance: hello.instance, address: hello.address, softwareVersion: hello.softwareVersion,
+                                    features: PeerWireFeatures(peerSoftwareVersion: hello.softwareVersion))
         if identities[hello.node]?.instance != hello.instance {
             logger.info("peer \(hello.node) connected (instance \(hello.instance), version \(hello.softwareVersion))")
         }
@@ -452,16 +454,18 @@ final class ClusterLoop {
 
     // MARK: Sending
 
-    private func encode(_ message: PeerMessage) -> ByteBuffer {
+    /// `features`: what the receiving peer decodes; until its hello says, what 0.1.0 does
+    /// (sending an older peer less is safe, anti-entropy fills in the rest later).
+    private func encode(_ message: PeerMessage, for features: PeerWireFeatures = .version0_1) -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: 256)
-        PeerFrameCodec.encode(message, into: &buffer)
+        PeerFrameCodec.encode(message, into: &buffer, for: features)
         return buffer
     }
 
     /// Sends on the path to `node`, or queues (bounded in bytes) and dials.
     private func send(_ message: PeerMessage, to node: String) {
         guard !stopped, peers[node] != nil else { return }
-        let frame = encode(message)
+        let frame = encode(message, for: identities[node]?.features ?? .version0_1)
         metrics.gossip(direction: "out", type: message.kindLabel, bytes: frame.readableBytes)
         var link = links[node] ?? PeerLinks()
         if let path = link.path {
@@ -616,7 +620,7 @@ final class ClusterLoop {
         func wall(_ mono: UInt64) -> UInt64 { wallNow - min(wallNow, monoNow - min(monoNow, mono)) }
         var members = [ClusterStatus.Member(node: replica.nodeName, address: me.peerAddress, state: "alive",
                                             lastContactMillis: wallNow, version: keystoreVersion,
-                                            sync: replication.localSyncState)]
+                                            sync: replication.isReady ? .ready : .joining)]
         var alive: Set<String> = [replica.nodeName]
         var listed = Set<String>()
         for member in swim.members {
@@ -625,7 +629,7 @@ final class ClusterLoop {
                 .compactMap { $0 }.max()
             members.append(ClusterStatus.Member(node: member.node, address: member.address, state: member.status.rawValue,
                                                 lastContactMillis: contact.map(wall), version: identities[member.node]?.softwareVersion,
-                                                sync: replication.syncState(with: member.node)))
+                                                sync: syncState(with: member.node)))
             if member.status == .alive { alive.insert(member.node) }
         }
         for node in peers.keys where !listed.contains(node) {
@@ -637,6 +641,17 @@ final class ClusterLoop {
         for member in members { counts[member.state, default: 0] += 1 }
         for (state, count) in counts { metrics.gauge("keystore_members", [("state", state)], Double(count)) }
         snapshot.value = ClusterStatus(members: members, aliveNodes: alive, joinProblem: replication.joinProblem?.description)
+    }
+}
+
+extension ClusterLoop {
+    /// The replication core's view of a peer, in the API's vocabulary.
+    private func syncState(with node: String) -> SyncState {
+        switch replication.repairState(with: node) {
+        case .inSync?: return .inSync
+        case .repairing?: return .repairing
+        case nil: return .unknown
+        }
     }
 }
 

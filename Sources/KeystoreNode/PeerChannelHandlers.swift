@@ -174,4 +174,6 @@ struct PeerIdentity: Sendable {
     var instance: UInt64
     var address: String
     var softwareVersion: String
+    /// What its decoder understands and whether it takes answers on its own dial.
+    var features: PeerWireFeatures
 }

@@ -73,8 +73,8 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         var reach = Reach.unknown
         var alive = false
         var lastConnectAt: UInt64?
-        /// Anti-entropy verdict: `.inSync` or `.repairing` (nil: unknown).
-        var sync: SyncState?
+        /// Anti-entropy verdict (nil: unknown).
+        var sync: RepairState?
         var repairRequestedAt: UInt64?
         /// Our full-state answer to this peer, in progress.
         var stream: Stream?
@@ -112,9 +112,6 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     /// True once `markReady` was called: the node serves and answers state requests as ready.
     public var isReady: Bool { if case .ready = phase { return true } else { return false } }
 
-    /// `.ready` or `.joining` (a decided join is still joining until `markReady`).
-    public var localSyncState: SyncState { isReady ? .ready : .joining }
-
     /// The join's outcome once decided.
     public var joinOutcome: JoinOutcome? {
         switch phase {
@@ -124,8 +121,8 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         }
     }
 
-    /// Anti-entropy with `node`: `.inSync`, `.repairing` or `.unknown`.
-    public func syncState(with node: NodeID) -> SyncState { state[node]?.sync ?? .unknown }
+    /// Anti-entropy with `node`; nil until a digest exchange (or after the member left).
+    public func repairState(with node: NodeID) -> RepairState? { state[node]?.sync }
 
     /// Whether a usable connection to `node` was last reported.
     public func isLinked(_ node: NodeID) -> Bool { state[node]?.linkUp ?? false }

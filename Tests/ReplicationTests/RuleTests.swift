@@ -92,7 +92,7 @@ final class RuleTests: XCTestCase {
         // Peers without a connection are dialled again at the redial interval.
         XCTAssertEqual(summary(instance.tick(nowMillis: 400, random: &random, replica: empty)), [])
         XCTAssertEqual(summary(instance.tick(nowMillis: 500, random: &random, replica: empty)), ["connect→node3", "connect→node4"])
-        XCTAssertEqual(instance.localSyncState, .joining)
+        XCTAssertFalse(instance.isReady)
     }
 
     func testAdoptionWaitsForEveryMergeIssuedBeforeTheDecidingSyncDone() {
@@ -192,7 +192,7 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node3", nowMillis: 21, replica: state)), [], "held, not refused")
         _ = instance.linkChanged("node3", .up, nowMillis: 22)
         XCTAssertEqual(summary(instance.markReady(nowMillis: 30, replica: state)), ["sync→node3"])
-        XCTAssertEqual(instance.localSyncState, .ready)
+        XCTAssertTrue(instance.isReady)
     }
 
     // MARK: Streaming
@@ -252,19 +252,19 @@ final class RuleTests: XCTestCase {
         var instance = readyInstance()
         let mine = replica()
         XCTAssertEqual(summary(instance.receive(.digest(root: mine.rootDigest), from: "node2", nowMillis: 10, replica: mine)), [])
-        XCTAssertEqual(instance.syncState(with: "node2"), .inSync)
+        XCTAssertEqual(instance.repairState(with: "node2"), .inSync)
         XCTAssertEqual(summary(instance.receive(.digest(root: 42), from: "node2", nowMillis: 20, replica: mine)), ["buckets→node2"])
-        XCTAssertEqual(instance.syncState(with: "node2"), .repairing)
+        XCTAssertEqual(instance.repairState(with: "node2"), .repairing)
         XCTAssertEqual(summary(instance.receive(.digest(root: 42), from: "node2", nowMillis: 1_020, replica: mine)), [], "one at a time")
         XCTAssertEqual(summary(instance.receive(.digest(root: 42), from: "node3", nowMillis: 1_030, replica: mine)), ["buckets→node3"], "per peer")
         // The reply ends the repair; the next differing digest may start another at once.
         _ = instance.receive(.delta(StoreDelta(), purpose: .repairReply), from: "node2", nowMillis: 1_100, replica: mine)
-        XCTAssertEqual(instance.syncState(with: "node2"), .inSync)
+        XCTAssertEqual(instance.repairState(with: "node2"), .inSync)
         XCTAssertEqual(summary(instance.receive(.digest(root: 43), from: "node2", nowMillis: 1_200, replica: mine)), ["buckets→node2"])
         // A repair that is never answered may be asked again after the cooldown.
         XCTAssertEqual(summary(instance.receive(.digest(root: 44), from: "node2", nowMillis: 6_199, replica: mine)), [])
         XCTAssertEqual(summary(instance.receive(.digest(root: 44), from: "node2", nowMillis: 6_200, replica: mine)), ["buckets→node2"])
-        XCTAssertEqual(instance.syncState(with: "node4"), .unknown)
+        XCTAssertNil(instance.repairState(with: "node4"))
     }
 
     func testBucketDigestsAreAnsweredWithTheDifferingBucketsAndARepairWithOurs() {

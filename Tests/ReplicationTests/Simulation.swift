@@ -199,11 +199,12 @@ final class ReplicationSimulation {
     func revoke(user: String, name certificateName: String, on name: String) -> CertificateID? {
         guard var node = nodes[name], node.up, node.ready else { return nil }
         let stamp = node.clock.now(wallMillis: wall(node))
-        guard let record = node.store.removeCertificate(domain: "first.com", user: user, name: certificateName, kind: .revoked,
-                                                        stamp: stamp, origin: name) else { return nil }
-        disks[name, default: [:]][record.id] = record
+        let records = node.store.removeCertificates(domain: "first.com", user: user, name: certificateName, kind: .revoked,
+                                                    stamp: stamp, origin: name)
+        guard let record = records.first else { return nil }
+        for record in records { disks[name, default: [:]][record.id] = record }
         nodes[name] = node
-        localChange(StoreDelta(certificates: [record]), on: name)
+        localChange(StoreDelta(certificates: records), on: name)
         return record.id
     }
 
