@@ -6,7 +6,7 @@ import ReplicatedStore
 /// streaming. The caller owns I/O, time, randomness and the replica itself: every input returns
 /// directives, and the replica's content is read through `ReplicaContent` only when needed.
 ///
-/// The rules (DESIGN.md "RAM keys" 2–3, "Cluster"):
+/// The rules (docs/replication.md):
 /// - **Join.** A starting node connects to every peer and asks each for its state on every new
 ///   usable connection. It adopts the state of the first *ready* peer whose `syncDone` arrives,
 ///   but finishes only when every merge issued before that `syncDone` has completed (merges are
@@ -83,6 +83,9 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         // Join bookkeeping (only while joining).
         var answer: Answer?
         var requestedOnLink = false
+        /// A state request on the current connection has not been answered yet: one at a time,
+        /// or every extra request still in flight when the answer starts costs a whole answer.
+        var awaitingAnswer = false
         var receiving = false
     }
 
@@ -218,6 +221,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
 
         case .syncDone(let ready):
             state[node]?.receiving = false
+            state[node]?.awaitingAnswer = false
             guard case .joining(var join) = phase, join.startedAt != nil, join.decision == nil else { break }
             if ready {
                 state[node]?.answer = .ready
@@ -323,6 +327,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             peer.linkUp = false
             peer.reach = .lost
             peer.requestedOnLink = false
+            peer.awaitingAnswer = false
             peer.receiving = false
             // The reply to a repair asked on that connection will not come.
             peer.repairRequestedAt = nil
@@ -348,6 +353,12 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         state[member.node]?.alive = false
         state[member.node]?.sync = nil
         state[member.node]?.repairRequestedAt = nil
+        if member.status == .dead {
+            // A state answer to a process that is gone would hold a copy of everything until
+            // it came back; its next process asks anew.
+            state[member.node]?.stream = nil
+            state[member.node]?.heldSyncRequest = false
+        }
         return []
     }
 
@@ -368,11 +379,11 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                         state[node]?.lastConnectAt = now
                         out.append(.connect(node))
                     }
-                } else if case .notReady(let at) = peer.answer, !peer.receiving, now >= at &+ settings.reaskNotReadyMillis,
-                          node == starter || now >= started &+ join.timeoutMillis {
+                } else if case .notReady(let at) = peer.answer, !peer.awaitingAnswer, !peer.receiving,
+                          now >= at &+ settings.reaskNotReadyMillis, node == starter || now >= started &+ join.timeoutMillis {
                     // The starter is generating the keys, or (past the timeout, still waiting)
                     // one that was starting may be ready now: ask again.
-                    state[node]?.answer = .notReady(at: now)
+                    state[node]?.awaitingAnswer = true
                     out.append(.send(.syncRequest, to: node))
                 }
             }
@@ -406,6 +417,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
               let peer = state[node], peer.linkUp, !peer.requestedOnLink else { return }
         if case .ready? = peer.answer { return }
         state[node]?.requestedOnLink = true
+        state[node]?.awaitingAnswer = true
         out.append(.send(.syncRequest, to: node))
     }
 
@@ -474,6 +486,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             state[node]?.answer = nil
             state[node]?.receiving = false
             state[node]?.requestedOnLink = false
+            state[node]?.awaitingAnswer = false
         }
         out.append(.joinFinished(outcome))
     }

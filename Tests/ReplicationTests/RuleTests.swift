@@ -220,6 +220,13 @@ final class RuleTests: XCTestCase {
         var sent: [String] = []
         while !instance.streamingTo.isEmpty { sent += summary(instance.pump()) }
         XCTAssertEqual(sent, Array(repeating: "sync→node2", count: 6) + ["syncDone(true)→node2"])
+        // An answer to a member that died is dropped, not kept for its return.
+        _ = instance.receive(.syncRequest, from: "node3", nowMillis: 6, replica: state)
+        XCTAssertEqual(instance.streamingTo, ["node3"])
+        _ = instance.memberChanged(member("node3", .suspect), previous: .alive, replica: state)
+        XCTAssertEqual(instance.streamingTo, ["node3"], "a suspect member keeps its transfer")
+        _ = instance.memberChanged(member("node3", .dead), previous: .suspect, replica: state)
+        XCTAssertEqual(instance.streamingTo, [])
     }
 
     // MARK: Anti-entropy
