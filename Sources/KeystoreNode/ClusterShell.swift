@@ -299,8 +299,9 @@ final class ClusterLoop {
         let id = ObjectIdentifier(channel)
         slots.leave(id)
         unadmitted[id] = nil
-        guard let node = admitted?.node, links[node]?.inbound === channel else { return }
-        links[node]?.inbound = nil
+        guard let node = admitted?.node else { return }
+        if links[node]?.inbound === channel { links[node]?.inbound = nil }
+        // Also when a newer connection from the peer replaced it as `inbound`.
         lostPath(channel, for: node)
     }
 
@@ -391,10 +392,10 @@ final class ClusterLoop {
     }
 
     func outboundClosed(node: String, channel: Channel, tlsDone: Bool, tlsFailure: PeerTLSError?, answered: Bool) {
+        lostPath(channel, for: node)
         guard links[node]?.outbound === channel else { return }
         links[node]?.outbound = nil
         links[node]?.outboundUsable = false
-        lostPath(channel, for: node)
         if !answered, let failure = tlsFailure, Self.isRefusal(failure) {
             // The peer's TLS took part and refused us (or we refused its certificate): that peer
             // cannot serve this node, however long it waits.
