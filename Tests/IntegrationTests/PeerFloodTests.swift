@@ -76,6 +76,29 @@ final class PeerFloodTests: ClusterTestCase {
         print("flood from 127.0.0.2: \(flood.openedTotal) connections opened; node1 adopted the cluster's key during it")
     }
 
+    func testPausedPeersKeepARestartingNodeWaitingAndSIGTERMEndsTheWaitWithoutAKey() throws {
+        let cluster = try makeCluster(nodes: three, joinTimeoutMillis: 1000)
+        try cluster.startAll()
+        let key = try XCTUnwrap(cluster.waitForAgreement())
+        cluster.processes["node1"]!.kill9()
+        // Frozen peers still complete TCP (the kernel accepts), but never TLS.
+        for node in ["node2", "node3"] { cluster.processes[node]!.signal(SIGSTOP) }
+        defer { for node in ["node2", "node3"] { cluster.processes[node]?.signal(SIGCONT) } }
+        let node1 = try cluster.start("node1")
+        XCTAssertFalse(watchNeverServesANewKey(cluster, key: key, seconds: 6), "node1 became ready while its peers were paused")
+        XCTAssertEqual(try node1.client.health().ready, false)
+        XCTAssertTrue(node1.log.contains("did not complete TLS"), "node1 classified the paused peers as reachable")
+        let stopping = Date()
+        node1.stop()
+        XCTAssertLessThan(Date().timeIntervalSince(stopping), 5, "SIGTERM must end the wait promptly")
+        XCTAssertTrue(node1.log.contains("no RAM key was generated"), node1.log)
+        assertNeverBootstrapped(cluster)
+        for node in ["node2", "node3"] { cluster.processes[node]!.signal(SIGCONT) }
+        try cluster.start("node1")
+        cluster.waitReady("node1", timeout: 20)
+        XCTAssertEqual(cluster.waitForAgreement(), key)
+    }
+
     func testWithEveryPeerDownTheNodeStillBootstrapsAfterTheJoinTimeoutEvenWithItsOwnPortFlooded() throws {
         let cluster = try makeCluster(nodes: three, joinTimeoutMillis: 2000)
         let flood = PeerPortFlood(ports: [cluster.ports["node1"]!], connectionsPerPort: 80, source: "127.0.0.1")
