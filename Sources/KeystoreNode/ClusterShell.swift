@@ -179,6 +179,7 @@ final class ClusterLoop {
     private var joinPromise: EventLoopPromise<JoinOutcome?>?
     private var pumpScheduled = false
     private var stopped = false
+    private var lastTick: UInt64?
 
     init(config: ClusterConfig, replica: ClusterReplica, tls: PeerTLSContext, loop: EventLoop, logger: Logger, metrics: NodeMetrics,
          settings: ClusterShell.Settings, snapshot: StatusSnapshot) {
@@ -605,6 +606,12 @@ final class ClusterLoop {
     private func tick() {
         guard !stopped else { return }
         let now = monotonicMillis()
+        if let last = lastTick, now - last > 1000 {
+            // Peers will have suspected us meanwhile; worth knowing why (CPU starvation, a
+            // blocking call on the loop, a paused process).
+            logger.warning("the cluster loop ran no timer for \(now - last) ms")
+        }
+        lastTick = now
         execute(swim.tick(nowMillis: now, random: &random))
         // The node's becomeReady (keys generated) happens outside the shell; notice it here.
         if !replication.isReady && replica.isReady {

@@ -35,20 +35,31 @@ client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 client.minimum_version = ssl.TLSVersion.TLSv1_3
 client.load_verify_locations(certs + "/ca.pem")
 client.load_cert_chain(certs + "/node3.pem", certs + "/node3.key")
-dialer = client.wrap_socket(socket.create_connection(("127.0.0.1", node1_port), timeout=30), server_hostname="node1")
-dialer.sendall(hello + sync_request)
-dialer.settimeout(None)
 on_dialer = [0]
-def drain():
-    try:
-        while True:
-            data = dialer.recv(65536)
-            if not data:
-                break
-            on_dialer[0] += len(data)
-    except Exception:
-        pass
-threading.Thread(target=drain, daemon=True).start()
+finished = threading.Event()
+asked = threading.Event()
+
+def dial():
+    # Like a node: if its connection drops before the answer is complete, it dials and asks again.
+    while not finished.is_set():
+        try:
+            dialer = client.wrap_socket(socket.create_connection(("127.0.0.1", node1_port), timeout=30), server_hostname="node1")
+            dialer.sendall(hello + sync_request)
+            asked.set()
+            dialer.settimeout(0.5)
+            while not finished.is_set():
+                try:
+                    data = dialer.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    break
+                on_dialer[0] += len(data)
+        except Exception:
+            pass
+        time.sleep(0.5)
+threading.Thread(target=dial, daemon=True).start()
+asked.wait(60)
 
 time.sleep(delay)  # node1's dials to node3 are refused meanwhile
 
@@ -63,7 +74,6 @@ listener.bind(("127.0.0.1", node3_port))
 listener.listen(16)
 deadline = time.time() + timeout
 connections = []
-finished = threading.Event()
 lock = threading.Lock()
 
 def serve(conn):
