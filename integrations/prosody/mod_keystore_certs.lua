@@ -17,7 +17,6 @@ local st = require "util.stanza";
 local async = require "util.async";
 local base64 = require "util.encodings".base64;
 local jid_split = require "util.jid".split;
-local sasl_new = require "util.sasl".new;
 local usermanager = require "core.usermanager";
 local set = require "util.set";
 
@@ -39,27 +38,7 @@ module:add_feature(xmlns_saslcert);
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
---- Background work (re-checks, retries) always gets its own runner, so its waiting never holds
---- up whoever triggered it.
-local function in_background(fn)
-	async.runner(function (f) f(); end):run(fn);
-end
-
---- Runs a stanza handler's work inside an async runner: directly when already in one (c2s
---- stanza handlers are, and waiting there pauses only that session), else in a fresh one.
-local function in_runner(fn)
-	if async.ready() then
-		return fn();
-	end
-	in_background(fn);
-end
-
---- Waits for a promise. Returns true, value or false, failure.
-local function await(p)
-	local value, failure = async.wait_for(p);
-	if value ~= nil then return true, value; end
-	return false, failure;
-end
+local in_background, in_runner, await = keystore.in_background, keystore.in_runner, keystore.await;
 
 local function user_path(username, ...)
 	return keystore.path("v1", "domains", host, "users", username, ...);
@@ -243,26 +222,17 @@ end
 --- The session's SASL handler, extended with an `external` profile function that reports the
 --- verdict our <auth/> hook obtained from the keystore (util/sasl/external.lua calls it).
 local function with_external(session, handler)
-	if handler.profile.keystore_session == session then return handler; end
-	local profile = {};
-	for key, value in pairs(handler.profile) do profile[key] = value; end
-	local mechanisms = {};
-	for name in pairs(handler.mechs or {}) do mechanisms[name] = true; end
-	mechanisms.EXTERNAL = true;
-	profile.mechanisms = mechanisms;
-	profile.keystore_session = session;
-	function profile.external()
-		local verdict = session.keystore_sasl_verdict;
-		session.keystore_sasl_verdict = nil;
-		if verdict and verdict.username then
-			session.keystore_pending_identity = verdict.identity;
-			return verdict.username, true;
-		end
-		return nil, nil; -- not-authorized
-	end
-	local extended = sasl_new(handler.realm, profile);
-	extended.userdata = handler.userdata;
-	return extended;
+	return keystore.sasl_handler_with(session, handler, "EXTERNAL", {
+		external = function ()
+			local verdict = session.keystore_sasl_verdict;
+			session.keystore_sasl_verdict = nil;
+			if verdict and verdict.username then
+				session.keystore_pending_identity = verdict.identity;
+				return verdict.username, true;
+			end
+			return nil, nil; -- not-authorized
+		end;
+	});
 end
 
 module:hook("stream-features", function (event)
@@ -566,60 +536,25 @@ module:hook("iq/host/jabber:iq:register:query", guard_registration, 10);
 -- inherit them). Pending revocations are stored, so a keystore outage or a restart delays them
 -- but never drops them.
 
-local pending_store = module:open_store("keystore_pending_revocations");
-local pending = { flushing = false, again = false, timer = nil, failures = 0 };
-
-local function flush_pending_revocations()
-	if pending.flushing then pending.again = true; return; end
-	pending.flushing = true;
-	in_background(function ()
-		repeat
-			pending.again = false;
-			local failed;
-			for username in pairs(pending_store:get(nil) or {}) do
-				local ok, result = await(client:post(user_path(username, "certs", "revoke-all")));
-				if not ok then
-					failed = true;
-					pending.failures = pending.failures + 1;
-					local delay = math.min(300, 2 ^ pending.failures);
-					module:log("warn", "Cannot revoke the certificates of deleted account %s@%s (%s); retrying in %ds",
-						username, host, keystore.describe_failure(result), delay);
-					if not pending.timer then
-						pending.timer = module:add_timer(delay, function ()
-							pending.timer = nil;
-							flush_pending_revocations();
-						end);
-					end
-					break;
-				end
-				local revoked = type(result.json.certs) == "table" and result.json.certs or {};
-				module:log("info", "Revoked %d certificate(s) of deleted account %s@%s", #revoked, username, host);
-				for _, entry in ipairs(revoked) do
-					if type(entry.fingerprint_sha256) == "string" then
-						remember_removed(username .. "@" .. host, entry.fingerprint_sha256);
-						close_sessions(entry.fingerprint_sha256, username .. "@" .. host, "revoked");
-					end
-				end
-				local current = pending_store:get(nil) or {};
-				current[username] = nil;
-				pending_store:set(nil, current);
+local pending_revocations = keystore.pending_user_requests("keystore_pending_revocations",
+	"revoke the certificates of deleted account", function (username)
+		local ok, result = await(client:post(user_path(username, "certs", "revoke-all")));
+		if not ok then return false, result; end
+		local revoked = type(result.json.certs) == "table" and result.json.certs or {};
+		module:log("info", "Revoked %d certificate(s) of deleted account %s@%s", #revoked, username, host);
+		for _, entry in ipairs(revoked) do
+			if type(entry.fingerprint_sha256) == "string" then
+				remember_removed(username .. "@" .. host, entry.fingerprint_sha256);
+				close_sessions(entry.fingerprint_sha256, username .. "@" .. host, "revoked");
 			end
-			if not failed then pending.failures = 0; end
-		until failed or not pending.again;
-		pending.flushing = false;
+		end
+		return true;
 	end);
-end
 
 module:hook_global("user-deleted", function (event)
 	if event.host ~= host then return; end
-	local current = pending_store:get(nil) or {};
-	current[event.username] = true;
-	local ok, err = pending_store:set(nil, current);
-	if not ok then
-		module:log("error", "Cannot record the pending certificate revocation of %s@%s: %s", event.username, host, tostring(err));
-	end
-	flush_pending_revocations();
+	pending_revocations.add(event.username);
 end);
 
 -- Deletions recorded before a restart or an outage.
-flush_pending_revocations();
+pending_revocations.flush();
