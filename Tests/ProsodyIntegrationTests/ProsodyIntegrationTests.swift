@@ -36,7 +36,7 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
         let listed = try alice.send("list_certs")
         XCTAssertEqual(names(listed), ["phone"])
         XCTAssertEqual(item(listed, "phone")?["x509cert"] as? String, derBase64(phone.text), "items must carry the certificate")
-        let stored = try cluster.keystore.client("node1").listCerts(domain: host, user: "alice")
+        let stored = try cluster.keystore.client("node1").listCerts(domain: host, user: "alice").certs
         XCTAssertEqual(stored.map(\.name), ["phone"])
         XCTAssertEqual(stored.first?.noCertManagement, true, "<no-cert-management/> reaches the keystore")
 
@@ -105,7 +105,7 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
         let laptop = try cluster.certificate("laptop", jids: ["alice@\(host)/laptop"])
         try alice.send("add_cert", ["name": "laptop", "pem_path": laptop.pem])
         waitUntil("node2 knows the certificate") {
-            (try? cluster.keystore.client("node2").listCerts(domain: host, user: "alice").map(\.name)) == ["laptop"]
+            (try? cluster.keystore.client("node2").listCerts(domain: host, user: "alice").certs.map(\.name)) == ["laptop"]
         }
 
         let device = try cluster.connect("laptop@B", to: cluster.b, jid: "alice@\(host)/elsewhere", certificate: laptop)
@@ -137,7 +137,7 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
         try cluster.keystore.client("node1").addCert(domain: host, user: "alice", name: "tablet", certificate: tablet.text)
         try cluster.keystore.client("node1").addCert(domain: host, user: "alice", name: "watch", certificate: watch.text)
         waitUntil("node2 knows both certificates") {
-            (try? cluster.keystore.client("node2").listCerts(domain: host, user: "alice").count) == 2
+            (try? cluster.keystore.client("node2").listCerts(domain: host, user: "alice").certs.count) == 2
         }
         let tabletOnA = try cluster.connect("tablet@A", to: cluster.a, jid: "alice@\(host)/tablet", certificate: tablet)
         tabletOnA.waitForSession()
@@ -184,7 +184,7 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
         let closed = phoneOnB.waitForEvent("stream_error")
         XCTAssertEqual(closed?["condition"] as? String, "not-authorized")
         waitUntil("the keystore has no active certificate left for bob") {
-            (try? cluster.keystore.client("node2").listCerts(domain: host, user: "bob").isEmpty) == true
+            (try? cluster.keystore.client("node2").listCerts(domain: host, user: "bob").certs.isEmpty) == true
         }
         XCTAssertTrue(cluster.a.log.contains("Revoked 1 certificate(s) of deleted account bob@\(host)"), "A logs the revocation")
     }
@@ -200,7 +200,7 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
             let certificate = try cluster.certificate(name, jids: ["alice@\(host)"])
             try cluster.keystore.client("node1").addCert(domain: host, user: "alice", name: name, certificate: certificate.text)
             waitUntil("node2 knows \(name)") {
-                (try? cluster.keystore.client("node2").listCerts(domain: host, user: "alice").contains { $0.name == name }) == true
+                (try? cluster.keystore.client("node2").listCerts(domain: host, user: "alice").certs.contains { $0.name == name }) == true
             }
             let device = try cluster.connect(name, to: cluster.a, jid: "alice@\(host)/\(name)", certificate: certificate)
             device.waitForSession()
