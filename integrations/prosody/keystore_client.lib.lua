@@ -16,6 +16,7 @@
 local server = require "net.server";
 local httpstream = require "net.http.parser";
 local async = require "util.async";
+local st = require "util.stanza";
 local json = require "util.json";
 local promise = require "util.promise";
 local urlencode = require "util.http".urlencode;
@@ -233,6 +234,47 @@ function lib.sasl_handler_with(session, handler, mechanism, fields)
 	local extended = require "util.sasl".new(handler.realm, profile);
 	extended.userdata = handler.userdata;
 	return extended;
+end
+
+local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
+
+--- For a stream-features hook running after mod_saslauth's: installs `extend(session, handler)`
+--- (which adds `mechanism` with sasl_handler_with) and lists the mechanism in <mechanisms/>.
+function lib.offer_sasl_mechanism(session, features, mechanism, extend)
+	session.sasl_handler = extend(session, session.sasl_handler);
+	local mechanisms = features:get_child("mechanisms", xmlns_sasl);
+	if not mechanisms then
+		features:add_child(st.stanza("mechanisms", { xmlns = xmlns_sasl }):text_tag("mechanism", mechanism));
+		return;
+	end
+	for offered in mechanisms:childtags("mechanism") do
+		if offered:get_text() == mechanism then return; end
+	end
+	mechanisms:text_tag("mechanism", mechanism);
+end
+
+--- For an <auth/> hook running before mod_saslauth's: installs the session's handler extended by
+--- `extend`, starting from a fresh one (as mod_saslauth would) when an earlier exchange had
+--- selected a mechanism. mod_saslauth then keeps it, since nothing is selected yet.
+function lib.prepare_sasl_handler(session, extend)
+	local handler = session.sasl_handler;
+	if not handler or handler.selected then
+		handler = require "core.usermanager".get_sasl_handler(module.host, session);
+	end
+	session.sasl_handler = extend(session, handler);
+end
+
+--- Answers <auth/> with a SASL <failure/> the way mod_saslauth does (authentication-failure
+--- event, a clean handler for the next attempt). Returns true (the stanza is handled).
+function lib.sasl_failure(session, condition, text)
+	module:fire_event("authentication-failure", { session = session, condition = condition, text = text });
+	if session.sasl_handler then
+		session.sasl_handler = session.sasl_handler:clean_clone();
+	end
+	local reply = st.stanza("failure", { xmlns = xmlns_sasl }):tag(condition):up();
+	if text then reply:text_tag("text", text); end
+	session.send(reply);
+	return true;
 end
 
 ------------------------------------------------------------------------------------------------

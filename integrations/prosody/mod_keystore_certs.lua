@@ -239,28 +239,10 @@ module:hook("stream-features", function (event)
 	local session, features = event.origin, event.features;
 	if session.type ~= "c2s_unauthed" or not session.secure or not session.sasl_handler then return; end
 	if disabled_mechanisms:contains("EXTERNAL") or not peer_certificate(session) then return; end
-	session.sasl_handler = with_external(session, session.sasl_handler);
-	local mechanisms = features:get_child("mechanisms", xmlns_sasl);
-	if not mechanisms then
-		features:add_child(st.stanza("mechanisms", { xmlns = xmlns_sasl }):text_tag("mechanism", "EXTERNAL"));
-		return;
-	end
-	for mechanism in mechanisms:childtags("mechanism") do
-		if mechanism:get_text() == "EXTERNAL" then return; end
-	end
-	mechanisms:text_tag("mechanism", "EXTERNAL");
+	keystore.offer_sasl_mechanism(session, features, "EXTERNAL", with_external);
 end, -10); -- after mod_saslauth built the handler and the mechanism list
 
-local function sasl_failure(session, condition, text)
-	module:fire_event("authentication-failure", { session = session, condition = condition, text = text });
-	if session.sasl_handler then
-		session.sasl_handler = session.sasl_handler:clean_clone();
-	end
-	local reply = st.stanza("failure", { xmlns = xmlns_sasl }):tag(condition):up();
-	if text then reply:text_tag("text", text); end
-	session.send(reply);
-	return true;
-end
+local sasl_failure = keystore.sasl_failure;
 
 --- Asks the keystore about the presented certificate before mod_saslauth processes <auth/>;
 --- mod_saslauth then runs the exchange as for any mechanism (events, stream reset, bind).
@@ -278,11 +260,7 @@ module:hook("stanza/" .. xmlns_sasl .. ":auth", function (event)
 		if not authzid then return; end -- mod_saslauth answers incorrect-encoding
 	end
 
-	local handler = session.sasl_handler;
-	if not handler or handler.selected then
-		handler = usermanager.get_sasl_handler(host, session);
-	end
-	session.sasl_handler = with_external(session, handler);
+	keystore.prepare_sasl_handler(session, with_external);
 	session.keystore_sasl_verdict = nil;
 
 	if not async.ready() then

@@ -151,28 +151,10 @@ module:hook("stream-features", function (event)
 	local session, features = event.origin, event.features;
 	if session.type ~= "c2s_unauthed" or not session.secure or not session.sasl_handler then return; end
 	if disabled_mechanisms:contains(mechanism_name) then return; end
-	session.sasl_handler = with_x_oauth(session, session.sasl_handler);
-	local mechanisms = features:get_child("mechanisms", xmlns_sasl);
-	if not mechanisms then
-		features:add_child(st.stanza("mechanisms", { xmlns = xmlns_sasl }):text_tag("mechanism", mechanism_name));
-		return;
-	end
-	for mechanism in mechanisms:childtags("mechanism") do
-		if mechanism:get_text() == mechanism_name then return; end
-	end
-	mechanisms:text_tag("mechanism", mechanism_name);
+	keystore.offer_sasl_mechanism(session, features, mechanism_name, with_x_oauth);
 end, -10); -- after mod_saslauth built the handler and the mechanism list
 
-local function sasl_failure(session, condition, text)
-	module:fire_event("authentication-failure", { session = session, condition = condition, text = text });
-	if session.sasl_handler then
-		session.sasl_handler = session.sasl_handler:clean_clone();
-	end
-	local reply = st.stanza("failure", { xmlns = xmlns_sasl }):tag(condition):up();
-	if text then reply:text_tag("text", text); end
-	session.send(reply);
-	return true;
-end
+local sasl_failure = keystore.sasl_failure;
 
 --- What the client is told for each reason the keystore gives (MongooseIM says not-authorized
 --- to all of them; the text helps a client decide to fall back to its password).
@@ -197,11 +179,7 @@ module:hook("stanza/" .. xmlns_sasl .. ":auth", function (event)
 	-- Unencrypted or disabled: our handler is not installed and mod_saslauth refuses the mechanism.
 	if not session.secure or disabled_mechanisms:contains(mechanism_name) then return; end
 
-	local handler = session.sasl_handler;
-	if not handler or handler.selected then
-		handler = usermanager.get_sasl_handler(host, session);
-	end
-	session.sasl_handler = with_x_oauth(session, handler);
+	keystore.prepare_sasl_handler(session, with_x_oauth);
 	session.keystore_token_verdict = nil;
 
 	local text = stanza[1];
