@@ -162,6 +162,16 @@ function client_methods:request(method, path, body_table)
 	end);
 end
 
+--- The client a module's settings ask for: keystore_socket (required: the error names
+--- `module_name`) and keystore_timeout, per host or global.
+function lib.configured(module_name)
+	local socket_path = module:get_option_path("keystore_socket");
+	if not socket_path then
+		error(module_name .. " needs keystore_socket, the path of the local keystored socket (e.g. /run/keystore/node1.sock)");
+	end
+	return lib.new(socket_path, { timeout = module:get_option_number("keystore_timeout", 5) });
+end
+
 function client_methods:get(path) return self:request("GET", path); end
 function client_methods:post(path, body_table) return self:request("POST", path, body_table); end
 

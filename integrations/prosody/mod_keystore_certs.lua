@@ -26,11 +26,7 @@ local xmlns_saslcert = "urn:xmpp:saslcert:1";
 local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
 local host = module.host;
 
-local socket_path = module:get_option_path("keystore_socket");
-if not socket_path then
-	error("mod_keystore_certs needs keystore_socket, the path of the local keystored socket (e.g. /run/keystore/node1.sock)");
-end
-local client = keystore.new(socket_path, { timeout = module:get_option_number("keystore_timeout", 5) });
+local client = keystore.configured("mod_keystore_certs");
 local disabled_mechanisms = module:get_option_set("disable_sasl_mechanisms", { "DIGEST-MD5" });
 
 module:add_feature(xmlns_saslcert);

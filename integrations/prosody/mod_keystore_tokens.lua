@@ -34,11 +34,7 @@ local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
 local mechanism_name = "X-OAUTH";
 local host = module.host;
 
-local socket_path = module:get_option_path("keystore_socket");
-if not socket_path then
-	error("mod_keystore_tokens needs keystore_socket, the path of the local keystored socket (e.g. /run/keystore/node1.sock)");
-end
-local client = keystore.new(socket_path, { timeout = module:get_option_number("keystore_timeout", 5) });
+local client = keystore.configured("mod_keystore_tokens");
 local validity = {
 	access = module:get_option_number("keystore_tokens_access_validity"),
 	refresh = module:get_option_number("keystore_tokens_refresh_validity"),
