@@ -55,6 +55,10 @@ let package = Package(
         .target(name: "Membership", dependencies: []),
         // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
         .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
+        // MongooseIM mod_auth_token token bodies: build and take apart (pure: no keys, no clock).
+        .target(name: "TokenFormat", dependencies: []),
+        // HMAC with keys in protected memory (system OpenSSL), constant-time verification (libsodium).
+        .target(name: "KeyCrypto", dependencies: ["COpenSSL", "CSodium", "SecretMemory"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
         .target(name: "RegistryDatabase", dependencies: ["CSQLite"]),
         // Mutual TLS 1.3 between peers over system OpenSSL, as a NIO ChannelHandler.
@@ -117,6 +121,9 @@ let package = Package(
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
         .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
+        .testTarget(name: "KeyCryptoTests", dependencies: ["KeyCrypto", "SecretMemory"]),
+        // Cross-checks tokens with an independent implementation (Debian's /usr/bin/python3).
+        .testTarget(name: "TokenFormatTests", dependencies: ["TokenFormat", "KeyCrypto", "SecretMemory"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [
             "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
