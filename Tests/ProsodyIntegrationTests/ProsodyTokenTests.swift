@@ -42,37 +42,15 @@ final class ProsodyTokenTests: ProsodyTestCase {
         XCTAssertTrue(mac.allSatisfy { "0123456789abcdef".contains($0) }, "lowercase hex MAC: \(mac)", file: file, line: line)
     }
 
-    /// One request to a node's API (the test runs as root, which the keystore allows everything).
-    @discardableResult
-    private func keystoreRequest(_ cluster: ProsodyCluster, _ node: String, _ method: String, _ path: String,
-                                 _ body: [String: Any]? = nil, file: StaticString = #filePath, line: UInt = #line) throws -> [String: Any] {
-        let connection = try KeystoreConnection(socketPath: cluster.keystore.socketPath(node), timeoutSeconds: 5)
-        defer { connection.close() }
-        let bytes = try body.map { Array(try JSONSerialization.data(withJSONObject: $0)) } ?? (method == "POST" ? [] : nil)
-        let response = try connection.request(method, path, body: bytes,
-                                              headers: [("Accept", "application/json"), ("Content-Type", "application/json")])
-        let text = String(decoding: response.body, as: UTF8.self)
-        guard (200..<300).contains(response.status) else {
-            XCTFail("\(method) \(path) on \(node): HTTP \(response.status) \(text)", file: file, line: line)
-            return [:]
-        }
-        return (try? JSONSerialization.jsonObject(with: Data(response.body))) as? [String: Any] ?? [:]
-    }
-
-    /// What `node` says of a token right now (`valid`, `reason`, ...).
-    private func verdict(_ cluster: ProsodyCluster, _ node: String, _ token: String) throws -> [String: Any] {
-        try keystoreRequest(cluster, node, "POST", "/v1/domains/\(host)/tokens/verify", ["token": token])
-    }
-
-    private func revokeRefreshTokens(_ cluster: ProsodyCluster, on node: String, user: String = "alice") throws {
-        let answer = try keystoreRequest(cluster, node, "POST", "/v1/domains/\(host)/users/\(user)/tokens/revoke")
-        XCTAssertNotNil(answer["sequence"] as? Int, "revoke answers the new floor: \(answer)")
+    /// What `node` says of a token right now (the test runs as root, which the keystore allows everything).
+    private func verdict(_ cluster: ProsodyCluster, _ node: String, _ token: String) throws -> VerifyTokenResponse {
+        try cluster.keystore.client(node).verifyToken(domain: host, token: token)
     }
 
     /// Waits until `node` refuses the token as revoked (replication from the node that revoked it).
     private func waitUntilRevoked(_ cluster: ProsodyCluster, on node: String, _ token: String, file: StaticString = #filePath, line: UInt = #line) {
         waitUntil("\(node) refuses the refresh token as revoked", file: file, line: line) {
-            (try? verdict(cluster, node, token))?["reason"] as? String == "revoked"
+            (try? verdict(cluster, node, token))?.reason == .revoked
         }
     }
 
@@ -147,7 +125,7 @@ final class ProsodyTokenTests: ProsodyTestCase {
                               condition: "not-authorized")
 
         // Revocation on node2: refused on B at once and on A once node1 has it.
-        try revokeRefreshTokens(cluster, on: "node2")
+        try cluster.keystore.client("node2").revokeTokens(domain: host, user: "alice")
         waitUntilRevoked(cluster, on: "node1", refresh)
         for server in [cluster.a, cluster.b] {
             try refusedTokenLogin(cluster, "revoked@\(server.name)", on: server, token: refresh, condition: "not-authorized",
@@ -160,9 +138,9 @@ final class ProsodyTokenTests: ProsodyTestCase {
         // refuses it on both Prosodys as well.
         let second = try alice.send("request_tokens")["refresh_token"] as? String ?? ""
         XCTAssertNotEqual(second, refresh)
-        XCTAssertEqual(try verdict(cluster, "node2", second)["valid"] as? Bool, true)
+        XCTAssertEqual(try verdict(cluster, "node2", second).valid, true)
         try tokenLogin(cluster, "second-refresh@A", on: cluster.a, token: second, resource: "tv")
-        try revokeRefreshTokens(cluster, on: "node1")
+        try cluster.keystore.client("node1").revokeTokens(domain: host, user: "alice")
         waitUntilRevoked(cluster, on: "node2", second)
         for server in [cluster.a, cluster.b] {
             try refusedTokenLogin(cluster, "second-revoked@\(server.name)", on: server, token: second, condition: "not-authorized",
@@ -177,7 +155,7 @@ final class ProsodyTokenTests: ProsodyTestCase {
         let cluster = try startProsodyCluster()
         let (alice, access, refresh) = try tokensByIQ(cluster, on: cluster.b)
         let before = cluster.keystore.waitForAgreement(host, "token_secret")
-        try keystoreRequest(cluster, "node1", "POST", "/v1/domains/\(host)/keys/token_secret/rotate")
+        try cluster.keystore.client("node1").rotateKey(domain: host, name: "token_secret")
         waitUntil("both nodes serve the new token_secret") {
             let primaries = cluster.keystore.primaries(host, "token_secret")
             return primaries.count == 2 && Set(primaries.values).count == 1 && primaries.values.first != before
