@@ -1,3 +1,4 @@
+import KeystoreAPI
 /// Every way a cluster config can be rejected. `description` is the single line keystored
 /// prints before exiting, so each message names the offending field (as a path such as
 /// `domains["first.com"].keys[1].path`) and says how to fix it. Values echoed back are

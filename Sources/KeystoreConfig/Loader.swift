@@ -1,3 +1,5 @@
+import KeystoreAPI
+import KeystoreJSON
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -30,7 +32,7 @@ extension ClusterConfig {
         let file = configFile.map { PathUtil.absolute($0, relativeTo: directory) } ?? directory
         let document: JSONValue
         do {
-            document = try JSONReader.parse(json)
+            document = try JSONReader.parse(json, allowComments: true)
         } catch {
             throw ConfigError.syntax(file: file, line: error.line, column: error.column, message: error.message)
         }

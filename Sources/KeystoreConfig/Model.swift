@@ -1,3 +1,4 @@
+import KeystoreAPI
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -148,17 +149,4 @@ public struct ClientRule: Sendable, Equatable {
         self.domains = domains
         self.allow = allow
     }
-}
-
-public enum Permission: String, Sendable, CaseIterable, Hashable {
-    case all = "*"
-    case keysRead = "keys:read"
-    case keysRotate = "keys:rotate"
-    case certsRead = "certs:read"
-    case certsWrite = "certs:write"
-    case certsVerify = "certs:verify"
-    case clusterRead = "cluster:read"
-    case eventsRead = "events:read"
-    /// Reload (SIGHUP equivalent) and other node-wide operations.
-    case admin = "admin"
 }

@@ -1,3 +1,4 @@
+import KeystoreAPI
 import KeystoreConfig
 import LocalAPI
 import Logging
@@ -25,7 +26,6 @@ public protocol NodeServices: AnyObject, Sendable {
     var logger: Logger { get }
 }
 
-public let keystoreVersion = "0.1.0"
 
 /// Routes local API requests (DESIGN.md "HTTP routes"), enforcing the per-domain ACL first so
 /// a caller learns nothing about domains it may not use.

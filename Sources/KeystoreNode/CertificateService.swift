@@ -1,3 +1,4 @@
+import KeystoreAPI
 import CertificateRegistry
 import Dispatch
 import LocalAPI

@@ -1,3 +1,4 @@
+import KeystoreAPI
 import NIOCore
 import NIOHTTP1
 
@@ -86,31 +87,9 @@ public struct APIRequest: Sendable {
     }
 }
 
-/// The stable error codes of DESIGN.md ("Error codes").
-public enum APIErrorCode: String, Sendable {
-    case badRequest = "bad_request"
-    case notFound = "not_found"
-    case forbidden = "forbidden"
-    case conflict = "conflict"
-    case notReady = "not_ready"
-    case invalidCertificate = "invalid_certificate"
-    case payloadTooLarge = "payload_too_large"
-    case methodNotAllowed = "method_not_allowed"
-    case internalError = "internal"
-
-    public var status: HTTPResponseStatus {
-        switch self {
-        case .badRequest: return .badRequest
-        case .notFound: return .notFound
-        case .forbidden: return .forbidden
-        case .conflict: return .conflict
-        case .notReady: return .serviceUnavailable
-        case .invalidCertificate: return .unprocessableEntity
-        case .payloadTooLarge: return .payloadTooLarge
-        case .methodNotAllowed: return .methodNotAllowed
-        case .internalError: return .internalServerError
-        }
-    }
+extension APIErrorCode {
+    /// The code's HTTP status (fixed in the contract, `APIErrorCode.httpStatus`).
+    public var status: HTTPResponseStatus { HTTPResponseStatus(statusCode: httpStatus) }
 }
 
 /// An API failure: the code is for programs, the message tells a person what to fix.
