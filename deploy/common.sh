@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by deploy/local-cluster.sh and deploy/netns-cluster.sh (sourced, not run).
 
 # Seconds stop_nodes waits for a node before SIGKILL (the systemd unit's TimeoutStopSec).

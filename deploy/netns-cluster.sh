@@ -91,7 +91,9 @@ status() {
 
 stop() {
     # Nodes first, and only once they have exited: their namespaces and links go next.
-    stop_nodes "$run" $(nodes)
+    local names
+    mapfile -t names < <(nodes)
+    stop_nodes "$run" "${names[@]}"
     for node in $(nodes); do
         $ip netns del "${prefix}-$node" 2>/dev/null || true
         $ip link del ${prefix}h${node#node} 2>/dev/null || true
