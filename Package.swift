@@ -55,6 +55,10 @@ let package = Package(
         .target(name: "Membership", dependencies: []),
         // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
         .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
+        // MongooseIM mod_auth_token token bodies: build and take apart (pure: no keys, no clock).
+        .target(name: "TokenFormat", dependencies: []),
+        // HMAC with keys in protected memory (system OpenSSL), constant-time verification (libsodium).
+        .target(name: "KeyCrypto", dependencies: ["COpenSSL", "CSodium", "SecretMemory"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
         .target(name: "RegistryDatabase", dependencies: ["CSQLite"]),
         // Mutual TLS 1.3 between peers over system OpenSSL, as a NIO ChannelHandler.
@@ -91,7 +95,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "keystored", dependencies: [
-            "KeystoreNode",
+            "KeystoreNode", "KeystoreAPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -117,6 +121,9 @@ let package = Package(
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
         .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
+        .testTarget(name: "KeyCryptoTests", dependencies: ["KeyCrypto", "SecretMemory"]),
+        // Cross-checks tokens with an independent implementation (Debian's /usr/bin/python3).
+        .testTarget(name: "TokenFormatTests", dependencies: ["TokenFormat", "KeyCrypto", "SecretMemory"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [
             "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
@@ -129,13 +136,17 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LocalAPITests", dependencies: [
-            "LocalAPI", "KeystoreNode", "KeystoreClient",
+            "LocalAPI", "KeystoreNode", "KeystoreClient", "KeystoreAPI", "RegistryDatabase", "PeerWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
-        .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
+        .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "KeystoreAPI", "KeystoreJSON", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl"]),
+        // End to end with Debian's Prosody running integrations/prosody and slixmpp clients, against
+        // real keystored nodes. NodeHarness.swift and UserCertificates.swift are symlinks to the
+        // IntegrationTests files (one harness, compiled into both targets).
+        .testTarget(name: "ProsodyIntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
     ]
 )

@@ -242,8 +242,8 @@ public struct CertificateEntry: Codable, Sendable, Equatable {
     public var noCertManagement: Bool
     public var added: String
     public var state: CertificateState
-    /// Base64 DER; present while the certificate is active or disabled (a revoked entry keeps
-    /// only what it takes to refuse it again).
+    /// Base64 DER; present while the certificate is active (a disabled or revoked entry keeps
+    /// only what it takes to refuse the certificate again).
     public var certificate: String?
 
     public init(name: String, fingerprintSHA256: String, notBefore: String, notAfter: String, jids: [String],
@@ -288,14 +288,31 @@ public struct AddCertificateRequest: Codable, Sendable, Equatable, StrictlyDecod
     public static let fieldNames = ["name", "certificate", "no_cert_management"]
 }
 
-/// `POST .../certs/{name}/disable` and `/revoke`: every active certificate of the user with
-/// that name (two nodes may have accepted one name concurrently).
+/// `POST .../certs/{name}/disable` and `/revoke`. v1 answered with the one removed entry; a name
+/// can now cover several certificates (two nodes may have accepted one name concurrently, and
+/// the removal applies to all of them), so the answer is the first entry's fields, as before,
+/// plus `certs` with every entry removed.
 public struct CertificateRemovalResponse: Codable, Sendable, Equatable {
-    public var user: String
-    public var name: String
+    public var entry: CertificateEntry
     public var certs: [CertificateEntry]
 
-    public init(user: String, name: String, certs: [CertificateEntry]) { self.user = user; self.name = name; self.certs = certs }
+    public init(certs: [CertificateEntry]) {
+        self.entry = certs[0]
+        self.certs = certs
+    }
+
+    enum CodingKeys: String, CodingKey { case certs }
+
+    public init(from decoder: Decoder) throws {
+        entry = try CertificateEntry(from: decoder)
+        certs = try decoder.container(keyedBy: CodingKeys.self).decodeIfPresent([CertificateEntry].self, forKey: .certs) ?? [entry]
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        try entry.encode(to: encoder)
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(certs, forKey: .certs)
+    }
 }
 
 public struct CertificateRef: Codable, Sendable, Equatable {

@@ -23,6 +23,8 @@ public struct ClusterConfig: Sendable {
     public var domains: [String: DomainConfig]
     /// Empty when `clients` is absent: then only the daemon's own uid gets access.
     public var clients: [ClientRule]
+    /// `log_level`: applied at start (unless `--log-level` is given) and on every reload.
+    public var logLevel: LogLevelSetting?
     /// The `--node` this config was loaded for; `{node}` outside `nodes` was replaced by it.
     public let nodeName: String
 
@@ -149,4 +151,9 @@ public struct ClientRule: Sendable, Equatable {
         self.domains = domains
         self.allow = allow
     }
+}
+
+/// The `log_level` values (swift-log's levels, by name).
+public enum LogLevelSetting: String, Sendable, CaseIterable, Equatable {
+    case trace, debug, info, notice, warning, error, critical
 }

@@ -28,6 +28,13 @@ public struct APIRequest: Sendable {
     /// Per-node sequence number, for log correlation.
     public var requestID: UInt64
 
+    /// What follows '?' in the target (without a fragment); empty when there is no query.
+    public var query: Substring {
+        guard let mark = uri.firstIndex(of: "?") else { return "" }
+        let rest = uri[uri.index(after: mark)...]
+        return rest.firstIndex(of: "#").map { rest[..<$0] } ?? rest
+    }
+
     public init(method: HTTPMethod, uri: String, headers: HTTPHeaders, body: ByteBuffer, caller: PeerCredentials, requestID: UInt64) {
         self.method = method
         self.uri = uri
