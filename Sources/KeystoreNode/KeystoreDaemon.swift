@@ -169,6 +169,7 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         let housekeeping = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
             operations.expireVersions()
             operations.retryPendingPeerRecords()
+            operations.expireCertificates()
             recordGauges()
         }
         recordGauges()
