@@ -314,7 +314,7 @@ final class ProsodyCluster {
         let key = scratch.file("server.key"), csr = scratch.file("server.csr"), pem = scratch.file("server.pem")
         try SharedCertificates.run("/usr/bin/openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                                                         "-subj", "/CN=\(ProsodyCluster.host)", "-keyout", key, "-out", csr])
-        try SharedCertificates.run("/usr/bin/openssl", ["x509", "-req", "-in", csr, "-CA", certs + "/ca.pem", "-CAkey", certs + "/ca.key",
+        try SharedCertificates.run("/usr/bin/openssl", ["x509", "-req", "-in", csr, "-CA", certs + "/ca.pem", "-CAkey", certs + "-ca/ca.key",
                                                         "-days", "30", "-extfile", scratch.file("server.ext"), "-out", pem])
         ProsodyUser.chown(key)
         chmod(pem, 0o644)
