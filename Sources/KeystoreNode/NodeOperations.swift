@@ -59,6 +59,7 @@ public final class NodeOperations: Sendable {
         let (version, delta) = try state.rotate(ref)
         publish(delta)
         logger.info("\(requestID.map { "request \($0): " } ?? "")rotated \(ref); new primary \(version.id)")
+        metrics.counter("keystore_key_rotations_total", [("origin", "local")])
         announceRotation(ref, primary: version.id)
         return state.versionViews(ref)
     }
@@ -259,7 +260,10 @@ extension NodeOperations: ClusterReplica {
         for ref in keys.primaryChanged {
             let primary = state.primaryVersionID(ref)
             logger.info("\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")
-            if state.isReady, let primary { announceRotation(ref, primary: primary) }
+            if state.isReady, let primary {
+                metrics.counter("keystore_key_rotations_total", [("origin", "peer")])
+                announceRotation(ref, primary: primary)
+            }
         }
         if !keys.added.isEmpty { logger.debug("merged \(keys.added.count) key versions from \(node)") }
         let forwardKeys = keys.forwardable
