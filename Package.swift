@@ -88,7 +88,7 @@ let package = Package(
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
             "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "Replication", "PeerTLS", "PeerWire", "LocalAPI",
-            "CertificateRegistry", "RegistryDatabase", "KeystoreAPI", "KeystoreJSON",
+            "CertificateRegistry", "RegistryDatabase", "KeystoreAPI", "KeystoreJSON", "KeyCrypto", "TokenFormat",
             "CSodium", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),

@@ -62,7 +62,7 @@ struct CertFixture: Sendable {
         try runTool("/usr/bin/env", ["openssl", "req", "-new", "-key", dir + "/node1.key", "-subj", "/CN=node1",
                                      "-out", work + "/node1.csr"])
         try runTool("/usr/bin/env", ["openssl", "ca", "-batch", "-config", work + "/ca.cnf", "-extensions", "ext",
-                                     "-cert", dir + "/ca.pem", "-keyfile", dir + "/ca.key", "-notext",
+                                     "-cert", dir + "/ca.pem", "-keyfile", dir + "-ca/ca.key", "-notext",
                                      "-startdate", "20200101000000Z", "-enddate", "20200201000000Z",
                                      "-in", work + "/node1.csr", "-out", dir + "/expired-node1.pem"])
         return CertFixture(dir: dir, otherCADir: other)
