@@ -106,18 +106,25 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // Helpers shared by the test targets (seeded RNG, lock box, openssl CLI fixtures, self-removing
+        // temporary directories). A plain target because test targets cannot depend on each other; no
+        // product lists it, so nothing shipped links it.
+        .target(name: "TestSupport", dependencies: [
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], path: "Tests/TestSupport"),
+
         .testTarget(name: "SecretMemoryTests", dependencies: ["SecretMemory"]),
         .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig"]),
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
-        .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
-        .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
+        .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL", "TestSupport"]),
+        .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore", "TestSupport"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [
-            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
+            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "TestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "PeerTLSTests", dependencies: [
-            "PeerTLS",
+            "PeerTLS", "TestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -130,6 +137,8 @@ let package = Package(
         ]),
         .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl", "TestSupport"]),
+        // The test-support helpers themselves, and that no test leaves key material in /tmp.
+        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"]),
     ]
 )

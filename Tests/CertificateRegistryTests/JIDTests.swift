@@ -1,3 +1,4 @@
+import TestSupport
 import XCTest
 
 @testable import CertificateRegistry
@@ -61,7 +62,7 @@ final class JIDTests: XCTestCase {
     }
 
     func testRandomStringsNeverCrashAndRoundTrip() {
-        var rng = SplitMix64(state: 7)
+        var rng = SplitMix64(seed: 7)
         let alphabet = Array("aZ@/. \"&'<>:\u{0}\u{7f}éß😀1")
         for _ in 0..<5000 {
             let s = String((0..<Int.random(in: 0...12, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! })

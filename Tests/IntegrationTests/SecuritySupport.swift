@@ -114,59 +114,6 @@ enum PeerFrames {
     static func u64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.bigEndian, Array.init) }
 }
 
-/// Issues certificates from an existing CA with explicit validity dates via `openssl ca`, which
-/// (unlike `openssl x509 -req` in OpenSSL 3.0) accepts `-startdate`/`-enddate`.
-struct TestCertificateAuthority {
-    let directory: String
-    let caCertificate: String
-    let caKey: String
-
-    init(directory: String, caCertificate: String, caKey: String) throws {
-        self.directory = directory
-        self.caCertificate = caCertificate
-        self.caKey = caKey
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        _ = FileManager.default.createFile(atPath: directory + "/index.txt", contents: Data())
-        try "01\n".write(toFile: directory + "/serial", atomically: false, encoding: .utf8)
-        let config = """
-            [ca]
-            default_ca = testca
-            [testca]
-            database = \(directory)/index.txt
-            new_certs_dir = \(directory)
-            serial = \(directory)/serial
-            default_md = sha256
-            policy = anything
-            unique_subject = no
-            copy_extensions = none
-            [anything]
-            commonName = supplied
-
-            """
-        try config.write(toFile: directory + "/ca.cnf", atomically: false, encoding: .utf8)
-    }
-
-    /// Returns (certificate, key) paths for a P-256 node certificate naming `dnsName`, valid
-    /// from `start` to `end` (`YYYYMMDDHHMMSSZ`).
-    func issue(_ label: String, dnsName: String, start: String, end: String) throws -> (certificate: String, key: String) {
-        let key = "\(directory)/\(label).key", csr = "\(directory)/\(label).csr", pem = "\(directory)/\(label).pem"
-        let ext = "\(directory)/\(label).ext"
-        try """
-            basicConstraints = critical, CA:FALSE
-            keyUsage = critical, digitalSignature
-            extendedKeyUsage = serverAuth, clientAuth
-            subjectAltName = DNS:\(dnsName)
-
-            """.write(toFile: ext, atomically: false, encoding: .utf8)
-        try SharedCertificates.run("/usr/bin/openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
-        try SharedCertificates.run("/usr/bin/openssl", ["req", "-new", "-key", key, "-subj", "/CN=\(dnsName)", "-out", csr])
-        try SharedCertificates.run("/usr/bin/openssl", ["ca", "-batch", "-config", "\(directory)/ca.cnf", "-cert", caCertificate,
-                                                        "-keyfile", caKey, "-in", csr, "-out", pem, "-startdate", start,
-                                                        "-enddate", end, "-extfile", ext, "-notext"])
-        return (pem, key)
-    }
-}
-
 /// Milliseconds a closure took.
 func measureMillis(_ body: () throws -> Void) rethrows -> Double {
     let start = DispatchTime.now().uptimeNanoseconds

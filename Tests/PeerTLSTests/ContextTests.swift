@@ -1,5 +1,6 @@
 import Foundation
 import PeerTLS
+import TestSupport
 import XCTest
 
 final class ContextTests: XCTestCase {
@@ -62,10 +63,10 @@ final class ContextTests: XCTestCase {
 }
 
 final class GenCertsScriptTests: XCTestCase {
-    private func tempDir() -> String {
-        let dir = NSTemporaryDirectory() + "gencerts-\(getpid())-\(UInt32.random(in: 0 ... .max))"
-        addTeardownBlock { try? FileManager.default.removeItem(atPath: dir) }
-        return dir
+    /// A path gen-certs.sh creates (it must make the directory itself), inside a scratch directory
+    /// removed after the test.
+    private func tempDir() throws -> String {
+        try makeScratchDirectory(prefix: "gencerts").file("certs")
     }
 
     private func mode(_ path: String) throws -> Int {
@@ -87,8 +88,8 @@ final class GenCertsScriptTests: XCTestCase {
     }
 
     func testIsIdempotentReusesCAAndForceReissues() throws {
-        let dir = tempDir()
-        let script = CertFixture.scriptPath
+        let dir = try tempDir()
+        let script = ClusterCertificates.scriptPath
         try runTool("/bin/bash", [script, dir, "a"], environment: ["KEYSTORE_CERT_DAYS": "2"])
         let ca1 = try String(contentsOfFile: dir + "/ca.pem", encoding: .utf8)
         let a1 = try String(contentsOfFile: dir + "/a.pem", encoding: .utf8)
@@ -104,9 +105,9 @@ final class GenCertsScriptTests: XCTestCase {
     }
 
     func testRejectsUnsafeNodeNames() throws {
-        let dir = tempDir()
-        XCTAssertThrowsError(try runTool("/bin/bash", [CertFixture.scriptPath, dir, "../evil"]))
-        XCTAssertThrowsError(try runTool("/bin/bash", [CertFixture.scriptPath, dir, "ca"]))
+        let dir = try tempDir()
+        XCTAssertThrowsError(try runTool("/bin/bash", [ClusterCertificates.scriptPath, dir, "../evil"]))
+        XCTAssertThrowsError(try runTool("/bin/bash", [ClusterCertificates.scriptPath, dir, "ca"]))
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/ca.pem"))
     }
 }

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOEmbedded
 import PeerTLS
+import TestSupport
 import XCTest
 
 /// Records what a PeerTLSHandler delivers upwards on an EmbeddedChannel (same thread, no locking).
