@@ -66,7 +66,6 @@ let package = Package(
         .target(name: "KeystoreClient", dependencies: []),
         // The local HTTP/1.1 + JSON API on a Unix socket with SO_PEERCRED ACLs.
         .target(name: "LocalAPI", dependencies: [
-            "KeystoreConfig", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -76,7 +75,7 @@ let package = Package(
         .target(name: "KeystoreNode", dependencies: [
             "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "PeerTLS", "PeerWire", "LocalAPI",
             "CertificateRegistry", "RegistryDatabase",
-            "CSodium", "CSystemShims",
+            "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

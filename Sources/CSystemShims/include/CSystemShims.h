@@ -7,11 +7,6 @@
 int ks_disable_dumpable(void);
 /// Current value of prctl(PR_GET_DUMPABLE).
 int ks_get_dumpable(void);
-/// getsockopt(SO_PEERCRED) on a connected Unix socket. Returns 0 or -1 with errno set.
-int ks_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
-/// madvise(MADV_DONTDUMP) over a range (page-aligned by the caller). Returns 0 or -1.
-int ks_madvise_dontdump(void *addr, size_t len);
-
 
 /// Installs an async-signal-safe handler for each of `signals` that writes the signal number
 /// (one byte) to a pipe, and returns the pipe's read end (or -1 with errno set). Works no
