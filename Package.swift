@@ -35,6 +35,9 @@ let package = Package(
         // System SQLite for the durable certificate registry.
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        // libidn's stringprep (nodeprep, nameprep, resourceprep): the JID preparation Prosody uses.
+        .systemLibrary(name: "CLibIDN", path: "Sources/CLibIDN", pkgConfig: "libidn",
+                       providers: [.apt(["libidn-dev"])]),
         // C functions Swift cannot call directly: variadic prctl and friends.
         .target(name: "CSystemShims", path: "Sources/CSystemShims"),
         // OpenSSL macros (SSL_CTX_set_min_proto_version, BIO_get_mem_data, ...) as real functions.
@@ -48,8 +51,8 @@ let package = Package(
         .target(name: "ReplicatedStore", dependencies: []),
         // SWIM-style membership state machine (pure, no I/O).
         .target(name: "Membership", dependencies: []),
-        // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
-        .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
+        // X.509 parsing (OpenSSL), JIDs prepared with libidn, and the XEP-0257 append/verify rules (pure).
+        .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims", "CLibIDN"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
         .target(name: "RegistryDatabase", dependencies: ["CSQLite"]),
         // Mutual TLS 1.3 between peers over system OpenSSL, as a NIO ChannelHandler.
