@@ -38,7 +38,7 @@ let package = Package(
         // libidn's stringprep (nodeprep, nameprep, resourceprep): the JID preparation Prosody uses.
         .systemLibrary(name: "CLibIDN", path: "Sources/CLibIDN", pkgConfig: "libidn",
                        providers: [.apt(["libidn-dev"])]),
-        // C functions Swift cannot call directly: variadic prctl and friends.
+        // C functions Swift cannot call directly: variadic prctl, sigaction handlers and friends.
         .target(name: "CSystemShims", path: "Sources/CSystemShims"),
         // OpenSSL macros (SSL_CTX_set_min_proto_version, BIO_get_mem_data, ...) as real functions.
         .target(name: "COpenSSLShims", dependencies: ["COpenSSL"], path: "Sources/COpenSSLShims"),
@@ -88,7 +88,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "keystored", dependencies: [
-            "KeystoreNode",
+            "KeystoreNode", "SecretMemory", "CSystemShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
