@@ -13,7 +13,7 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
     public static let maxPartBytes = 1023
     /// Characters RFC 7622 §3.3.1 forbids in a localpart (nodeprep prohibits them too; checked again
     /// after preparation so the rule stays visible here).
-    static let forbiddenLocalCharacters: Set<Character> = ["\"", "&", "'", "/", ":", "<", ">", "@"]
+    static let forbiddenLocalScalars: Set<Unicode.Scalar> = ["\"", "&", "'", "/", ":", "<", ">", "@"]
 
     public let local: String?
     public let domain: String
@@ -28,29 +28,33 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Parses and prepares `string`, or says which part is wrong and why.
+    ///
+    /// The split works on Unicode scalars, not Characters: a combining mark or joiner right after '@' or
+    /// '/' would otherwise glue the separator into one grapheme and hide it (Prosody splits bytes).
     public init(parsing string: String) throws(JIDError) {
         guard !string.isEmpty else { throw .empty }
-        var head = Substring(string)
-        var resource: Substring? = nil
-        if let slash = string.firstIndex(of: "/") {
-            head = string[..<slash]
-            resource = string[string.index(after: slash)...]
+        let scalars = string.unicodeScalars
+        var head = scalars[...]
+        var resource: Substring.UnicodeScalarView? = nil
+        if let slash = scalars.firstIndex(of: "/") {
+            head = scalars[..<slash]
+            resource = scalars[scalars.index(after: slash)...]
         }
-        var local: Substring? = nil
+        var local: Substring.UnicodeScalarView? = nil
         var domain = head
         if let at = head.firstIndex(of: "@") {
             local = head[..<at]
             domain = head[head.index(after: at)...]
         }
         // A trailing dot names the same DNS domain; RFC 7622 §3.2 (and Prosody) strip it before nameprep.
-        if domain.hasSuffix(".") { domain.removeLast() }
+        if domain.last == "." { domain.removeLast() }
 
         let preparedDomain = try StringPrep.prepare(domain, .domainpart)
         try JID.checkDomain(preparedDomain)
         var preparedLocal: String? = nil
         if let local {
             let prepared = try StringPrep.prepare(local, .localpart)
-            if prepared.contains(where: { $0.isWhitespace || JID.forbiddenLocalCharacters.contains($0) }) {
+            if prepared.unicodeScalars.contains(where: { $0.properties.isWhitespace || JID.forbiddenLocalScalars.contains($0) }) {
                 throw .prohibitedCharacters(.localpart)
             }
             preparedLocal = prepared
@@ -84,12 +88,14 @@ public struct JID: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// Characters that can appear in neither a DNS name nor an IP literal.
-    static let forbiddenDomainCharacters: Set<Character> = ["\"", "&", "'", "/", "<", ">", "@", "\\"]
+    static let forbiddenDomainScalars: Set<Unicode.Scalar> = ["\"", "&", "'", "/", "<", ">", "@", "\\"]
 
     /// nameprep leaves ASCII punctuation, spaces and controls alone; a domain must have none of them.
     /// Empty labels ("a..b", ".a", "a..") are rejected so that stripping one trailing dot is idempotent.
     private static func checkDomain(_ d: String) throws(JIDError) {
-        if hasControlCharacters(d) || d.contains(where: { $0.isWhitespace || forbiddenDomainCharacters.contains($0) }) {
+        if d.unicodeScalars.contains(where: {
+            $0.properties.generalCategory == .control || $0.properties.isWhitespace || forbiddenDomainScalars.contains($0)
+        }) {
             throw .prohibitedCharacters(.domainpart)
         }
         if d.split(separator: ".", omittingEmptySubsequences: false).contains(where: { $0.isEmpty }) {
@@ -147,8 +153,8 @@ private enum StringPrep {
     /// Prosody prepares into a 1024-byte buffer; so do we, which is what caps a prepared part at 1023 bytes.
     static let capacity = JID.maxPartBytes + 1
 
-    static func prepare(_ text: Substring, _ part: JIDPart) throws(JIDError) -> String {
-        let input = Array(text.utf8)
+    static func prepare(_ text: Substring.UnicodeScalarView, _ part: JIDPart) throws(JIDError) -> String {
+        let input = Array(String(text).utf8)
         guard !input.isEmpty else { throw .emptyPart(part) }
         guard input.count <= JID.maxPartBytes else { throw .partTooLong(part) }
         // A C string ends at the first NUL; Prosody refuses such input for the same reason.
