@@ -5,52 +5,15 @@ import XCTest
 
 @testable import PeerTLS
 
-/// Fails every write passing through it once armed: a transport that cannot send.
-final class FailingWrites: ChannelOutboundHandler {
-    typealias OutboundIn = ByteBuffer
-    struct InjectedWriteError: Error, Equatable {}
-    var armed = false
-
-    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        if armed { promise?.fail(InjectedWriteError()) } else { context.write(data, promise: promise) }
-    }
-}
-
 /// The handler's state machine on EmbeddedChannel: half-closure, close_notify in both directions and
 /// at once, writes and flushes before the handshake, and write failures reaching the writer.
 final class StateMachineTests: XCTestCase {
-    struct Side {
-        let channel: EmbeddedChannel
-        let recorder: EmbeddedRecorder
-        let transport: FailingWrites
-    }
+    private typealias Side = EmbeddedSide
 
-    private func makeSide(_ role: PeerTLSRole, node: String) throws -> Side {
-        let f = try CertFixture.shared()
-        let context = try PeerTLSContext(caFile: f.ca, certificateFile: f.cert(node), privateKeyFile: f.key(node))
-        let recorder = EmbeddedRecorder(), transport = FailingWrites()
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandlers(
-            transport, PeerTLSHandler(context: context, role: role, closeTimeout: .seconds(2)), recorder)
-        return Side(channel: channel, recorder: recorder, transport: transport)
-    }
+    private func makeSide(_ role: PeerTLSRole, node: String) throws -> Side { try EmbeddedSide(role, node: node) }
 
     private func connect(_ sides: Side...) throws {
-        for side in sides { try side.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7401)).wait() }
-    }
-
-    /// Moves ciphertext both ways until neither side has anything left to say.
-    private func shuttle(_ a: Side, _ b: Side) throws {
-        var moved = true
-        while moved {
-            moved = false
-            for (from, to) in [(a, b), (b, a)] {
-                while let bytes = try from.channel.readOutbound(as: ByteBuffer.self) {
-                    moved = true
-                    if to.channel.isActive { try to.channel.writeInbound(bytes) }
-                }
-            }
-        }
+        for side in sides { try side.connect() }
     }
 
     private func connectedPair() throws -> (client: Side, server: Side) {
