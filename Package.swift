@@ -11,6 +11,7 @@ let package = Package(
         // Exposed for the fuzz harnesses in Fuzz/ (a separate package depending on this one).
         .library(name: "SecretMemory", targets: ["SecretMemory"]),
         .library(name: "KeystoreConfig", targets: ["KeystoreConfig"]),
+        .library(name: "KeystoreAPI", targets: ["KeystoreAPI"]),
         .library(name: "ReplicatedStore", targets: ["ReplicatedStore"]),
         .library(name: "PeerWire", targets: ["PeerWire"]),
         .library(name: "LocalAPI", targets: ["LocalAPI"]),
@@ -45,8 +46,12 @@ let package = Package(
 
         // Secret bytes in locked, guarded, zero-on-free libsodium memory.
         .target(name: "SecretMemory", dependencies: ["CSodium", "CSystemShims"]),
+        // A strict JSON reader (duplicate keys, exact positions, depth limit) and strict body decoding.
+        .target(name: "KeystoreJSON", dependencies: []),
+        // The local API contract shared by server, client and CLI: routes, permissions, Codable bodies.
+        .target(name: "KeystoreAPI", dependencies: ["KeystoreJSON"]),
         // The v1 cluster.json schema: parsing, {node} substitution, validation, PSK files.
-        .target(name: "KeystoreConfig", dependencies: []),
+        .target(name: "KeystoreConfig", dependencies: ["KeystoreJSON", "KeystoreAPI"]),
         // Replicated key/registry state: HLC, deterministic merge, digests (pure, no I/O).
         .target(name: "ReplicatedStore", dependencies: []),
         // SWIM-style membership state machine (pure, no I/O).
@@ -66,9 +71,10 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // Blocking HTTP/1.1-over-Unix-socket client for the local API (CLI and tests).
-        .target(name: "KeystoreClient", dependencies: []),
+        .target(name: "KeystoreClient", dependencies: ["KeystoreAPI", "KeystoreJSON"]),
         // The local HTTP/1.1 + JSON API on a Unix socket with SO_PEERCRED ACLs.
         .target(name: "LocalAPI", dependencies: [
+            "KeystoreAPI",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -77,7 +83,7 @@ let package = Package(
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
             "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "PeerTLS", "PeerWire", "LocalAPI",
-            "CertificateRegistry", "RegistryDatabase",
+            "CertificateRegistry", "RegistryDatabase", "KeystoreAPI", "KeystoreJSON",
             "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -104,7 +110,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "keystorectl", dependencies: [
-            "KeystoreClient",
+            "KeystoreClient", "KeystoreAPI", "KeystoreJSON",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -116,7 +122,8 @@ let package = Package(
         ], path: "Tests/TestSupport"),
 
         .testTarget(name: "SecretMemoryTests", dependencies: ["SecretMemory"]),
-        .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig"]),
+        .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig", "KeystoreAPI", "KeystoreJSON"]),
+        .testTarget(name: "KeystoreAPITests", dependencies: ["KeystoreAPI", "KeystoreJSON"]),
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
         .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL", "TestSupport"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore", "TestSupport"]),
@@ -132,14 +139,14 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LocalAPITests", dependencies: [
-            "LocalAPI", "KeystoreNode", "KeystoreClient",
+            "LocalAPI", "KeystoreNode", "KeystoreClient", "KeystoreAPI", "RegistryDatabase", "PeerWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl", "TestSupport"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl", "TestSupport"]),
         // The test-support helpers themselves, and that no test leaves key material in /tmp.
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"]),
     ]

@@ -1,3 +1,4 @@
+import KeystoreAPI
 import KeystoreConfig
 import Logging
 import Membership

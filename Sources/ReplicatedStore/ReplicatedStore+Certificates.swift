@@ -80,6 +80,30 @@ extension ReplicatedStore {
         for record in records { applyCertificate(record) }
     }
 
+    /// The record held for `id` (live, removed or a bare tombstone), if any.
+    public func certificateRecord(_ id: CertificateID) -> CertificateRecord? {
+        certEntries[id]?.record
+    }
+
+    /// What `merge` would change for these records, without changing anything: the merged
+    /// value of each record that would differ, once per id. The node persists exactly these
+    /// before applying them (persist, then apply).
+    public func certificateChanges(_ incoming: [CertificateRecord]) -> [CertificateRecord] {
+        var after: [CertificateID: CertificateRecord] = [:]
+        var order: [CertificateID] = []
+        for record in incoming where record.content != nil || record.removal != nil {
+            let current = after[record.id] ?? certEntries[record.id]?.record
+            let merged = current.map { $0.merged(with: record) } ?? record
+            guard merged != current else { continue }
+            if after[record.id] == nil { order.append(record.id) }
+            after[record.id] = merged
+        }
+        return order.compactMap { id in
+            guard let value = after[id], value != certEntries[id]?.record else { return nil }
+            return value
+        }
+    }
+
     // MARK: Internals
 
     mutating func mergeCertificates(_ incoming: [CertificateRecord], into outcome: inout MergeOutcome) {

@@ -13,7 +13,9 @@
 /// idempotent, commutative and associative, and a stale replica cannot resurrect a version
 /// that was pruned here.
 public struct ReplicatedStore: Sendable, Equatable {
-    public let graceMillis: UInt64
+    /// Changed only by a config reload (`grace_period_s`); nodes of one cluster should agree on
+    /// it, or a version one node already expired keeps coming back in repairs until they do.
+    public var graceMillis: UInt64
     public let bucketCount: Int
 
     private struct KeyEntry: Sendable, Equatable {
@@ -178,7 +180,29 @@ public struct ReplicatedStore: Sendable, Equatable {
         return outcome
     }
 
+    /// Forgets every version of `key` (no node declares it any more) and returns their ids so
+    /// the shell can zero the secrets.
+    public mutating func forgetKey(_ key: KeyRef) -> [VersionID] {
+        guard let previous = keys[key]?.versions else { return [] }
+        install(key, [], previous: previous)
+        return previous.map(\.id)
+    }
+
     // MARK: - PSK fingerprints
+
+    /// Keys with a record carrying exactly `fingerprint` (from `node`, or from any node).
+    public func keys(withFingerprint fingerprint: [UInt8], from node: NodeID? = nil) -> Set<KeyRef> {
+        var result = Set<KeyRef>()
+        for entry in psk.values where entry.record.fingerprint == fingerprint && (node == nil || entry.record.node == node) {
+            result.insert(entry.record.key)
+        }
+        return result
+    }
+
+    /// The records of every node for one key, deletions included.
+    public func pskFingerprints(of key: KeyRef) -> [PSKFingerprint] {
+        psk.values.lazy.map(\.record).filter { $0.key == key }.sorted(by: Self.pskOrder)
+    }
 
     /// Returns true if the record changed this replica (it must win LWW against what is held).
     public mutating func setLocalPSKFingerprint(_ fp: PSKFingerprint) -> Bool {
