@@ -58,10 +58,11 @@ enum PeerAttack {
             writerDone.signal()
         }
         let reader = output.fileHandleForReading
-        let collected = OutputCollector()
+        let collected = LockedBox(Data())
         let readerDone = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
-            collected.append(reader.readDataToEndOfFile())
+            let more = reader.readDataToEndOfFile()
+            collected.withLockedValue { $0.append(more) }
             readerDone.signal()
         }
         let deadline = started.addingTimeInterval(timeout)
@@ -75,17 +76,8 @@ enum PeerAttack {
         _ = writerDone.wait(timeout: .now() + 5)
         _ = readerDone.wait(timeout: .now() + 5)
         return PeerAttackResult(closedByNode: closed, exitStatus: process.terminationStatus,
-                                output: collected.text, seconds: elapsed)
+                                output: String(decoding: collected.withLockedValue { $0 }, as: UTF8.self), seconds: elapsed)
     }
-}
-
-/// Thread-safe sink for a child's output.
-final class OutputCollector: @unchecked Sendable {
-    // @unchecked: every access to `data` holds `lock`.
-    private let lock = NSLock()
-    private var data = Data()
-    func append(_ more: Data) { lock.lock(); data.append(more); lock.unlock() }
-    var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: data, as: UTF8.self) }
 }
 
 /// Peer frames built by hand (`u32 length | u8 version | u8 type | payload`, big-endian), so the

@@ -18,6 +18,8 @@ public struct CommandResult: Sendable {
 /// A command that exited non-zero, with what it printed.
 public struct CommandFailed: Error, CustomStringConvertible {
     public let description: String
+
+    public init(description: String) { self.description = description }
 }
 
 /// Runs a command to completion, capturing stdout and stderr together; stdin is /dev/null.
