@@ -1,13 +1,14 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-// Helpers for the security tests: a hostile peer driven through `openssl s_client`, certificates
-// that gen-certs.sh deliberately cannot make (expired, not yet valid), and hand-built peer frames.
+// Helpers for the security tests: a hostile peer driven through `openssl s_client` and hand-built
+// peer frames (expired and not-yet-valid certificates come from TestSupport.TestCertificateAuthority).
 
 /// What one `openssl s_client` attack observed.
 struct PeerAttackResult {
