@@ -160,9 +160,9 @@ private enum StringPrep {
         // A C string ends at the first NUL; Prosody refuses such input for the same reason.
         guard !input.contains(0) else { throw .prohibitedCharacters(part) }
         var buffer = [CChar](repeating: 0, count: capacity)
-        for (i, byte) in input.enumerated() { buffer[i] = CChar(bitPattern: byte) }
         let rc = buffer.withUnsafeMutableBufferPointer { space -> Int32 in
             let start = space.baseAddress!
+            input.withUnsafeBytes { UnsafeMutableRawPointer(start).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
             switch part {
             case .localpart: return ks_xmpp_nodeprep(start, space.count)
             case .domainpart: return ks_nameprep(start, space.count)
@@ -181,7 +181,7 @@ private enum StringPrep {
         default:
             throw .preparationFailed(part, code: rc)
         }
-        let prepared = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let prepared = buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
         guard !prepared.isEmpty else { throw .emptyPart(part) }
         return prepared
     }
