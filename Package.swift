@@ -139,7 +139,7 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LocalAPITests", dependencies: [
-            "LocalAPI", "KeystoreNode", "KeystoreClient", "KeystoreAPI", "RegistryDatabase", "PeerWire",
+            "LocalAPI", "KeystoreNode", "KeystoreAPI", "RegistryDatabase", "PeerWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
