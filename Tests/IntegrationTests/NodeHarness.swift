@@ -277,7 +277,12 @@ class ClusterTestCase: XCTestCase {
 
     override func tearDown() {
         let failed = (testRun?.failureCount ?? 0) + (testRun?.unexpectedExceptionCount ?? 0) > 0
-        for harness in harnesses { harness.shutdown(dumpLogs: failed) }
+        for harness in harnesses {
+            harness.shutdown(dumpLogs: failed)
+            // The scratch directory holds client private keys: a test that leaves it behind fails.
+            XCTAssertFalse(FileManager.default.fileExists(atPath: harness.scratch.path),
+                           "\(harness.scratch.path) survived the test (a mount inside it, or a node still writing?)")
+        }
         harnesses.removeAll()
         super.tearDown()
     }
