@@ -94,7 +94,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "keystored", dependencies: [
-            "KeystoreNode", "SecretMemory", "CSystemShims",
+            "KeystoreNode", "KeystoreAPI", "SecretMemory", "CSystemShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -144,9 +144,13 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
-        .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
+        .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "KeystoreAPI", "KeystoreJSON", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
         .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl", "TestSupport"]),
+        // End to end with Debian's Prosody running integrations/prosody and slixmpp clients, against
+        // real keystored nodes. NodeHarness.swift is a symlink to the IntegrationTests file (one
+        // harness, compiled into both targets).
+        .testTarget(name: "ProsodyIntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl", "TestSupport"]),
         // The test-support helpers themselves, and that no test leaves key material in /tmp.
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"]),
     ]

@@ -42,8 +42,9 @@ public enum StrictJSON {
         }
     }
 
-    /// "field "x": expected a boolean" rather than Foundation's debug text.
-    static func describe(_ error: DecodingError) -> String {
+    /// "field "x": expected a boolean" rather than Foundation's debug text (also used by the
+    /// client for answers that do not fit the contract).
+    public static func describe(_ error: DecodingError) -> String {
         func path(_ keys: [CodingKey]) -> String {
             var out = ""
             for key in keys {

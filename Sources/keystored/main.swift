@@ -1,5 +1,6 @@
 import ArgumentParser
 import CSystemShims
+import KeystoreAPI
 import KeystoreNode
 import Logging
 import Metrics
@@ -18,7 +19,8 @@ let handledSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
 struct Keystored: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keystored",
-        abstract: "A keystore cluster node: serves RAM and file keys over a local Unix socket.")
+        abstract: "A keystore cluster node: serves RAM and file keys over a local Unix socket.",
+        version: keystoreVersion)
 
     @Option(name: .long, help: "Path to the cluster config (JSON).")
     var config: String

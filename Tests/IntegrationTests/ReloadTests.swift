@@ -84,7 +84,7 @@ final class ReloadTests: ClusterTestCase {
         // anti-entropy between them settles (no repair loop).
         XCTAssertThrowsError(try cluster.client("node2").getKey(domain: "third.org", name: "token_secret"))
         waitUntil("node2 and node1 are in sync") {
-            ((try? cluster.client("node2").clusterStatus())?.members.first { $0.node == "node1" }?.fields["sync"]?.stringValue) == "in_sync"
+            ((try? cluster.client("node2").clusterStatus())?.members.first { $0.node == "node1" }?.sync) == .inSync
         }
         for node in ["node2", "node3"] {
             XCTAssertEqual(try reload(cluster, node).config.first, "domain third.org added")
