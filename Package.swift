@@ -58,6 +58,10 @@ let package = Package(
         .target(name: "Membership", dependencies: []),
         // X.509 parsing (OpenSSL), JIDs prepared with libidn, and the XEP-0257 append/verify rules (pure).
         .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims", "CLibIDN"]),
+        // MongooseIM mod_auth_token token bodies: build and take apart (pure: no keys, no clock).
+        .target(name: "TokenFormat", dependencies: []),
+        // HMAC with keys in protected memory (system OpenSSL), constant-time verification (libsodium).
+        .target(name: "KeyCrypto", dependencies: ["COpenSSL", "CSodium", "SecretMemory"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
         .target(name: "RegistryDatabase", dependencies: ["CSQLite"]),
         // Mutual TLS 1.3 between peers over system OpenSSL, as a NIO ChannelHandler.
@@ -83,7 +87,7 @@ let package = Package(
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
             "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "PeerTLS", "PeerWire", "LocalAPI",
-            "CertificateRegistry", "RegistryDatabase", "KeystoreAPI", "KeystoreJSON",
+            "CertificateRegistry", "RegistryDatabase", "KeystoreAPI", "KeystoreJSON", "KeyCrypto", "TokenFormat",
             "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -127,6 +131,9 @@ let package = Package(
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
         .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL", "TestSupport"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore", "TestSupport"]),
+        .testTarget(name: "KeyCryptoTests", dependencies: ["KeyCrypto", "SecretMemory"]),
+        // Cross-checks tokens with an independent implementation (Debian's /usr/bin/python3).
+        .testTarget(name: "TokenFormatTests", dependencies: ["TokenFormat", "KeyCrypto", "SecretMemory"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [
             "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "TestSupport",

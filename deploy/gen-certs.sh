@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
 # Creates the cluster CA and per-node certificates for keystored peer TLS (DESIGN.md "Cluster" 1).
 #
-# Usage: gen-certs.sh [--force] OUT_DIR NODE [NODE...]
+# Usage: gen-certs.sh [--force] [--ca-dir DIR] [--ip ADDR]... OUT_DIR NODE [NODE...]
 #
-#   OUT_DIR/ca.pem, ca.key    cluster CA; created if ca.pem is absent, reused (never replaced) otherwise,
-#                             because replacing it would silently split an existing cluster.
-#   OUT_DIR/NODE.pem, .key    node certificate with subjectAltName DNS:NODE, IP:127.0.0.1; kept if both files
-#                             exist, so re-running the script for a new node does not rotate everyone else.
+#   OUT_DIR/ca.pem            the cluster CA certificate (public: every node's tls.ca).
+#   OUT_DIR/NODE.pem, .key    node certificate with subjectAltName DNS:NODE (plus IP:ADDR for each --ip)
+#                             and its key; kept if both files exist, so re-running the script for a new
+#                             node does not rotate everyone else.
+#   CA_DIR/ca.key, ca.pem     the CA's private key and certificate, created if absent and reused (never
+#                             replaced) otherwise, because replacing them would silently split an existing
+#                             cluster. CA_DIR is kept apart from OUT_DIR so that copying OUT_DIR to the
+#                             nodes never ships the CA key: nodes never need it. Default: the sibling
+#                             directory OUT_DIR-ca (run/certs -> run/certs-ca), mode 0700. Keep it offline.
+#   --ca-dir DIR              where the CA key lives (see above).
+#   --ip ADDR                 also name ADDR (IPv4 or IPv6) in the certificates issued now. keystored only
+#                             checks DNS:NODE; an IP is for other tools that check a peer by its address.
 #   --force                   re-issue the listed node certificates (new keys) even if they exist.
 #
+# An OUT_DIR/ca.key left by an older gen-certs.sh is moved to CA_DIR.
 # Environment (mainly for tests): KEYSTORE_CERT_DAYS (node validity, default 825),
 # KEYSTORE_CA_DAYS (CA validity, default 3650), OPENSSL (binary, default "openssl").
 set -euo pipefail
@@ -18,17 +27,24 @@ CERT_DAYS="${KEYSTORE_CERT_DAYS:-825}"
 CA_DAYS="${KEYSTORE_CA_DAYS:-3650}"
 
 die() { echo "gen-certs.sh: $*" >&2; exit 1; }
-usage() { echo "usage: gen-certs.sh [--force] OUT_DIR NODE [NODE...]" >&2; exit 2; }
+usage() { echo "usage: gen-certs.sh [--force] [--ca-dir DIR] [--ip ADDR]... OUT_DIR NODE [NODE...]" >&2; exit 2; }
 
 force=0
+ca_dir=""
+ips=()
 args=()
-for a in "$@"; do
-    case "$a" in
+while [ "$#" -gt 0 ]; do
+    case "$1" in
         --force) force=1 ;;
-        -h|--help) usage ;;
-        -*) die "unknown option '$a'; the only option is --force" ;;
-        *) args+=("$a") ;;
+        --ca-dir) [ "$#" -ge 2 ] || die "--ca-dir needs a directory"; ca_dir="$2"; shift ;;
+        --ca-dir=*) ca_dir="${1#--ca-dir=}" ;;
+        --ip) [ "$#" -ge 2 ] || die "--ip needs an address"; ips+=("$2"); shift ;;
+        --ip=*) ips+=("${1#--ip=}") ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -*) die "unknown option '$1'; options: --force, --ca-dir DIR, --ip ADDR" ;;
+        *) args+=("$1") ;;
     esac
+    shift
 done
 [ "${#args[@]}" -ge 2 ] || usage
 out="${args[0]}"
@@ -45,9 +61,20 @@ for n in "${nodes[@]}"; do
         || die "node name '$n' is not a valid DNS name (use letters, digits, '-', '.'; at most 63 chars)"
     [[ "$n" != "ca" ]] || die "node name 'ca' would overwrite the CA files; pick another node name"
 done
+# Addresses go into the extension file: only address characters, and openssl must parse them.
+san_ips=""
+for ip in "${ips[@]}"; do
+    [[ "$ip" =~ ^[0-9A-Fa-f.:]+$ && "$ip" =~ [.:] ]] || die "--ip '$ip' is not an IPv4 or IPv6 address"
+    san_ips+=", IP:$ip"
+done
 
 umask 077
 mkdir -p "$out"
+out_abs="$(cd "$out" && pwd)"
+[ -n "$ca_dir" ] || ca_dir="${out_abs%/}-ca"
+mkdir -p "$ca_dir"
+chmod 700 "$ca_dir"
+[ "$(cd "$ca_dir" && pwd)" != "$out_abs" ] || die "--ca-dir must not be OUT_DIR: the CA key must not sit beside the node keys"
 tmp="$(mktemp -d "$out/.gen-certs.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
@@ -57,12 +84,29 @@ pubkey_of_cert() { "$OPENSSL" x509 -in "$1" -noout -pubkey 2>/dev/null; }
 random_serial() { echo "0x$("$OPENSSL" rand -hex 16)"; }
 
 # --- cluster CA ---------------------------------------------------------------------------------
-if [ -f "$out/ca.pem" ]; then
+# An older gen-certs.sh kept ca.key in OUT_DIR, beside the node keys: move it to CA_DIR.
+if [ -f "$out/ca.key" ]; then
+    [ ! -e "$ca_dir/ca.key" ] || die "$out/ca.key and $ca_dir/ca.key both exist; keep the one matching $out/ca.pem in $ca_dir and delete the other"
+    [ -f "$out/ca.pem" ] || die "$out/ca.key exists without ca.pem; restore ca.pem or remove ca.key to create a new CA"
+    mv "$out/ca.key" "$ca_dir/ca.key"
+    cp "$out/ca.pem" "$ca_dir/ca.pem"; chmod 644 "$ca_dir/ca.pem"
+    echo "moved $out/ca.key to $ca_dir/ca.key (the CA key no longer lives beside the node keys)"
+fi
+if [ -f "$ca_dir/ca.pem" ]; then
+    if [ -f "$out/ca.pem" ]; then
+        cmp -s "$ca_dir/ca.pem" "$out/ca.pem" \
+            || die "$out/ca.pem is not the CA in $ca_dir; use the --ca-dir of the CA that made $out, or another OUT_DIR"
+    else
+        cp "$ca_dir/ca.pem" "$tmp/ca.pem"; chmod 644 "$tmp/ca.pem"; mv "$tmp/ca.pem" "$out/ca.pem"
+    fi
+    echo "keeping existing CA $out/ca.pem (key in $ca_dir)"
+elif [ -f "$out/ca.pem" ]; then
+    # A CA whose key was taken offline (or never given): existing node certificates are kept;
+    # issuing a new one fails below with the missing key named.
+    [ ! -e "$ca_dir/ca.key" ] || die "$ca_dir/ca.key exists without $ca_dir/ca.pem; copy the matching ca.pem there"
     echo "keeping existing CA $out/ca.pem"
-    ca_present_key=0
-    [ -f "$out/ca.key" ] && ca_present_key=1
 else
-    [ ! -e "$out/ca.key" ] || die "$out/ca.key exists without ca.pem; restore ca.pem or remove ca.key to create a new CA"
+    [ ! -e "$ca_dir/ca.key" ] || die "$ca_dir/ca.key exists without ca.pem; restore $ca_dir/ca.pem or remove ca.key to create a new CA"
     new_ec_key "$tmp/ca.key" || die "cannot generate the CA key"
     cat > "$tmp/ca.cnf" <<CNF
 [req]
@@ -81,10 +125,13 @@ CNF
         -set_serial "$(random_serial)" -out "$tmp/ca.pem" 2>"$tmp/err" \
         || die "cannot create the CA certificate: $(tail -n 3 "$tmp/err")"
     chmod 600 "$tmp/ca.key"; chmod 644 "$tmp/ca.pem"
-    mv "$tmp/ca.key" "$out/ca.key"
+    cp -p "$tmp/ca.pem" "$tmp/ca.pem.copy"
+    # Key first, then the CA's own copy, then the public copy nodes use: a crash in between
+    # leaves a state the next run accepts or names.
+    mv "$tmp/ca.key" "$ca_dir/ca.key"
+    mv "$tmp/ca.pem.copy" "$ca_dir/ca.pem"
     mv "$tmp/ca.pem" "$out/ca.pem"
-    ca_present_key=1
-    echo "created CA $out/ca.pem"
+    echo "created CA $out/ca.pem (key in $ca_dir/ca.key: keep it offline, nodes never need it)"
 fi
 
 # --- node certificates --------------------------------------------------------------------------
@@ -94,13 +141,14 @@ for n in "${nodes[@]}"; do
         if ! "$OPENSSL" verify -CAfile "$out/ca.pem" "$out/$n.pem" >/dev/null 2>&1; then
             echo "warning: kept $out/$n.pem does not verify against $out/ca.pem (other CA or expired); re-run with --force to re-issue it" >&2
         fi
+        [ "${#ips[@]}" -eq 0 ] || echo "warning: --ip applies to certificates issued now; kept $out/$n.pem as it is (re-run with --force to re-issue it)" >&2
         echo "keeping existing $out/$n.pem"
         continue
     fi
     if [ "$ca_checked" -eq 0 ]; then
-        [ "$ca_present_key" -eq 1 ] || die "$out/ca.key is missing; it is needed to sign '$n' (restore it from backup)"
-        [ "$(pubkey_of_key "$out/ca.key")" = "$(pubkey_of_cert "$out/ca.pem")" ] \
-            || die "$out/ca.key does not match $out/ca.pem; restore the matching pair"
+        [ -f "$ca_dir/ca.key" ] || die "$ca_dir/ca.key is missing; it is needed to sign '$n' (restore it from backup, or pass --ca-dir)"
+        [ "$(pubkey_of_key "$ca_dir/ca.key")" = "$(pubkey_of_cert "$out/ca.pem")" ] \
+            || die "$ca_dir/ca.key does not match $out/ca.pem; restore the matching pair"
         ca_checked=1
     fi
     new_ec_key "$tmp/$n.key" || die "cannot generate the key for '$n'"
@@ -110,11 +158,11 @@ for n in "${nodes[@]}"; do
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature
 extendedKeyUsage = serverAuth, clientAuth
-subjectAltName = DNS:$n, IP:127.0.0.1
+subjectAltName = DNS:$n$san_ips
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 EXT
-    "$OPENSSL" x509 -req -in "$tmp/$n.csr" -CA "$out/ca.pem" -CAkey "$out/ca.key" -sha256 \
+    "$OPENSSL" x509 -req -in "$tmp/$n.csr" -CA "$out/ca.pem" -CAkey "$ca_dir/ca.key" -sha256 \
         -days "$CERT_DAYS" -set_serial "$(random_serial)" -extfile "$tmp/$n.ext" -out "$tmp/$n.pem" 2>"$tmp/err" \
         || die "cannot sign the certificate for '$n': $(tail -n 3 "$tmp/err")"
     chmod 600 "$tmp/$n.key"; chmod 644 "$tmp/$n.pem"
@@ -122,5 +170,5 @@ EXT
     # certificate whose key is missing being kept.
     mv -f "$tmp/$n.key" "$out/$n.key"
     mv -f "$tmp/$n.pem" "$out/$n.pem"
-    echo "issued $out/$n.pem (DNS:$n, valid $CERT_DAYS days)"
+    echo "issued $out/$n.pem (DNS:$n$san_ips, valid $CERT_DAYS days)"
 done

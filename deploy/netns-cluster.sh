@@ -16,6 +16,7 @@ run="$root/run/netns"
 sockdir=/tmp/keystore-netns
 prefix=ksn
 ip=$(command -v ip)
+. "$root/deploy/common.sh"
 
 [ "$(id -u)" -eq 0 ] || { echo "netns-cluster.sh: needs root (network namespaces)" >&2; exit 1; }
 
@@ -24,7 +25,7 @@ nodes() { cat "$run/nodes" 2>/dev/null; }
 start() {
     local n="${1:-3}"
     mkdir -p "$run/logs" "$run/psk" "$sockdir"
-    (cd "$root" && swift build --product keystored >/dev/null && swift build --product keystorectl >/dev/null)
+    build_products "$root" keystored keystorectl
     local names=()
     for i in $(seq 1 "$n"); do names+=("node$i"); done
     printf '%s\n' "${names[@]}" > "$run/nodes"
@@ -89,15 +90,17 @@ status() {
 }
 
 stop() {
+    # Nodes first, and only once they have exited: their namespaces and links go next.
+    local names
+    mapfile -t names < <(nodes)
+    stop_nodes "$run" "${names[@]}"
     for node in $(nodes); do
-        [ -f "$run/$node.pid" ] && kill "$(cat "$run/$node.pid")" 2>/dev/null || true
-        rm -f "$run/$node.pid"
         $ip netns del "${prefix}-$node" 2>/dev/null || true
         $ip link del ${prefix}h${node#node} 2>/dev/null || true
     done
     $ip link del ${prefix}b0 2>/dev/null || true
     $ip link del ${prefix}b1 2>/dev/null || true
-    echo "stopped"
+    echo "removed the namespaces and links"
 }
 
 case "${1:-}" in

@@ -121,8 +121,36 @@ public final class APIRouter: APIResponder {
             let ref = KeyRef(domain: try domain(parameters).name, name: parameters.key!)
             let views = try mapped { () throws(NodeError) in try node.rotate(ref, requestID: request.requestID) }
             return .response(try encode(KeyResponse(domain: ref.domain, name: ref.name, type: .ram, versions: views.map { Self.info($0, key: nil) }), allocator))
-        case .signHMAC, .verifyHMAC, .issueToken, .verifyToken, .revokeTokens:
-            throw APIError(.notFound, "\(spec.template) is not available in this build")
+        case .signHMAC:
+            let ref = KeyRef(domain: try domain(parameters).name, name: parameters.key!)
+            let body = try decode(HMACRequest.self, request)
+            let input = try base64(body.input, field: "input")
+            let (mac, version) = try mapped { () throws(NodeError) in try node.signHMAC(ref, algorithm: body.algorithm, input: input) }
+            return .response(try encode(HMACResponse(mac: Data(mac).base64EncodedString(), version: version, algorithm: body.algorithm), allocator))
+        case .verifyHMAC:
+            let ref = KeyRef(domain: try domain(parameters).name, name: parameters.key!)
+            let body = try decode(VerifyMACRequest.self, request)
+            let input = try base64(body.input, field: "input")
+            let mac = try base64(body.mac, field: "mac")
+            let version = try mapped { () throws(NodeError) in try node.verifyHMAC(ref, algorithm: body.algorithm, input: input, mac: mac) }
+            return .response(try encode(VerifyMACResponse(valid: version != nil, version: version), allocator))
+        case .issueToken:
+            let domain = try domain(parameters).name
+            let body = try decode(IssueTokenRequest.self, request)
+            guard let jid = JID(body.jid) else { throw APIError(.badRequest, "\"jid\" must be a JID such as user@\(domain)") }
+            let issued = try mapped { () throws(NodeError) in
+                try node.issueToken(domain: domain, type: body.type, jid: jid, validForSeconds: body.validForSeconds, vcard: body.vcard)
+            }
+            return .response(try encode(issued, allocator))
+        case .verifyToken:
+            let domain = try domain(parameters).name
+            let body = try decode(VerifyTokenRequest.self, request)
+            return .response(try encode(try mapped { () throws(NodeError) in try node.verifyToken(domain: domain, token: body.token) }, allocator))
+        case .revokeTokens:
+            let (domain, user) = try account(parameters)
+            try requireReady()
+            let future = node.revokeTokens(domain: domain, user: user, requestID: request.requestID)
+            return deferred(future, allocator) { floor in (RevokeTokensResponse(user: user.description, sequence: Int(clamping: floor.floor)), .ok) }
         case .listCerts:
             let (domain, user) = try account(parameters)
             try requireReady()
@@ -273,6 +301,11 @@ public final class APIRouter: APIResponder {
         })
     }
 
+    private func base64(_ text: String, field: String) throws(APIError) -> [UInt8] {
+        guard let data = Data(base64Encoded: text) else { throw APIError(.badRequest, "\"\(field)\" must be base64") }
+        return Array(data)
+    }
+
     /// Runs a synchronous operation, mapping its error.
     private func mapped<R>(_ body: () throws(NodeError) -> R) throws(APIError) -> R {
         do { return try body() } catch { throw Self.apiError(error) }
@@ -293,7 +326,7 @@ public final class APIRouter: APIResponder {
             }
         case .verification: return APIError(.forbidden, error.description)
         case .reloadRefused: return APIError(.conflict, error.description)
-        case .notPersisted, .secretMemory: return APIError(.internalError, error.description)
+        case .notPersisted, .secretMemory, .crypto: return APIError(.internalError, error.description)
         }
     }
 

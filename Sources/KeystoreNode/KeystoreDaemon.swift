@@ -1,3 +1,4 @@
+import KeystoreAPI
 import KeystoreConfig
 import LocalAPI
 import Logging
@@ -169,8 +170,10 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         let housekeeping = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
             operations.expireVersions()
             operations.retryPendingPeerRecords()
+            operations.expireCertificates()
             recordGauges()
         }
+        declareCounters()
         recordGauges()
 
         // Suspends until SIGTERM/SIGINT (or the ServiceGroup ends).
@@ -182,6 +185,13 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         await operations.registry.close()
         try? await group.shutdownGracefully()
         logger.info("stopped")
+    }
+
+    /// Counters a dashboard graphs exist from the start, at 0, not from their first event.
+    private func declareCounters() {
+        for origin in ["local", "peer"] { metrics.counter("keystore_key_rotations_total", [("origin", origin)], by: 0) }
+        for source in ["local", "peer"] { metrics.counter("keystore_registry_write_failures_total", [("source", source)], by: 0) }
+        metrics.gauge("keystore_build_info", [("version", keystoreVersion)], 1)
     }
 
     private func recordGauges() {
@@ -196,6 +206,9 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         metrics.gauge("keystore_event_subscribers", [], Double(events.subscriberCount))
         let (live, removed) = counts.certificates
         metrics.gauge("keystore_registry_pending_records", [], Double(operations.registry.failures.withLock { $0.pendingRecords }))
+        var sync: [String: Int] = Dictionary(uniqueKeysWithValues: SyncState.allCases.map { ($0.rawValue, 0) })
+        for member in cluster.status.members { if let state = member.sync { sync[state, default: 0] += 1 } }
+        for (state, count) in sync { metrics.gauge("keystore_member_sync", [("state", state)], Double(count)) }
         metrics.gauge("keystore_certificates", [("state", "registered")], Double(live))
         metrics.gauge("keystore_certificates", [("state", "removed")], Double(removed))
     }

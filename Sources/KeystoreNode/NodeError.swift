@@ -28,6 +28,8 @@ public enum NodeError: Error, Sendable, CustomStringConvertible {
     /// A reload that was refused as a whole; the previous config stays.
     case reloadRefused(String)
     case secretMemory(SecretMemoryError)
+    /// The crypto library failed (never carries key bytes or input).
+    case crypto(String)
 
     public var description: String {
         switch self {
@@ -45,6 +47,7 @@ public enum NodeError: Error, Sendable, CustomStringConvertible {
         case .notPersisted(let why): return "nothing was stored: \(why)"
         case .reloadRefused(let why): return "reload refused, previous keys kept: \(why)"
         case .secretMemory(let error): return error.description
+        case .crypto(let why): return why
         }
     }
 }

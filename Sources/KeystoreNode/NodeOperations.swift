@@ -59,6 +59,7 @@ public final class NodeOperations: Sendable {
         let (version, delta) = try state.rotate(ref)
         publish(delta)
         logger.info("\(requestID.map { "request \($0): " } ?? "")rotated \(ref); new primary \(version.id)")
+        metrics.counter("keystore_key_rotations_total", [("origin", "local")])
         announceRotation(ref, primary: version.id)
         return state.versionViews(ref)
     }
@@ -114,7 +115,7 @@ public final class NodeOperations: Sendable {
         events.publish(event)
     }
 
-    // MARK: Certificate registry
+    // MARK: Registry (certificates, token floors)
 
     /// XEP-0257 append for `user@domain`; the future succeeds once the record is durable here
     /// (and applied, and on its way to peers).
@@ -127,8 +128,8 @@ public final class NodeOperations: Sendable {
         return registry.perform { [self] database in
             let record = try state.planAppend(domain: domain, user: user, name: name, certificate: parsed,
                                               noCertManagement: noCertManagement)
-            try persist([record], in: database)
-            _ = state.applyCertificates([record])
+            try persist(RegistryWrite(certificates: [record.stored]), count: 1, in: database)
+            _ = state.applyRegistry(certificates: [record], nowMillis: wallClockMillis())
             publish(StoreDelta(certificates: [record]))
             logger.info("\(requestID.map { "request \($0): " } ?? "")registered certificate '\(name)' for \(user)")
             return record
@@ -144,29 +145,44 @@ public final class NodeOperations: Sendable {
             let records = state.planRemoval(domain: domain, user: user, name: name, kind: kind)
             if records.isEmpty, let name { throw NodeError.noSuchCertificate(user: user.description, name: name) }
             guard !records.isEmpty else { return [] }
-            try persist(records, in: database)
-            let outcome = state.applyCertificates(records)
+            try persist(RegistryWrite(certificates: records.map(\.stored)), count: records.count, in: database)
+            let outcome = state.applyRegistry(certificates: records, nowMillis: wallClockMillis())
             publish(StoreDelta(certificates: records))
             let verb = kind == .revoked ? "revoked" : "disabled"
             logger.info("\(requestID.map { "request \($0): " } ?? "")\(verb) \(records.count) certificate(s) of \(user)\(name.map { " named '\($0)'" } ?? "")")
-            announceRemovals(outcome.certificatesNewlyRemoved)
+            announce(outcome)
             return records
         }
     }
 
-    /// Writes `records` (one transaction) or throws `notPersisted`: nothing is applied then.
-    private func persist(_ records: [CertificateRecord], in database: RegistryDatabase) throws(NodeError) {
+    /// Revokes every refresh token of the user issued so far (MongooseIM's `revoke`): the
+    /// user's sequence floor rises, durably, here and then on every node.
+    func revokeTokens(domain: String, user: JID, requestID: UInt64? = nil) -> EventLoopFuture<TokenSequenceFloor> {
+        registry.perform { [self] database in
+            let floor = state.planTokenRevocation(domain: domain, user: user)
+            try persist(RegistryWrite(tokenSequenceFloors: [floor.stored]), count: 1, in: database)
+            let outcome = state.applyRegistry(certificates: [], floors: [floor], nowMillis: wallClockMillis())
+            publish(StoreDelta(tokenSequenceFloors: [floor]))
+            logger.info("\(requestID.map { "request \($0): " } ?? "")revoked the refresh tokens of \(user) (sequence floor \(floor.floor))")
+            announce(outcome)
+            return floor
+        }
+    }
+
+    /// Writes one batch (one transaction) or throws `notPersisted`: nothing is applied then.
+    private func persist(_ batch: RegistryWrite, count: Int, in database: RegistryDatabase) throws(NodeError) {
         do {
-            try database.upsert(records.map(\.stored))
+            try database.write(batch)
         } catch {
-            metrics.counter("keystore_registry_write_failures_total", [("source", "local")], by: records.count)
+            metrics.counter("keystore_registry_write_failures_total", [("source", "local")], by: count)
             logger.error("registry write failed, request refused and nothing applied: \(error)")
             throw .notPersisted("this node could not write its registry database (\(error.description))")
         }
     }
 
-    private func announceRemovals(_ records: [CertificateRecord]) {
-        for record in records {
+    /// Events for what a merge removed or revoked.
+    private func announce(_ outcome: MergeOutcome) {
+        for record in outcome.certificatesNewlyRemoved {
             guard let removal = record.removal else { continue }
             var event = Event(type: (removal.kind == .revoked ? EventType.certificateRevoked : .certificateDisabled).rawValue)
             event.domain = record.id.domain
@@ -177,12 +193,46 @@ public final class NodeOperations: Sendable {
             events.publish(event)
             logger.info("certificate \(record.content?.name ?? "?") of \(record.id.user) \(removal.kind == .revoked ? "revoked" : "disabled") (by \(removal.origin))")
         }
+        for floor in outcome.tokenSequenceFloorsChanged {
+            var event = Event(type: EventType.tokensRevoked.rawValue)
+            event.domain = floor.domain
+            event.user = floor.user
+            event.sequence = Int(clamping: floor.floor)
+            event.origin = floor.origin
+            events.publish(event)
+        }
     }
 
-    /// Start-up: records from this node's database, before joining the cluster.
+    /// Housekeeping: certificates expired past their retention are forgotten (docs/replication.md,
+    /// "Compaction") and their rows deleted. A row whose delete fails is deleted after the next
+    /// restart, which forgets it again right after loading.
+    func expireCertificates() {
+        registry.perform { [self] database in
+            let forgotten = state.expireCertificates()
+            guard !forgotten.isEmpty else { return }
+            do {
+                try database.write(RegistryWrite(deletedCertificates: forgotten.map(\.storedKey)))
+                logger.info("forgot \(forgotten.count) certificate records past their expiry")
+            } catch {
+                logger.warning("could not delete \(forgotten.count) expired certificate rows (\(error)); they are removed after the next restart")
+            }
+        }.whenFailure { [logger] error in logger.error("certificate expiry failed: \(error)") }
+    }
+
+    /// Start-up: records from this node's database, before joining the cluster. Rows written
+    /// before compaction existed are rewritten compacted; rows expired past their retention are
+    /// deleted.
     static func loadPersisted(_ database: RegistryDatabase, into state: NodeState) throws(RegistryDatabaseError) -> Int {
         let records = try database.loadAll().compactMap(CertificateRecord.init(stored:))
-        state.loadPersisted(records)
+        let floors = try database.loadTokenSequenceFloors().map(TokenSequenceFloor.init(stored:))
+        state.loadPersisted(records, floors: floors)
+        let stale = records.filter { $0.compacted() != $0 }.map { $0.compacted() }
+        let expired = state.expireCertificates()
+        if !stale.isEmpty || !expired.isEmpty {
+            let expiredIDs = Set(expired)
+            try database.write(RegistryWrite(certificates: stale.filter { !expiredIDs.contains($0.id) }.map(\.stored),
+                                             deletedCertificates: expired.map(\.storedKey)))
+        }
         return records.count
     }
 }
@@ -201,26 +251,32 @@ extension NodeOperations: ClusterReplica {
     func wireDelta(forBuckets buckets: [Int]) -> WireDelta { state.wireDelta(forBuckets: buckets) }
     func fullWireDelta() -> WireDelta { state.fullWireDelta() }
 
-    /// Key versions and PSK fingerprints live in memory only: applied at once. Certificate
-    /// records are persisted first, on the registry writer (see `persistPeerRecords`).
+    /// Key versions and key declarations live in memory only: applied at once. Registry
+    /// records (certificates, token floors) are persisted first, on the registry writer (see
+    /// `persistPeerRecords`).
     func applyRemote(_ wire: WireDelta, from node: String, completion: @escaping @Sendable (WireDelta) -> Void) {
         let (keys, forgotten) = state.mergeRemoteKeys(wire)
         for ref in forgotten { logger.info("\(ref): no member declares this ram key any more; its versions are forgotten and zeroed") }
         for ref in keys.primaryChanged {
             let primary = state.primaryVersionID(ref)
             logger.info("\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")
-            if state.isReady, let primary { announceRotation(ref, primary: primary) }
+            if state.isReady, let primary {
+                metrics.counter("keystore_key_rotations_total", [("origin", "peer")])
+                announceRotation(ref, primary: primary)
+            }
         }
         if !keys.added.isEmpty { logger.debug("merged \(keys.added.count) key versions from \(node)") }
         let forwardKeys = keys.forwardable
-        guard !wire.certificates.isEmpty else {
+        guard !wire.certificates.isEmpty || !wire.tokenSequenceFloors.isEmpty else {
             completion(forwardKeys.isEmpty ? WireDelta() : state.wireDelta(for: forwardKeys))
             return
         }
-        let incoming = wire.certificates
+        let incoming = PendingRegistry(certificates: wire.certificates, floors: wire.tokenSequenceFloors)
         registry.perform { [self] database -> StoreDelta in
+            let registryForward = persistPeerRecords(incoming, from: node, in: database)
             var forward = forwardKeys
-            forward.certificates = persistPeerRecords(incoming, from: node, in: database)
+            forward.certificates = registryForward.certificates
+            forward.tokenSequenceFloors = registryForward.tokenSequenceFloors
             return forward
         }.whenComplete { [state] result in
             let forward = (try? result.get()) ?? forwardKeys
@@ -228,52 +284,62 @@ extension NodeOperations: ClusterReplica {
         }
     }
 
-    /// Persist, then apply, records from peers (on the writer). When the write fails, the
-    /// records are kept and retried with every later write and every second (`retryPendingPeerRecords`)
-    /// until one succeeds, and health reports it meanwhile. Registrations wait for their write:
-    /// this node does not serve what it could not store. Removals are applied in memory at once
-    /// all the same, because a revocation this node ignored would be worse than one it might
-    /// forget: after a restart it relearns it from peers before serving the registry.
+    /// Persist, then apply, registry records from peers (on the writer). When the write fails,
+    /// the records are kept and retried with every later write and every second
+    /// (`retryPendingPeerRecords`) until one succeeds, and health reports it meanwhile.
+    /// Registrations wait for their write: this node does not serve what it could not store.
+    /// Revocations (certificate removals, token floors) are applied in memory at once all the
+    /// same, because a revocation this node ignored would be worse than one it might forget:
+    /// after a restart it relearns it from peers before serving the registry.
     /// Returns what changed here, for forwarding.
-    private func persistPeerRecords(_ incoming: [CertificateRecord], from source: String,
-                                    in database: RegistryDatabase) -> [CertificateRecord] {
+    private func persistPeerRecords(_ incoming: PendingRegistry, from source: String, in database: RegistryDatabase) -> StoreDelta {
+        let now = wallClockMillis()
         // Write the join of what is held and what was pending: joins only grow, so the row
         // written is never older than one written before it.
-        let pending = registry.pendingPeerRecords.value.map { record in state.certificateRecord(record.id).map { $0.merged(with: record) } ?? record }
-        let changes = state.certificateChanges(incoming)
-        let rows = pending + changes
-        guard !rows.isEmpty else { return [] }
+        let pending = registry.pendingPeerRecords.value
+        let pendingCertificates = pending.certificates.map { record in state.certificateRecord(record.id).map { $0.merged(with: record) } ?? record }
+        let certificates = pendingCertificates + state.certificateChanges(incoming.certificates, nowMillis: now)
+        let floors = state.tokenFloorChanges(pending.floors + incoming.floors)
+        guard !certificates.isEmpty || !floors.isEmpty else { return StoreDelta() }
         do {
-            try database.upsert(rows.map(\.stored))
+            try database.write(RegistryWrite(certificates: certificates.map(\.stored), tokenSequenceFloors: floors.map(\.stored)))
         } catch {
-            let failed = Dictionary(rows.map { ($0.id, $0) }, uniquingKeysWith: { $0.merged(with: $1) })
-            registry.pendingPeerRecords.value = Array(failed.values)
-            registry.recordPeerWrite(failedRecords: failed.count, error: "\(error)")
-            metrics.counter("keystore_registry_write_failures_total", [("source", "peer")], by: changes.count)
-            logger.error("cannot persist \(rows.count) certificate records from \(source) (\(error)); registrations wait, revocations apply in memory; retrying every second")
-            let removals = changes.filter { $0.removal != nil }
-            guard !removals.isEmpty else { return [] }
-            let outcome = state.applyCertificates(removals)
-            announceRemovals(outcome.certificatesNewlyRemoved)
-            return outcome.forwardable.certificates
+            var kept = PendingRegistry(certificates: Array(Dictionary(certificates.map { ($0.id, $0) }, uniquingKeysWith: { $0.merged(with: $1) }).values),
+                                       floors: floors)
+            kept.floors = state.tokenFloorChanges(kept.floors)
+            registry.pendingPeerRecords.value = kept
+            registry.recordPeerWrite(failedRecords: kept.count, error: "\(error)")
+            metrics.counter("keystore_registry_write_failures_total", [("source", "peer")], by: kept.count)
+            logger.error("cannot persist \(kept.count) registry records from \(source) (\(error)); registrations wait, revocations apply in memory; retrying every second")
+            let removals = certificates.filter { $0.removal != nil }
+            guard !removals.isEmpty || !floors.isEmpty else { return StoreDelta() }
+            let outcome = state.applyRegistry(certificates: removals, floors: floors, nowMillis: now)
+            announce(outcome)
+            return outcome.forwardable
         }
         if !registry.pendingPeerRecords.value.isEmpty {
             logger.notice("registry database writable again: \(registry.pendingPeerRecords.value.count) pending peer records stored")
-            registry.pendingPeerRecords.value = []
+            registry.pendingPeerRecords.value = PendingRegistry()
         }
         registry.recordPeerWrite(failedRecords: 0, error: nil)
-        let outcome = state.applyCertificates(rows)
-        announceRemovals(outcome.certificatesNewlyRemoved)
-        return outcome.forwardable.certificates
+        let outcome = state.applyRegistry(certificates: certificates, floors: floors, nowMillis: now)
+        if !outcome.certificatesForgotten.isEmpty {
+            try? database.write(RegistryWrite(deletedCertificates: outcome.certificatesForgotten.map(\.storedKey)))
+        }
+        announce(outcome)
+        var forward = outcome.forwardable
+        forward.keyVersions = [:]
+        forward.pskFingerprints = []
+        return forward
     }
 
     /// Housekeeping: another attempt at peer records a failed write left pending.
     func retryPendingPeerRecords() {
-        registry.perform { [self] database -> [CertificateRecord] in
-            guard !registry.pendingPeerRecords.value.isEmpty else { return [] }
-            return persistPeerRecords([], from: "the retry queue", in: database)
+        registry.perform { [self] database -> StoreDelta in
+            guard !registry.pendingPeerRecords.value.isEmpty else { return StoreDelta() }
+            return persistPeerRecords(PendingRegistry(), from: "the retry queue", in: database)
         }.whenSuccess { [self] forward in
-            publish(StoreDelta(certificates: forward))
+            publish(forward)
         }
     }
 
@@ -285,6 +351,14 @@ extension NodeOperations: ClusterReplica {
         event.previous = previous?.rawValue
         events.publish(event)
     }
+}
+
+/// Registry records from peers that could not be written yet.
+struct PendingRegistry: Sendable {
+    var certificates: [CertificateRecord] = []
+    var floors: [TokenSequenceFloor] = []
+    var count: Int { certificates.count + floors.count }
+    var isEmpty: Bool { certificates.isEmpty && floors.isEmpty }
 }
 
 extension RegistryWriter {
@@ -317,6 +391,8 @@ extension CertificateRecord {
                           removalLogical: removal?.stamp.logical, removalOrigin: removal?.origin)
     }
 
+    var storedKey: StoredCertificateKey { id.storedKey }
+
     init?(stored row: StoredCertificate) {
         var content: CertificateContent?
         if let name = row.name, let der = row.der, let notBefore = row.notBeforeMillis, let notAfter = row.notAfterMillis,
@@ -331,5 +407,21 @@ extension CertificateRecord {
         }
         guard content != nil || removal != nil, row.sha256.count == 32 else { return nil }
         self.init(id: CertificateID(domain: row.domain, user: row.user, sha256: row.sha256), content: content, removal: removal)
+    }
+}
+
+extension CertificateID {
+    var storedKey: StoredCertificateKey { StoredCertificateKey(domain: domain, user: user, sha256: sha256) }
+}
+
+extension TokenSequenceFloor {
+    var stored: StoredTokenSequenceFloor {
+        StoredTokenSequenceFloor(domain: domain, user: user, floor: floor, stampWall: stamp.wallMillis,
+                                 stampLogical: stamp.logical, origin: origin)
+    }
+
+    init(stored row: StoredTokenSequenceFloor) {
+        self.init(domain: row.domain, user: row.user, floor: row.floor,
+                  stamp: HLCTimestamp(wallMillis: row.stampWall, logical: row.stampLogical), origin: row.origin)
     }
 }

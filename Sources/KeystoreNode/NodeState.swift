@@ -336,6 +336,7 @@ final class NodeState: Sendable {
 
     private static func wire(for delta: StoreDelta, secrets: [VersionID: SecretBytes]) -> WireDelta {
         var wire = WireDelta(pskFingerprints: delta.pskFingerprints, certificates: delta.certificates)
+        wire.tokenSequenceFloors = delta.tokenSequenceFloors
         for (ref, versions) in delta.keyVersions.sorted(by: { $0.key < $1.key }) {
             for version in versions {
                 if let secret = secrets[version.id] {
@@ -459,24 +460,61 @@ final class NodeState: Sendable {
         }
     }
 
-    /// The merged value of every incoming record that would change this replica (what must
-    /// be persisted before `applyCertificates`). Changes nothing.
-    func certificateChanges(_ incoming: [CertificateRecord]) -> [CertificateRecord] {
-        inner.withLock { $0.store.certificateChanges(incoming) }
+    /// The merged value of every incoming record that would change this replica at `nowMillis`
+    /// (what must be persisted before `applyRegistry`). Changes nothing.
+    func certificateChanges(_ incoming: [CertificateRecord], nowMillis: UInt64) -> [CertificateRecord] {
+        inner.withLock { $0.store.certificateChanges(incoming, nowMillis: nowMillis) }
+    }
+
+    /// The incoming floors that would raise what is held (the highest per user). Changes nothing.
+    func tokenFloorChanges(_ incoming: [TokenSequenceFloor]) -> [TokenSequenceFloor] {
+        inner.withLock { state in
+            var best: [String: TokenSequenceFloor] = [:]
+            for record in incoming {
+                let key = record.domain + "\u{0}" + record.user
+                let held = best[key] ?? state.store.tokenSequenceFloor(domain: record.domain, user: record.user)
+                if held.map({ record.supersedes($0) }) ?? true { best[key] = record }
+            }
+            return best.values.filter { record in
+                state.store.tokenSequenceFloor(domain: record.domain, user: record.user).map { record.supersedes($0) } ?? true
+            }.sorted { ($0.domain, $0.user) < ($1.domain, $1.user) }
+        }
+    }
+
+    /// The floor record a revocation of the user's refresh tokens stores. Changes nothing.
+    func planTokenRevocation(domain: String, user: JID) -> TokenSequenceFloor {
+        let now = wallClockMillis()
+        return inner.withLock { state in
+            state.store.tokenFloorRaise(domain: domain, user: user.description, stamp: state.clock.now(wallMillis: now), origin: nodeName)
+        }
+    }
+
+    /// The sequence the user's refresh tokens carry now (and are checked against).
+    func tokenSequence(domain: String, user: JID) -> UInt64 {
+        inner.withLock { $0.store.tokenSequence(domain: domain, user: user.description) }
+    }
+
+    /// Joins registry records (certificates, token floors) into the store, after they were
+    /// persisted. `nowMillis` must be the time their changes were computed with.
+    func applyRegistry(certificates: [CertificateRecord], floors: [TokenSequenceFloor] = [], nowMillis: UInt64) -> MergeOutcome {
+        inner.withLock { $0.store.merge(StoreDelta(certificates: certificates, tokenSequenceFloors: floors), nowMillis: nowMillis) }
+    }
+
+    /// Forgets certificates expired past their retention; returns their ids (rows to delete).
+    func expireCertificates() -> [CertificateID] {
+        let now = wallClockMillis()
+        return inner.withLock { $0.store.expireCertificates(nowMillis: now) }
     }
 
     func certificateRecord(_ id: CertificateID) -> CertificateRecord? {
         inner.withLock { $0.store.certificateRecord(id) }
     }
 
-    /// Joins records into the store (after they were persisted).
-    func applyCertificates(_ records: [CertificateRecord]) -> MergeOutcome {
-        let now = wallClockMillis()
-        return inner.withLock { $0.store.merge(StoreDelta(certificates: records), nowMillis: now) }
-    }
-
     /// Start-up: the records read from the local database.
-    func loadPersisted(_ records: [CertificateRecord]) {
-        inner.withLock { $0.store.loadCertificates(records) }
+    func loadPersisted(_ records: [CertificateRecord], floors: [TokenSequenceFloor]) {
+        inner.withLock { state in
+            state.store.loadCertificates(records)
+            state.store.loadTokenSequenceFloors(floors)
+        }
     }
 }

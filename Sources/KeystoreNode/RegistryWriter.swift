@@ -21,7 +21,7 @@ final class RegistryWriter: Sendable {
     let failures = Mutex<PersistFailures>(PersistFailures())
     /// Records from peers that could not be written yet (confined to the writer's loop). They
     /// are retried on every later write and by `retryPending`, until one succeeds.
-    let pendingPeerRecords: NIOLoopBoundBox<[CertificateRecord]>
+    let pendingPeerRecords: NIOLoopBoundBox<PendingRegistry>
 
     struct PersistFailures: Sendable {
         /// Peer records not stored at the last attempt (they stay unapplied; anti-entropy
@@ -37,7 +37,7 @@ final class RegistryWriter: Sendable {
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         loop = group.next()
         self.database = NIOLoopBoundBox.makeBoxSendingValue(database, eventLoop: loop)
-        self.pendingPeerRecords = NIOLoopBoundBox.makeBoxSendingValue([], eventLoop: loop)
+        self.pendingPeerRecords = NIOLoopBoundBox.makeBoxSendingValue(PendingRegistry(), eventLoop: loop)
     }
 
     /// Runs `body` with the database on the writer thread, after everything submitted before.

@@ -42,17 +42,22 @@ public struct WireDelta: Sendable {
     public var pskFingerprints: [PSKFingerprint]
     /// Certificate registrations and their tombstones (public data: no secrets).
     public var certificates: [CertificateRecord]
-    public init(versions: [WireKeyVersion] = [], pskFingerprints: [PSKFingerprint] = [], certificates: [CertificateRecord] = []) {
+    /// Refresh-token sequence floors (public data). Not sent to 0.1.0 peers (`PeerWireFeatures`).
+    public var tokenSequenceFloors: [TokenSequenceFloor]
+    public init(versions: [WireKeyVersion] = [], pskFingerprints: [PSKFingerprint] = [], certificates: [CertificateRecord] = [],
+                tokenSequenceFloors: [TokenSequenceFloor] = []) {
         self.versions = versions
         self.pskFingerprints = pskFingerprints
         self.certificates = certificates
+        self.tokenSequenceFloors = tokenSequenceFloors
     }
-    public var isEmpty: Bool { versions.isEmpty && pskFingerprints.isEmpty && certificates.isEmpty }
+    public var isEmpty: Bool { versions.isEmpty && pskFingerprints.isEmpty && certificates.isEmpty && tokenSequenceFloors.isEmpty }
 
     /// The metadata part, for `ReplicatedStore.merge`.
     public var storeDelta: StoreDelta {
         var delta = StoreDelta(pskFingerprints: pskFingerprints)
         delta.certificates = certificates
+        delta.tokenSequenceFloors = tokenSequenceFloors
         for v in versions { delta.keyVersions[v.key, default: []].append(v.version) }
         return delta
     }

@@ -50,8 +50,8 @@ enum SharedCertificates {
     static func directory() throws -> String {
         lock.lock(); defer { lock.unlock() }
         if let cached { return cached }
-        // Holds the CA key: removed when the test process exits.
-        let dir = try ScratchDirectory.forProcessLifetime(prefix: "ks-certs").path
+        // Node keys in <scratch>/certs, the CA key in <scratch>/certs-ca: removed when the test process exits.
+        let dir = try ScratchDirectory.forProcessLifetime(prefix: "ks-certs").file("certs")
         try ClusterCertificates.generate(in: dir, nodes: nodeNames)
         cached = dir
         return dir

@@ -67,7 +67,7 @@ final class SecurityPeerTests: ClusterTestCase {
 
         // Certificates gen-certs.sh will not make: from the cluster CA, naming node3, but outside
         // their validity period.
-        let authority = try TestCertificateAuthority(directory: cluster.scratch.file("testca"), caCertificate: ca, caKey: "\(certs)/ca.key")
+        let authority = try TestCertificateAuthority(directory: cluster.scratch.file("testca"), caCertificate: ca, caKey: "\(certs)-ca/ca.key")
         let expired = try authority.issue("expired", dnsName: "node3", start: "20200101000000Z", end: "20210101000000Z")
         let future = try authority.issue("future", dnsName: "node3", start: "20400101000000Z", end: "20410101000000Z")
         // A second CA's node3 certificate: right name, wrong issuer.

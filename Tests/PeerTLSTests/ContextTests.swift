@@ -76,11 +76,12 @@ final class GenCertsScriptTests: XCTestCase {
 
     func testCreatesCAAndNodeCertificatesWithRequiredProperties() throws {
         let f = try CertFixture.shared()
-        for file in [f.dir + "/ca.key", f.key("node1"), f.key("node2")] {
+        for file in [f.dir + "-ca/ca.key", f.key("node1"), f.key("node2")] {
             XCTAssertEqual(try mode(file), 0o600, file)
         }
         let text = try runTool("/usr/bin/env", ["openssl", "x509", "-in", f.cert("node1"), "-noout", "-text"])
-        XCTAssertTrue(text.contains("DNS:node1, IP Address:127.0.0.1"), text)
+        XCTAssertTrue(text.contains("DNS:node1\n"), text)
+        XCTAssertFalse(text.contains("IP Address"), "no address unless --ip asks for one: \(text)")
         XCTAssertTrue(text.contains("TLS Web Server Authentication, TLS Web Client Authentication"))
         XCTAssertTrue(text.contains("Digital Signature"))
         XCTAssertTrue(text.contains("prime256v1") || text.contains("P-256"))
@@ -102,6 +103,49 @@ final class GenCertsScriptTests: XCTestCase {
         try runTool("/bin/bash", [script, "--force", dir, "a"])
         XCTAssertNotEqual(try String(contentsOfFile: dir + "/a.pem", encoding: .utf8), a1)
         XCTAssertEqual(try String(contentsOfFile: dir + "/ca.pem", encoding: .utf8), ca1)
+    }
+
+    /// The CA key never lands in OUT_DIR (what gets copied to the nodes): it lives in OUT_DIR-ca
+    /// or --ca-dir, and a key an older version left in OUT_DIR is moved there.
+    func testKeepsTheCAKeyApartFromTheNodeFiles() throws {
+        let dir = try tempDir()
+        let script = ClusterCertificates.scriptPath
+        try runTool("/bin/bash", [script, dir, "a"])
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["a.key", "a.pem", "ca.pem"])
+        XCTAssertEqual(try mode(dir + "-ca"), 0o700)
+        XCTAssertEqual(try mode(dir + "-ca/ca.key"), 0o600)
+        XCTAssertEqual(try String(contentsOfFile: dir + "-ca/ca.pem", encoding: .utf8),
+                       try String(contentsOfFile: dir + "/ca.pem", encoding: .utf8))
+
+        // An explicit --ca-dir signs certificates for a second output directory with the same CA.
+        let other = try tempDir()
+        try runTool("/bin/bash", [script, "--ca-dir", dir + "-ca", other, "b"])
+        XCTAssertNoThrow(try runTool("/usr/bin/env", ["openssl", "verify", "-CAfile", dir + "/ca.pem", other + "/b.pem"]))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: other + "-ca"))
+
+        // The old layout (ca.key beside the node keys) is migrated, and the CA still signs.
+        try FileManager.default.moveItem(atPath: dir + "-ca/ca.key", toPath: dir + "/ca.key")
+        try FileManager.default.removeItem(atPath: dir + "-ca/ca.pem")
+        let migrated = try runTool("/bin/bash", [script, dir, "c"])
+        XCTAssertTrue(migrated.contains("moved \(dir)/ca.key to \(dir)-ca/ca.key"), migrated)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/ca.key"))
+        XCTAssertNoThrow(try runTool("/usr/bin/env", ["openssl", "verify", "-CAfile", dir + "/ca.pem", dir + "/c.pem"]))
+
+        // Without the key, kept certificates are fine and a new one is refused with the path named.
+        try FileManager.default.removeItem(atPath: dir + "-ca")
+        XCTAssertNoThrow(try runTool("/bin/bash", [script, dir, "a"]))
+        XCTAssertThrowsError(try runTool("/bin/bash", [script, dir, "d"])) { error in
+            XCTAssertTrue("\(error)".contains("\(dir)-ca/ca.key is missing"), "\(error)")
+        }
+    }
+
+    func testAddsAddressesOnlyWhenAsked() throws {
+        let dir = try tempDir()
+        try runTool("/bin/bash", [ClusterCertificates.scriptPath, "--ip", "10.0.0.7", "--ip", "fd00::7", dir, "a"])
+        let text = try runTool("/usr/bin/env", ["openssl", "x509", "-in", dir + "/a.pem", "-noout", "-ext", "subjectAltName"])
+        XCTAssertTrue(text.contains("DNS:a, IP Address:10.0.0.7, IP Address:FD00:0:0:0:0:0:0:7"), text)
+        XCTAssertThrowsError(try runTool("/bin/bash", [ClusterCertificates.scriptPath, "--ip", "10.0.0.7,DNS:evil", dir, "b"]))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/b.pem"))
     }
 
     func testRejectsUnsafeNodeNames() throws {

@@ -34,7 +34,7 @@ struct CertFixture: Sendable {
         try ClusterCertificates.generate(in: other, nodes: ["node1"])
         // Expired node1 certificate for node1's key, signed by the real cluster CA.
         let authority = try TestCertificateAuthority(directory: base + "/expired", caCertificate: dir + "/ca.pem",
-                                                     caKey: dir + "/ca.key")
+                                                     caKey: ClusterCertificates.caKey(for: dir))
         let expired = try authority.issue("expired-node1", dnsName: "node1", extraNames: ["IP:127.0.0.1"],
                                           start: "20200101000000Z", end: "20200201000000Z", key: dir + "/node1.key")
         return CertFixture(dir: dir, otherCADir: other, expiredCert: expired.certificate)

@@ -55,7 +55,8 @@ enum ProsodyUser {
     }
 }
 
-/// One Prosody 0.12 process serving `host` with mod_keystore_certs loaded from integrations/prosody.
+/// One Prosody 0.12 process serving `host` with mod_keystore_certs and mod_keystore_tokens loaded
+/// from integrations/prosody (both at once, as a deployment would).
 final class ProsodyServer {
     let name: String
     let directory: String
@@ -87,7 +88,7 @@ final class ProsodyServer {
         certificates = "\(directory)/certs"
         log = { { levels = { min = "debug" }, to = "file", filename = "\(logPath)" } }
         plugin_paths = { "\(modules)" }
-        modules_enabled = { "saslauth", "tls", "disco", "ping", "register", "keystore_certs" }
+        modules_enabled = { "saslauth", "tls", "disco", "ping", "register", "keystore_certs", "keystore_tokens" }
         modules_disabled = { "s2s" }
         c2s_ports = { \(port) }
         c2s_interfaces = { "127.0.0.1" }
@@ -165,13 +166,15 @@ final class XMPPClient: @unchecked Sendable {
     let stderrPath: String
 
     /// Connects at once; use `waitForSession()` or `waitForAuthFailure()` next.
+    /// `token` (base64): log in with SASL X-OAUTH and nothing else.
     init(label: String, jid: String, password: String? = nil, certificate: (pem: String, key: String)? = nil,
-         server: ProsodyServer, ca: String, scratch: ScratchDirectory) throws {
+         token: String? = nil, server: ProsodyServer, ca: String, scratch: ScratchDirectory) throws {
         self.label = label
         let script = Products.repositoryRoot.appendingPathComponent("integrations/prosody/test/xmpp_client.py").path
         var arguments = [script, "--jid", jid, "--port", String(server.port), "--ca", ca]
         if let password { arguments += ["--password", password] }
         if let certificate { arguments += ["--cert", certificate.pem, "--key", certificate.key] }
+        if let token { arguments += ["--token", token] }
         if ProcessInfo.processInfo.environment["XMPP_CLIENT_DEBUG"] != nil { arguments.append("--debug") }
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         process.arguments = arguments
@@ -312,7 +315,7 @@ final class ProsodyCluster {
         let key = scratch.file("server.key"), csr = scratch.file("server.csr"), pem = scratch.file("server.pem")
         try SharedCertificates.run("/usr/bin/openssl", ["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                                                         "-subj", "/CN=\(ProsodyCluster.host)", "-keyout", key, "-out", csr])
-        try SharedCertificates.run("/usr/bin/openssl", ["x509", "-req", "-in", csr, "-CA", certs + "/ca.pem", "-CAkey", certs + "/ca.key",
+        try SharedCertificates.run("/usr/bin/openssl", ["x509", "-req", "-in", csr, "-CA", certs + "/ca.pem", "-CAkey", certs + "-ca/ca.key",
                                                         "-days", "30", "-extfile", scratch.file("server.ext"), "-out", pem])
         ProsodyUser.chown(key)
         chmod(pem, 0o644)
@@ -328,7 +331,8 @@ final class ProsodyCluster {
         try testCase.makeCluster(nodes: ["node1", "node2"], domains: [
             host: ["keys": [["name": "token_secret", "type": "ram"]]],
         ], clients: [
-            ["uid": Int(ProsodyUser.uid), "domains": [host], "allow": ["certs:read", "certs:write", "certs:verify", "events:read"]],
+            ["uid": Int(ProsodyUser.uid), "domains": [host], "allow": ["certs:read", "certs:write", "certs:verify", "events:read",
+                                                                      "tokens:issue", "tokens:verify", "tokens:revoke"]],
         ]) { config in
             guard var nodes = config["nodes"] as? [String: Any] else { return }
             for (name, entry) in nodes {
@@ -347,9 +351,9 @@ final class ProsodyCluster {
     }
 
     func connect(_ label: String, to server: ProsodyServer, jid: String, password: String? = nil,
-                 certificate: (text: String, pem: String, key: String)? = nil) throws -> XMPPClient {
+                 certificate: (text: String, pem: String, key: String)? = nil, token: String? = nil) throws -> XMPPClient {
         let client = try XMPPClient(label: label, jid: jid, password: password, certificate: certificate.map { ($0.pem, $0.key) },
-                                    server: server, ca: serverCA, scratch: scratch)
+                                    token: token, server: server, ca: serverCA, scratch: scratch)
         clients.append(client)
         return client
     }

@@ -115,9 +115,15 @@ final class ProsodyIntegrationTests: ProsodyTestCase {
         // Appended without <no-cert-management/>: this session may manage certificates.
         let spare = try cluster.certificate("spare", jids: ["alice@\(host)"])
         try device.send("add_cert", ["name": "spare", "pem_path": spare.pem])
+        waitUntil("node1 knows the certificate added through B") {
+            (try? cluster.keystore.client("node1").listCerts(domain: host, user: "alice").certs.count) == 2
+        }
         XCTAssertEqual(Set(names(try alice.send("list_certs"))), ["laptop", "spare"])
 
         try alice.send("disable_cert", ["name": "laptop"])
+        waitUntil("node2 knows the certificate is disabled") {
+            (try? cluster.keystore.client("node2").listCerts(domain: host, user: "alice").certs.map(\.name)) == ["spare"]
+        }
         for server in [cluster.a, cluster.b] {
             let again = try cluster.connect("laptop-again@\(server.name)", to: server, jid: "alice@\(host)/laptop", certificate: laptop)
             XCTAssertEqual(again.waitForAuthFailure(), "not-authorized", "disabled certificate on \(server.name)")

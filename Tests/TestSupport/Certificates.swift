@@ -9,10 +9,15 @@ public enum ClusterCertificates {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     }
 
-    /// Runs gen-certs.sh for `nodes` into `directory`: ca.pem/ca.key and `<node>.pem`/`<node>.key`.
+    /// Runs gen-certs.sh for `nodes` into `directory`: ca.pem and `<node>.pem`/`<node>.key` there, the
+    /// CA key in the sibling `<directory>-ca` (so keep `directory` inside a scratch directory, never
+    /// directly in /tmp, or the CA key lands outside it).
     public static func generate(in directory: String, nodes: [String], environment: [String: String] = [:]) throws {
         try runTool("/bin/bash", [scriptPath, directory] + nodes, environment: environment)
     }
+
+    /// Where gen-certs.sh keeps the CA key for the certificates it wrote to `directory`.
+    public static func caKey(for directory: String) -> String { directory + "-ca/ca.key" }
 }
 
 /// Issues node certificates from an existing CA with explicit validity dates via `openssl ca`, which

@@ -1,6 +1,7 @@
--- Client for keystored's local API (HTTP/1.1 + JSON on a Unix socket), for Prosody modules.
+-- Client for keystored's local API (HTTP/1.1 + JSON on a Unix socket), for Prosody modules, and
+-- the pieces the keystore modules share (async helpers, SASL mechanisms, durable per-user requests).
 --
--- Loaded with module:require("keystore_client") by mod_keystore_certs (and mod_keystore_tokens),
+-- Loaded with module:require("keystore_client") by mod_keystore_certs and mod_keystore_tokens,
 -- so it runs in the calling module's environment (`module` is that module).
 --
 -- Prosody's net.http only speaks TCP, so requests go through luasocket's socket.unix wrapped by
@@ -14,6 +15,8 @@
 
 local server = require "net.server";
 local httpstream = require "net.http.parser";
+local async = require "util.async";
+local st = require "util.stanza";
 local json = require "util.json";
 local promise = require "util.promise";
 local urlencode = require "util.http".urlencode;
@@ -159,6 +162,16 @@ function client_methods:request(method, path, body_table)
 	end);
 end
 
+--- The client a module's settings ask for: keystore_socket (required: the error names
+--- `module_name`) and keystore_timeout, per host or global.
+function lib.configured(module_name)
+	local socket_path = module:get_option_path("keystore_socket");
+	if not socket_path then
+		error(module_name .. " needs keystore_socket, the path of the local keystored socket (e.g. /run/keystore/node1.sock)");
+	end
+	return lib.new(socket_path, { timeout = module:get_option_number("keystore_timeout", 5) });
+end
+
 function client_methods:get(path) return self:request("GET", path); end
 function client_methods:post(path, body_table) return self:request("POST", path, body_table); end
 
@@ -182,6 +195,158 @@ end
 --- True when the failure means "the keystore cannot answer now" (fail closed, retry later).
 function lib.is_unavailable(err)
 	return type(err) ~= "table" or err.kind ~= "http" or err.status == 503 or err.status >= 500;
+end
+
+------------------------------------------------------------------------------------------------
+-- Waiting inside Prosody's async runners
+
+--- Runs fn in a runner of its own (re-checks, retries), so its waiting never holds up whoever
+--- triggered it.
+function lib.in_background(fn)
+	async.runner(function (f) f(); end):run(fn);
+end
+
+--- Runs a stanza handler's work inside an async runner: directly when already in one (c2s
+--- stanza handlers are, and waiting there pauses only that session), else in a fresh one.
+function lib.in_runner(fn)
+	if async.ready() then
+		return fn();
+	end
+	lib.in_background(fn);
+end
+
+--- Waits (inside a runner) for a promise. Returns true, value or false, failure.
+function lib.await(p)
+	local value, failure = async.wait_for(p);
+	if value ~= nil then return true, value; end
+	return false, failure;
+end
+
+------------------------------------------------------------------------------------------------
+-- SASL mechanisms
+
+--- The session's SASL handler with `mechanism` offered as well and `fields` added to a copy of
+--- its profile (the functions the mechanism calls). Each keystore module adds its mechanism
+--- this way (certs: EXTERNAL, tokens: X-OAUTH); since each copies what is already there, they
+--- compose in any order. Returns `handler` itself when it already carries this session's
+--- mechanism, so calling it from every hook is cheap.
+function lib.sasl_handler_with(session, handler, mechanism, fields)
+	local marker = "keystore " .. mechanism;
+	if handler.profile[marker] == session and handler.mechs[mechanism] then return handler; end
+	local profile = {};
+	for key, value in pairs(handler.profile) do profile[key] = value; end
+	for key, value in pairs(fields) do profile[key] = value; end
+	local mechanisms = {};
+	for name in pairs(handler.mechs or {}) do mechanisms[name] = true; end
+	mechanisms[mechanism] = true;
+	profile.mechanisms = mechanisms;
+	profile[marker] = session;
+	local extended = require "util.sasl".new(handler.realm, profile);
+	extended.userdata = handler.userdata;
+	return extended;
+end
+
+local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
+
+--- For a stream-features hook running after mod_saslauth's: installs `extend(session, handler)`
+--- (which adds `mechanism` with sasl_handler_with) and lists the mechanism in <mechanisms/>.
+function lib.offer_sasl_mechanism(session, features, mechanism, extend)
+	session.sasl_handler = extend(session, session.sasl_handler);
+	local mechanisms = features:get_child("mechanisms", xmlns_sasl);
+	if not mechanisms then
+		features:add_child(st.stanza("mechanisms", { xmlns = xmlns_sasl }):text_tag("mechanism", mechanism));
+		return;
+	end
+	for offered in mechanisms:childtags("mechanism") do
+		if offered:get_text() == mechanism then return; end
+	end
+	mechanisms:text_tag("mechanism", mechanism);
+end
+
+--- For an <auth/> hook running before mod_saslauth's: installs the session's handler extended by
+--- `extend`, starting from a fresh one (as mod_saslauth would) when an earlier exchange had
+--- selected a mechanism. mod_saslauth then keeps it, since nothing is selected yet.
+function lib.prepare_sasl_handler(session, extend)
+	local handler = session.sasl_handler;
+	if not handler or handler.selected then
+		handler = require "core.usermanager".get_sasl_handler(module.host, session);
+	end
+	session.sasl_handler = extend(session, handler);
+end
+
+--- Answers <auth/> with a SASL <failure/> the way mod_saslauth does (authentication-failure
+--- event, a clean handler for the next attempt). Returns true (the stanza is handled).
+function lib.sasl_failure(session, condition, text)
+	module:fire_event("authentication-failure", { session = session, condition = condition, text = text });
+	if session.sasl_handler then
+		session.sasl_handler = session.sasl_handler:clean_clone();
+	end
+	local reply = st.stanza("failure", { xmlns = xmlns_sasl }):tag(condition):up();
+	if text then reply:text_tag("text", text); end
+	session.send(reply);
+	return true;
+end
+
+------------------------------------------------------------------------------------------------
+-- Per-user requests that must reach the keystore eventually
+
+--- Requests that must reach the keystore even across outages and restarts (revocations after an
+--- account is deleted): each is recorded in Prosody's storage (`store_name`, keyed by username)
+--- before anything is sent, then `perform(username)` runs in a background runner and is retried
+--- with backoff (2 s doubling to 5 min) until it returns true (false, failure otherwise).
+--- `what` names the request in log lines ("revoke the refresh tokens of"). Returns { add = function (username), flush = function () }.
+function lib.pending_user_requests(store_name, what, perform)
+	local store = module:open_store(store_name);
+	local state = { flushing = false, again = false, timer = nil, failures = 0 };
+	local requests = {};
+
+	function requests.flush()
+		if state.flushing then state.again = true; return; end
+		state.flushing = true;
+		lib.in_background(function ()
+			repeat
+				state.again = false;
+				local failed;
+				for username, generation in pairs(store:get(nil) or {}) do
+					local ok, failure = perform(username);
+					if not ok then
+						failed = true;
+						state.failures = state.failures + 1;
+						local delay = math.min(300, 2 ^ state.failures);
+						module:log("warn", "Cannot %s %s@%s (%s); retrying in %ds",
+							what, username, module.host, describe_failure(failure), delay);
+						if not state.timer then
+							state.timer = module:add_timer(delay, function ()
+								state.timer = nil;
+								requests.flush();
+							end);
+						end
+						break;
+					end
+					-- Recorded again while the request was under way: the next round sends it again.
+					local current = store:get(nil) or {};
+					if current[username] == generation then
+						current[username] = nil;
+						store:set(nil, current);
+					end
+				end
+				if not failed then state.failures = 0; end
+			until failed or not state.again;
+			state.flushing = false;
+		end);
+	end
+
+	function requests.add(username)
+		local current = store:get(nil) or {};
+		current[username] = (tonumber(current[username]) or 0) + 1;
+		local ok, err = store:set(nil, current);
+		if not ok then
+			module:log("error", "Cannot record the pending request to %s %s@%s: %s", what, username, module.host, tostring(err));
+		end
+		requests.flush();
+	end
+
+	return requests;
 end
 
 ------------------------------------------------------------------------------------------------

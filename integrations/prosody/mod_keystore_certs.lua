@@ -17,7 +17,6 @@ local st = require "util.stanza";
 local async = require "util.async";
 local base64 = require "util.encodings".base64;
 local jid_split = require "util.jid".split;
-local sasl_new = require "util.sasl".new;
 local usermanager = require "core.usermanager";
 local set = require "util.set";
 
@@ -27,11 +26,7 @@ local xmlns_saslcert = "urn:xmpp:saslcert:1";
 local xmlns_sasl = "urn:ietf:params:xml:ns:xmpp-sasl";
 local host = module.host;
 
-local socket_path = module:get_option_path("keystore_socket");
-if not socket_path then
-	error("mod_keystore_certs needs keystore_socket, the path of the local keystored socket (e.g. /run/keystore/node1.sock)");
-end
-local client = keystore.new(socket_path, { timeout = module:get_option_number("keystore_timeout", 5) });
+local client = keystore.configured("mod_keystore_certs");
 local disabled_mechanisms = module:get_option_set("disable_sasl_mechanisms", { "DIGEST-MD5" });
 
 module:add_feature(xmlns_saslcert);
@@ -39,27 +34,7 @@ module:add_feature(xmlns_saslcert);
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
---- Background work (re-checks, retries) always gets its own runner, so its waiting never holds
---- up whoever triggered it.
-local function in_background(fn)
-	async.runner(function (f) f(); end):run(fn);
-end
-
---- Runs a stanza handler's work inside an async runner: directly when already in one (c2s
---- stanza handlers are, and waiting there pauses only that session), else in a fresh one.
-local function in_runner(fn)
-	if async.ready() then
-		return fn();
-	end
-	in_background(fn);
-end
-
---- Waits for a promise. Returns true, value or false, failure.
-local function await(p)
-	local value, failure = async.wait_for(p);
-	if value ~= nil then return true, value; end
-	return false, failure;
-end
+local in_background, in_runner, await = keystore.in_background, keystore.in_runner, keystore.await;
 
 local function user_path(username, ...)
 	return keystore.path("v1", "domains", host, "users", username, ...);
@@ -243,54 +218,27 @@ end
 --- The session's SASL handler, extended with an `external` profile function that reports the
 --- verdict our <auth/> hook obtained from the keystore (util/sasl/external.lua calls it).
 local function with_external(session, handler)
-	if handler.profile.keystore_session == session then return handler; end
-	local profile = {};
-	for key, value in pairs(handler.profile) do profile[key] = value; end
-	local mechanisms = {};
-	for name in pairs(handler.mechs or {}) do mechanisms[name] = true; end
-	mechanisms.EXTERNAL = true;
-	profile.mechanisms = mechanisms;
-	profile.keystore_session = session;
-	function profile.external()
-		local verdict = session.keystore_sasl_verdict;
-		session.keystore_sasl_verdict = nil;
-		if verdict and verdict.username then
-			session.keystore_pending_identity = verdict.identity;
-			return verdict.username, true;
-		end
-		return nil, nil; -- not-authorized
-	end
-	local extended = sasl_new(handler.realm, profile);
-	extended.userdata = handler.userdata;
-	return extended;
+	return keystore.sasl_handler_with(session, handler, "EXTERNAL", {
+		external = function ()
+			local verdict = session.keystore_sasl_verdict;
+			session.keystore_sasl_verdict = nil;
+			if verdict and verdict.username then
+				session.keystore_pending_identity = verdict.identity;
+				return verdict.username, true;
+			end
+			return nil, nil; -- not-authorized
+		end;
+	});
 end
 
 module:hook("stream-features", function (event)
 	local session, features = event.origin, event.features;
 	if session.type ~= "c2s_unauthed" or not session.secure or not session.sasl_handler then return; end
 	if disabled_mechanisms:contains("EXTERNAL") or not peer_certificate(session) then return; end
-	session.sasl_handler = with_external(session, session.sasl_handler);
-	local mechanisms = features:get_child("mechanisms", xmlns_sasl);
-	if not mechanisms then
-		features:add_child(st.stanza("mechanisms", { xmlns = xmlns_sasl }):text_tag("mechanism", "EXTERNAL"));
-		return;
-	end
-	for mechanism in mechanisms:childtags("mechanism") do
-		if mechanism:get_text() == "EXTERNAL" then return; end
-	end
-	mechanisms:text_tag("mechanism", "EXTERNAL");
+	keystore.offer_sasl_mechanism(session, features, "EXTERNAL", with_external);
 end, -10); -- after mod_saslauth built the handler and the mechanism list
 
-local function sasl_failure(session, condition, text)
-	module:fire_event("authentication-failure", { session = session, condition = condition, text = text });
-	if session.sasl_handler then
-		session.sasl_handler = session.sasl_handler:clean_clone();
-	end
-	local reply = st.stanza("failure", { xmlns = xmlns_sasl }):tag(condition):up();
-	if text then reply:text_tag("text", text); end
-	session.send(reply);
-	return true;
-end
+local sasl_failure = keystore.sasl_failure;
 
 --- Asks the keystore about the presented certificate before mod_saslauth processes <auth/>;
 --- mod_saslauth then runs the exchange as for any mechanism (events, stream reset, bind).
@@ -308,11 +256,7 @@ module:hook("stanza/" .. xmlns_sasl .. ":auth", function (event)
 		if not authzid then return; end -- mod_saslauth answers incorrect-encoding
 	end
 
-	local handler = session.sasl_handler;
-	if not handler or handler.selected then
-		handler = usermanager.get_sasl_handler(host, session);
-	end
-	session.sasl_handler = with_external(session, handler);
+	keystore.prepare_sasl_handler(session, with_external);
 	session.keystore_sasl_verdict = nil;
 
 	if not async.ready() then
@@ -566,60 +510,25 @@ module:hook("iq/host/jabber:iq:register:query", guard_registration, 10);
 -- inherit them). Pending revocations are stored, so a keystore outage or a restart delays them
 -- but never drops them.
 
-local pending_store = module:open_store("keystore_pending_revocations");
-local pending = { flushing = false, again = false, timer = nil, failures = 0 };
-
-local function flush_pending_revocations()
-	if pending.flushing then pending.again = true; return; end
-	pending.flushing = true;
-	in_background(function ()
-		repeat
-			pending.again = false;
-			local failed;
-			for username in pairs(pending_store:get(nil) or {}) do
-				local ok, result = await(client:post(user_path(username, "certs", "revoke-all")));
-				if not ok then
-					failed = true;
-					pending.failures = pending.failures + 1;
-					local delay = math.min(300, 2 ^ pending.failures);
-					module:log("warn", "Cannot revoke the certificates of deleted account %s@%s (%s); retrying in %ds",
-						username, host, keystore.describe_failure(result), delay);
-					if not pending.timer then
-						pending.timer = module:add_timer(delay, function ()
-							pending.timer = nil;
-							flush_pending_revocations();
-						end);
-					end
-					break;
-				end
-				local revoked = type(result.json.certs) == "table" and result.json.certs or {};
-				module:log("info", "Revoked %d certificate(s) of deleted account %s@%s", #revoked, username, host);
-				for _, entry in ipairs(revoked) do
-					if type(entry.fingerprint_sha256) == "string" then
-						remember_removed(username .. "@" .. host, entry.fingerprint_sha256);
-						close_sessions(entry.fingerprint_sha256, username .. "@" .. host, "revoked");
-					end
-				end
-				local current = pending_store:get(nil) or {};
-				current[username] = nil;
-				pending_store:set(nil, current);
+local pending_revocations = keystore.pending_user_requests("keystore_pending_revocations",
+	"revoke the certificates of deleted account", function (username)
+		local ok, result = await(client:post(user_path(username, "certs", "revoke-all")));
+		if not ok then return false, result; end
+		local revoked = type(result.json.certs) == "table" and result.json.certs or {};
+		module:log("info", "Revoked %d certificate(s) of deleted account %s@%s", #revoked, username, host);
+		for _, entry in ipairs(revoked) do
+			if type(entry.fingerprint_sha256) == "string" then
+				remember_removed(username .. "@" .. host, entry.fingerprint_sha256);
+				close_sessions(entry.fingerprint_sha256, username .. "@" .. host, "revoked");
 			end
-			if not failed then pending.failures = 0; end
-		until failed or not pending.again;
-		pending.flushing = false;
+		end
+		return true;
 	end);
-end
 
 module:hook_global("user-deleted", function (event)
 	if event.host ~= host then return; end
-	local current = pending_store:get(nil) or {};
-	current[event.username] = true;
-	local ok, err = pending_store:set(nil, current);
-	if not ok then
-		module:log("error", "Cannot record the pending certificate revocation of %s@%s: %s", event.username, host, tostring(err));
-	end
-	flush_pending_revocations();
+	pending_revocations.add(event.username);
 end);
 
 -- Deletions recorded before a restart or an outage.
-flush_pending_revocations();
+pending_revocations.flush();

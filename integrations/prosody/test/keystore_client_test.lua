@@ -3,88 +3,17 @@
 -- is crossed at an arbitrary boundary). Run: lua5.4 keystore_client_test.lua (exit 0 = passed);
 -- ProsodyIntegrationTests runs it under `swift test`.
 
--- net.server refuses to load outside Prosody; this is the little of Prosody it looks at.
-prosody = { config_loaded = true, events = { add_handler = function () end } }; -- luacheck: ignore 111
-package.path = "/usr/lib/prosody/?.lua;" .. package.path;
-package.cpath = "/usr/lib/prosody/?.so;" .. package.cpath;
+local h = dofile((arg[0]:match("^(.*)/[^/]*$") or ".") .. "/harness.lua");
+local json, check, step = h.json, h.check, h.step;
 
-local server = require "net.server";
-local timer = require "util.timer";
-local json = require "util.json";
-local unix = require "socket.unix";
-if type(unix) == "function" then unix = { stream = unix }; end
+local fake_module = h.new_module("example.org");
+local keystore = h.load(h.directory .. "/keystore_client.lib.lua", fake_module);
 
-local here = (arg[0]:match("^(.*)/[^/]*$") or ".") .. "/..";
-local verbose = os.getenv("VERBOSE") ~= nil;
-
--- The module API subset the library uses.
-local fake_module = {};
-function fake_module:log(level, fmt, ...)
-	if verbose then print("[" .. level .. "] " .. fmt:format(...)); end
-end
-function fake_module:add_timer(delay, callback)
-	local handle = { stopped = false };
-	handle.id = timer.add_task(delay, function (now)
-		if handle.stopped then return; end
-		return callback(now);
-	end);
-	function handle:stop() self.stopped = true; timer.stop(self.id); end
-	function handle:reschedule(d) timer.reschedule(self.id, d); end
-	return handle;
-end
-
-local env = setmetatable({ module = fake_module }, { __index = _G });
-local keystore = assert(loadfile(here .. "/keystore_client.lib.lua", "t", env))();
-
-local socket_path = os.tmpname();
-os.remove(socket_path);
-
---- A one-shot scripted peer: for each accepted connection, `script(request, send, close)` is
---- called once the request head (and body) arrived.
-local requests = {};
+local socket_path = h.socket_path();
+local peer = h.scripted_peer(socket_path);
+local requests = peer.requests;
 local script;
-local listener = assert(unix.stream());
-assert(listener:bind(socket_path));
-assert(listener:listen(16));
-listener:settimeout(0);
-local peer_listeners, peer_state = {}, {};
-function peer_listeners.onconnect(conn)
-	peer_state[conn] = { buffer = "", answered = false };
-end
-function peer_listeners.onincoming(conn, data)
-	local state = peer_state[conn];
-	if not state or state.answered then return; end
-	state.buffer = state.buffer .. data;
-	local buffer = state.buffer;
-	local head_end = buffer:find("\r\n\r\n", 1, true);
-	if not head_end then return; end
-	local length = tonumber(buffer:match("[Cc]ontent%-[Ll]ength: *(%d+)")) or 0;
-	if #buffer < head_end + 3 + length then return; end
-	state.answered = true;
-	local request = { line = buffer:match("^[^\r]*"), body = buffer:sub(head_end + 4) };
-	requests[#requests + 1] = request;
-	-- Dribble: 3 bytes every millisecond.
-	local queue, closing = {}, false;
-	local function pump()
-		if not peer_state[conn] then return; end -- the client went away
-		local piece = table.remove(queue, 1);
-		if piece then
-			conn:write(piece);
-			return 0.001;
-		elseif closing then
-			conn:close();
-		else
-			return 0.001;
-		end
-	end
-	local function send(text)
-		for i = 1, #text, 3 do queue[#queue + 1] = text:sub(i, i + 2); end
-	end
-	timer.add_task(0, pump);
-	script(request, send, function () closing = true; end);
-end
-function peer_listeners.ondisconnect(conn) peer_state[conn] = nil; end
-server.wrapserver(listener, socket_path, 0, peer_listeners);
+function peer.script(...) return script(...); end
 
 local function chunked(lines)
 	local out = {};
@@ -92,37 +21,6 @@ local function chunked(lines)
 		out[#out + 1] = ("%x\r\n%s\r\n"):format(#line, line);
 	end
 	return table.concat(out);
-end
-
-local failures, steps = 0, {};
-local function check(condition, what)
-	if not condition then
-		failures = failures + 1;
-		print("FAIL: " .. what);
-	elseif verbose then
-		print("ok: " .. what);
-	end
-end
-
-local function step(name, run) steps[#steps + 1] = { name = name, run = run }; end
-
-local function run_steps(i)
-	local current = steps[i];
-	if not current then
-		server.setquitting(true);
-		return;
-	end
-	if verbose then print("-- " .. current.name); end
-	local finished = false;
-	local deadline = timer.add_task(5, function ()
-		if not finished then check(false, current.name .. ": finished within 5s"); finished = true; run_steps(i + 1); end
-	end);
-	current.run(function ()
-		if finished then return; end
-		finished = true;
-		timer.stop(deadline);
-		timer.add_task(0, function () run_steps(i + 1); end);
-	end);
 end
 
 local client = keystore.new(socket_path, { timeout = 0.5, log = function (...) fake_module:log(...) end });
@@ -254,12 +152,4 @@ step("events: lines across chunk boundaries, resume with ?since=, resync means a
 	}, { min_backoff = 0.01, max_backoff = 0.05 });
 end);
 
-timer.add_task(0, function () run_steps(1); end);
-server.loop();
-os.remove(socket_path);
-if failures > 0 then
-	print(("%d check(s) failed"):format(failures));
-	os.exit(1);
-end
-print(("keystore_client.lib.lua: all %d steps passed"):format(#steps));
-os.exit(0);
+h.run("keystore_client.lib.lua", function () os.remove(socket_path); end);

@@ -7,7 +7,11 @@ commands as JSON lines on stdin and reads JSON lines on stdout:
   {"id": 1, "cmd": "list_certs"}            ->  {"id": 1, "ok": true, "items": [...]}
                                             or  {"id": 1, "ok": false, "error": {"type", "condition", "text"}}
   unsolicited: {"event": "session_start", "jid": ...}, {"event": "failed_auth", "condition": ...},
+               {"event": "auth_success", "mechanism": ..., "data": base64 of the <success/> data},
                {"event": "stream_error", "condition": ...}, {"event": "disconnected", ...}
+
+With --token, the client logs in with SASL X-OAUTH (MongooseIM's token mechanism, registered
+below) and nothing else; "request_tokens" asks for a token pair with the token IQ.
 
 Every line carries "t", the wall-clock time (time.time()) when it was produced, so the test
 can measure how long after a revocation the server closed the stream.
@@ -25,9 +29,27 @@ import time
 try:
     import slixmpp
     from slixmpp.exceptions import IqError, IqTimeout
+    from slixmpp.util.sasl.client import Mech, sasl_mech
+    from slixmpp.xmlstream import ET
 except ImportError as error:  # the test turns this line into a failure naming the package
     print(json.dumps({"event": "fatal", "message": f"python3-slixmpp is not installed: {error}"}), flush=True)
     sys.exit(3)
+
+TOKEN_AUTH = "erlang-solutions.com:xmpp:token-auth:0"
+
+
+@sasl_mech(0)
+class XOAuth(Mech):
+    """MongooseIM's X-OAUTH (cyrsasl_oauth): the initial response is the token's bytes (the
+    token IQ hands them out base64-encoded, as the 'token' credential carries them here). Any
+    <success/> data (a fresh access token after a refresh-token login) is reported by the
+    client's auth_success event."""
+
+    name = "X-OAUTH"
+    required_credentials = {"token"}
+
+    def process(self, challenge=b""):
+        return base64.b64decode(self.credentials["token"])
 
 
 def emit(message):
@@ -53,8 +75,12 @@ class Client(slixmpp.ClientXMPP):
             self.certfile, self.keyfile = options.cert, options.key
         if options.ca:
             self.ca_certs = options.ca
+        if options.token:
+            self.credentials["token"] = options.token
+            self["feature_mechanisms"].use_mech = "X-OAUTH"
         self.add_event_handler("session_start", self.on_session_start)
         self.add_event_handler("failed_auth", self.on_failed_auth)
+        self.add_event_handler("auth_success", self.on_auth_success)
         self.add_event_handler("failed_all_auth", lambda _: emit({"event": "failed_all_auth"}))
         self.add_event_handler("stream_error", self.on_stream_error)
         self.add_event_handler("disconnected", lambda reason: emit({"event": "disconnected", "reason": str(reason)}))
@@ -62,6 +88,11 @@ class Client(slixmpp.ClientXMPP):
 
     async def on_session_start(self, _):
         emit({"event": "session_start", "jid": str(self.boundjid)})
+
+    def on_auth_success(self, stanza):
+        mechanism = self["feature_mechanisms"].mech
+        emit({"event": "auth_success", "mechanism": mechanism.name if mechanism else None,
+              "data": base64.b64encode(stanza["value"]).decode("ascii")})
 
     def on_failed_auth(self, stanza):
         emit({"event": "failed_auth", "condition": stanza["condition"], "text": stanza["text"]})
@@ -97,6 +128,15 @@ class Client(slixmpp.ClientXMPP):
         if name == "delete_account":
             await self["xep_0077"].cancel_registration(timeout=10)
             return {}
+        if name == "request_tokens":
+            iq = self.make_iq_get(ito=self.boundjid.bare)
+            iq.append(ET.Element(f"{{{TOKEN_AUTH}}}query"))
+            result = await iq.send(timeout=10)
+            items = result.xml.find(f"{{{TOKEN_AUTH}}}items")
+            if items is None:
+                raise ValueError(f"no <items xmlns='{TOKEN_AUTH}'/> in the answer")
+            return {kind: (items.findtext(f"{{{TOKEN_AUTH}}}{kind}") or "").strip()
+                    for kind in ("access_token", "refresh_token")}
         if name == "ping":
             await self["xep_0199"].ping(jid=self.boundjid.domain, timeout=10)
             return {}
@@ -151,6 +191,7 @@ def main():
     parser.add_argument("--cert", help="client certificate (PEM) presented in TLS, for SASL EXTERNAL")
     parser.add_argument("--key", help="private key of --cert")
     parser.add_argument("--ca", help="CA that signed the server's certificate")
+    parser.add_argument("--token", help="log in with SASL X-OAUTH and this token (base64, as the token IQ returns it)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--debug", action="store_true")
