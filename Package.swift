@@ -38,7 +38,10 @@ let package = Package(
         // System SQLite for the durable certificate registry.
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
-        // C functions Swift cannot call directly: variadic prctl and friends.
+        // libidn's stringprep (nodeprep, nameprep, resourceprep): the JID preparation Prosody uses.
+        .systemLibrary(name: "CLibIDN", path: "Sources/CLibIDN", pkgConfig: "libidn",
+                       providers: [.apt(["libidn-dev"])]),
+        // C functions Swift cannot call directly: variadic prctl, sigaction handlers and friends.
         .target(name: "CSystemShims", path: "Sources/CSystemShims"),
         // OpenSSL macros (SSL_CTX_set_min_proto_version, BIO_get_mem_data, ...) as real functions.
         .target(name: "COpenSSLShims", dependencies: ["COpenSSL"], path: "Sources/COpenSSLShims"),
@@ -57,8 +60,8 @@ let package = Package(
         .target(name: "Membership", dependencies: []),
         // Replication between members: join decision, push, anti-entropy, state streaming (pure, no I/O).
         .target(name: "Replication", dependencies: ["ReplicatedStore", "Membership"]),
-        // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
-        .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
+        // X.509 parsing (OpenSSL), JIDs prepared with libidn, and the XEP-0257 append/verify rules (pure).
+        .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims", "CLibIDN"]),
         // MongooseIM mod_auth_token token bodies: build and take apart (pure: no keys, no clock).
         .target(name: "TokenFormat", dependencies: []),
         // HMAC with keys in protected memory (system OpenSSL), constant-time verification (libsodium).
@@ -79,7 +82,7 @@ let package = Package(
         .target(name: "KeystoreClient", dependencies: ["KeystoreAPI", "KeystoreJSON"]),
         // The local HTTP/1.1 + JSON API on a Unix socket with SO_PEERCRED ACLs.
         .target(name: "LocalAPI", dependencies: [
-            "KeystoreConfig", "KeystoreAPI", "CSystemShims",
+            "KeystoreAPI",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -89,7 +92,7 @@ let package = Package(
         .target(name: "KeystoreNode", dependencies: [
             "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "Replication", "PeerTLS", "PeerWire", "LocalAPI",
             "CertificateRegistry", "RegistryDatabase", "KeystoreAPI", "KeystoreJSON", "KeyCrypto", "TokenFormat",
-            "CSodium", "CSystemShims",
+            "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -99,7 +102,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "keystored", dependencies: [
-            "KeystoreNode", "KeystoreAPI",
+            "KeystoreNode", "KeystoreAPI", "SecretMemory", "CSystemShims",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -119,39 +122,48 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // Helpers shared by the test targets (seeded RNG, lock box, openssl CLI fixtures, self-removing
+        // temporary directories). A plain target because test targets cannot depend on each other; no
+        // product lists it, so nothing shipped links it.
+        .target(name: "TestSupport", dependencies: [
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ], path: "Tests/TestSupport"),
+
         .testTarget(name: "SecretMemoryTests", dependencies: ["SecretMemory"]),
         .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig", "KeystoreAPI", "KeystoreJSON"]),
         .testTarget(name: "KeystoreAPITests", dependencies: ["KeystoreAPI", "KeystoreJSON"]),
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
-        .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
-        .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
+        .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL", "TestSupport"]),
+        .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore", "TestSupport"]),
         .testTarget(name: "KeyCryptoTests", dependencies: ["KeyCrypto", "SecretMemory"]),
         // Cross-checks tokens with an independent implementation (Debian's /usr/bin/python3).
         .testTarget(name: "TokenFormatTests", dependencies: ["TokenFormat", "KeyCrypto", "SecretMemory"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
-        .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicatedStore", "Membership"]),
+        .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicatedStore", "Membership", "TestSupport"]),
         .testTarget(name: "PeerWireTests", dependencies: [
-            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "Replication",
+            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "Replication", "TestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "PeerTLSTests", dependencies: [
-            "PeerTLS",
+            "PeerTLS", "TestSupport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LocalAPITests", dependencies: [
-            "LocalAPI", "KeystoreNode", "KeystoreClient", "KeystoreAPI", "RegistryDatabase", "PeerWire",
+            "LocalAPI", "KeystoreNode", "KeystoreAPI", "RegistryDatabase", "PeerWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "KeystoreAPI", "KeystoreJSON", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl", "TestSupport"]),
         // End to end with Debian's Prosody running integrations/prosody and slixmpp clients, against
-        // real keystored nodes. NodeHarness.swift and UserCertificates.swift are symlinks to the
-        // IntegrationTests files (one harness, compiled into both targets).
-        .testTarget(name: "ProsodyIntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        // real keystored nodes. NodeHarness.swift is a symlink to the IntegrationTests file (one
+        // harness, compiled into both targets).
+        .testTarget(name: "ProsodyIntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl", "TestSupport"]),
+        // The test-support helpers themselves, and that no test leaves key material in /tmp.
+        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"]),
     ]
 )

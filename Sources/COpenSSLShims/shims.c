@@ -9,11 +9,7 @@ uint64_t ks_peer_ssl_options(void) {
     return (uint64_t)(SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE);
 }
 int ks_SSL_set_tlsext_host_name(SSL *ssl, const char *name) { return (int)SSL_set_tlsext_host_name(ssl, name); }
-size_t ks_BIO_pending(BIO *bio) { return BIO_ctrl_pending(bio); }
 
-GENERAL_NAMES *ks_X509_get_subject_alt_names(X509 *cert) {
-    return (GENERAL_NAMES *)X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-}
 int ks_general_names_count(const GENERAL_NAMES *names) { return names ? sk_GENERAL_NAME_num(names) : 0; }
 int ks_general_name_dns_at(const GENERAL_NAMES *names, int i, const unsigned char **data, int *len) {
     if (!names || i < 0 || i >= sk_GENERAL_NAME_num(names)) return 0;

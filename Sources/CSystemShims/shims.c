@@ -1,21 +1,9 @@
 #define _GNU_SOURCE
 #include "CSystemShims.h"
 #include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/mman.h>
 
 int ks_disable_dumpable(void) { return prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); }
 int ks_get_dumpable(void) { return prctl(PR_GET_DUMPABLE, 0, 0, 0, 0); }
-
-int ks_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid) {
-    struct ucred cred;
-    socklen_t len = sizeof(cred);
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return -1;
-    *pid = cred.pid; *uid = cred.uid; *gid = cred.gid;
-    return 0;
-}
-
-int ks_madvise_dontdump(void *addr, size_t len) { return madvise(addr, len, MADV_DONTDUMP); }
 
 #include <signal.h>
 #include <unistd.h>
@@ -44,4 +32,58 @@ int ks_signal_pipe(const int *signals, int count) {
         if (sigaction(signals[i], &action, NULL) != 0) return -1;
     }
     return fds[0];
+}
+
+// --- Fatal signals: one line, no backtrace, no memory ---
+
+// Fixed text per signal, built before any crash: the handler may only call async-signal-safe
+// functions (write, sigaction, raise), so it formats nothing.
+#define KS_FATAL(name, what) "keystored: fatal signal " name " (" what "); exiting without a backtrace so that no memory reaches the log\n"
+static const struct { int signo; const char *line; } ks_fatal_signals[] = {
+    { SIGSEGV, KS_FATAL("SIGSEGV", "invalid memory access") },
+    { SIGBUS,  KS_FATAL("SIGBUS", "bus error") },
+    { SIGILL,  KS_FATAL("SIGILL", "illegal instruction, e.g. a Swift runtime trap") },
+    { SIGFPE,  KS_FATAL("SIGFPE", "arithmetic exception") },
+    { SIGABRT, KS_FATAL("SIGABRT", "abort") },
+    { SIGTRAP, KS_FATAL("SIGTRAP", "trap, e.g. a Swift runtime trap") },
+    { SIGQUIT, KS_FATAL("SIGQUIT", "quit requested") },
+};
+#define KS_FATAL_COUNT (sizeof(ks_fatal_signals) / sizeof(ks_fatal_signals[0]))
+
+static void ks_fatal_signal_handler(int signo) {
+    for (size_t i = 0; i < KS_FATAL_COUNT; i++) {
+        if (ks_fatal_signals[i].signo != signo) continue;
+        const char *line = ks_fatal_signals[i].line;
+        size_t len = 0;
+        while (line[len]) len++;
+        while (len > 0) {
+            ssize_t n = write(2, line, len);
+            if (n > 0) { line += n; len -= (size_t)n; }
+            else if (n < 0 && errno == EINTR) continue;
+            else break;
+        }
+        break;
+    }
+    // Die by the same signal: with the default action restored, a fault re-executes the faulting
+    // instruction and a sent signal is delivered again as soon as this handler returns (it is
+    // blocked while the handler runs).
+    struct sigaction dfl;
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    dfl.sa_flags = 0;
+    sigaction(signo, &dfl, NULL);
+    raise(signo);
+}
+
+int ks_install_fatal_signal_reporter(void) {
+    for (size_t i = 0; i < KS_FATAL_COUNT; i++) {
+        struct sigaction action;
+        action.sa_handler = ks_fatal_signal_handler;
+        sigemptyset(&action.sa_mask);
+        // SA_ONSTACK: on the runtime's alternate signal stack where one exists (the main thread), so
+        // a stack overflow there is still reported.
+        action.sa_flags = SA_ONSTACK;
+        if (sigaction(ks_fatal_signals[i].signo, &action, NULL) != 0) return -1;
+    }
+    return 0;
 }

@@ -1,5 +1,5 @@
-import COpenSSL
-import COpenSSLShims
+internal import COpenSSL
+internal import COpenSSLShims
 
 /// The parts of an X.509 certificate that XEP-0257 decisions need, extracted once so the rules stay
 /// pure and never touch OpenSSL. Signatures and chains are deliberately not checked: a registered
@@ -110,8 +110,11 @@ public struct ParsedCertificate: Sendable, Equatable {
             guard let text = String(validating: bytes, as: UTF8.self) else {
                 throw .invalidXmppAddr(reason: "UTF8String is not valid UTF-8")
             }
-            guard let jid = JID(text) else {
-                throw .invalidXmppAddr(reason: "\"\(printable(text))\" is not a valid JID")
+            let jid: JID
+            do throws(JIDError) {
+                jid = try JID(parsing: text)
+            } catch {
+                throw .invalidXmppAddr(reason: "\"\(printable(text))\" is not a valid JID: \(error)")
             }
             if !result.contains(jid) { result.append(jid) }
         }

@@ -220,18 +220,43 @@ public final class NodeOperations: Sendable {
     }
 
     /// Start-up: records from this node's database, before joining the cluster. Rows written
-    /// before compaction existed are rewritten compacted; rows expired past their retention are
-    /// deleted.
+    /// by an older version are brought up to date first: users are re-prepared with the JID
+    /// rules (a localpart stored in NFD or upper case becomes the one canonical key), records are
+    /// compacted, and rows expired past their retention are deleted.
     static func loadPersisted(_ database: RegistryDatabase, into state: NodeState) throws(RegistryDatabaseError) -> Int {
-        let records = try database.loadAll().compactMap(CertificateRecord.init(stored:))
-        let floors = try database.loadTokenSequenceFloors().map(TokenSequenceFloor.init(stored:))
-        state.loadPersisted(records, floors: floors)
-        let stale = records.filter { $0.compacted() != $0 }.map { $0.compacted() }
-        let expired = state.expireCertificates()
-        if !stale.isEmpty || !expired.isEmpty {
-            let expiredIDs = Set(expired)
-            try database.write(RegistryWrite(certificates: stale.filter { !expiredIDs.contains($0.id) }.map(\.stored),
-                                             deletedCertificates: expired.map(\.storedKey)))
+        let rows = try database.loadAll().compactMap(CertificateRecord.init(stored:))
+        var records: [CertificateID: CertificateRecord] = [:]
+        var renamed: [CertificateID] = []
+        var renamedTo = Set<CertificateID>()
+        for row in rows {
+            var record = row
+            if let prepared = JID(row.id.user)?.description, prepared != row.id.user {
+                record.id = CertificateID(domain: row.id.domain, user: prepared, sha256: row.id.sha256)
+                renamed.append(row.id)
+                renamedTo.insert(record.id)
+            }
+            records[record.id] = records[record.id].map { $0.merged(with: record) } ?? record
+        }
+        var floors: [String: TokenSequenceFloor] = [:]
+        var renamedFloors: [(domain: String, user: String)] = []
+        for row in try database.loadTokenSequenceFloors() {
+            var floor = TokenSequenceFloor(stored: row)
+            if let prepared = JID(floor.user)?.description, prepared != floor.user {
+                renamedFloors.append((floor.domain, floor.user))
+                floor.user = prepared
+            }
+            let key = floor.domain + "\u{0}" + floor.user
+            if let held = floors[key], !floor.supersedes(held) { continue }
+            floors[key] = floor
+        }
+        state.loadPersisted(Array(records.values), floors: Array(floors.values))
+        let rewrite = records.values.filter { $0.compacted() != $0 || renamedTo.contains($0.id) }.map { $0.compacted() }
+        let expired = Set(state.expireCertificates())
+        if !rewrite.isEmpty || !expired.isEmpty || !renamed.isEmpty || !renamedFloors.isEmpty {
+            try database.write(RegistryWrite(certificates: rewrite.filter { !expired.contains($0.id) }.map(\.stored),
+                                             deletedCertificates: renamed.map(\.storedKey) + expired.map(\.storedKey),
+                                             tokenSequenceFloors: renamedFloors.isEmpty ? [] : floors.values.map(\.stored),
+                                             deletedTokenSequenceFloors: renamedFloors))
         }
         return records.count
     }

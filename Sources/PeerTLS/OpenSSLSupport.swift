@@ -1,5 +1,5 @@
-import COpenSSL
-import COpenSSLShims
+internal import COpenSSL
+internal import COpenSSLShims
 
 /// OpenSSL keeps errors in a per-thread queue; NIO event loops run many connections on one thread,
 /// so every failing call must drain it or the next connection reports this one's error.
@@ -35,7 +35,8 @@ func sanitize(_ text: String) -> String {
 enum X509Names {
     /// The subjectAltName dNSName entries of `cert`, in certificate order.
     static func dnsNames(_ cert: OpaquePointer) -> [String] {
-        guard let names = ks_X509_get_subject_alt_names(cert) else { return [] }
+        var status: Int32 = 0
+        guard let names = ks_X509_get_subject_alt_names_checked(cert, &status) else { return [] }
         defer { ks_general_names_free(names) }
         var result: [String] = []
         let count = ks_general_names_count(names)

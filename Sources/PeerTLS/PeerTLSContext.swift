@@ -1,5 +1,5 @@
-import COpenSSL
-import COpenSSLShims
+internal import COpenSSL
+internal import COpenSSLShims
 import Foundation
 
 /// The cluster's TLS configuration: the CA every peer must chain to, and this node's certificate and key.

@@ -115,6 +115,15 @@ public final class RegistryDatabase {
                 try bind(record, jids: jids, to: statements.upsert)
                 try runWrite(statements.upsert, what: "write \(record.user)@\(record.domain)")
             }
+            for user in batch.deletedTokenSequenceFloors {
+                sqlite3_reset(statements.deleteFloor)
+                sqlite3_clear_bindings(statements.deleteFloor)
+                let codes = [Self.bindText(statements.deleteFloor, 1, user.domain), Self.bindText(statements.deleteFloor, 2, user.user)]
+                if let bad = codes.firstIndex(where: { $0 != SQLITE_OK }) {
+                    throw writeError(codes[bad], what: "bind key column \(bad + 1) of the token floor of \(user.user)@\(user.domain)")
+                }
+                try runWrite(statements.deleteFloor, what: "delete the token floor of \(user.user)@\(user.domain)")
+            }
             for floor in batch.tokenSequenceFloors {
                 try bind(floor, to: statements.upsertFloor)
                 try runWrite(statements.upsertFloor, what: "write the token floor of \(floor.user)@\(floor.domain)")
@@ -354,6 +363,7 @@ public final class RegistryDatabase {
         let deleteCertificate: OpaquePointer
         let upsertFloor: OpaquePointer
         let selectFloors: OpaquePointer
+        let deleteFloor: OpaquePointer
 
         static let columns = """
             domain, user, sha256, name, der, not_before_ms, not_after_ms, jids, no_cert_management, \
@@ -372,6 +382,7 @@ public final class RegistryDatabase {
                 "DELETE FROM certificates WHERE domain = ?1 AND user = ?2 AND sha256 = ?3",
                 "INSERT OR REPLACE INTO token_sequence_floors (\(Self.floorColumns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 "SELECT \(Self.floorColumns) FROM token_sequence_floors ORDER BY domain, user",
+                "DELETE FROM token_sequence_floors WHERE domain = ?1 AND user = ?2",
             ]
             for sql in sqls {
                 var stmt: OpaquePointer?
@@ -385,13 +396,13 @@ public final class RegistryDatabase {
                 prepared.append(stmt)
             }
             (begin, commit, rollback, upsert, selectAll) = (prepared[0], prepared[1], prepared[2], prepared[3], prepared[4])
-            (deleteCertificate, upsertFloor, selectFloors) = (prepared[5], prepared[6], prepared[7])
+            (deleteCertificate, upsertFloor, selectFloors, deleteFloor) = (prepared[5], prepared[6], prepared[7], prepared[8])
         }
 
         static let floorColumns = "domain, user, floor, stamp_wall, stamp_logical, origin"
 
         func finalize() {
-            for stmt in [begin, commit, rollback, upsert, selectAll, deleteCertificate, upsertFloor, selectFloors] {
+            for stmt in [begin, commit, rollback, upsert, selectAll, deleteCertificate, upsertFloor, selectFloors, deleteFloor] {
                 sqlite3_finalize(stmt)
             }
         }

@@ -16,7 +16,13 @@ public enum RegistryDatabaseError: Error, CustomStringConvertible, Equatable {
     /// The file was written by a newer keystored whose schema this build does not understand.
     case schemaTooNew(found: Int32, supported: Int32)
 
+    /// One line whatever the parts hold: SQLite's own texts span lines (integrity_check starts with
+    /// "*** in database main ***\n"), and this text is the daemon's exit reason and a log line.
     public var description: String {
+        Self.oneLine(multiLineDescription)
+    }
+
+    private var multiLineDescription: String {
         switch self {
         case let .cannotCreateDirectory(path, reason):
             return "cannot create registry data directory \(path): \(reason); check data_dir and its parent's permissions"
@@ -34,5 +40,25 @@ public enum RegistryDatabaseError: Error, CustomStringConvertible, Equatable {
             return "registry database schema version \(found) is newer than this keystored supports (\(supported)); "
                 + "run the newer keystored or move the database away to re-sync from peers"
         }
+    }
+
+    /// Line breaks (with the whitespace around them) become "; ", other control characters a space.
+    static func oneLine(_ text: String) -> String {
+        var out = ""
+        var pendingBreak = false
+        for scalar in text.unicodeScalars {
+            if scalar == "\n" || scalar == "\r" || scalar == "\u{2028}" || scalar == "\u{2029}" || scalar == "\u{85}" {
+                pendingBreak = true
+                continue
+            }
+            if pendingBreak {
+                if scalar == " " || scalar == "\t" { continue }
+                while out.unicodeScalars.last == " " { out.unicodeScalars.removeLast() }
+                out += "; "
+                pendingBreak = false
+            }
+            out.unicodeScalars.append(scalar.properties.generalCategory == .control ? " " : scalar)
+        }
+        return out
     }
 }

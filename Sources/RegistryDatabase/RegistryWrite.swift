@@ -43,13 +43,25 @@ public struct RegistryWrite: Sendable, Equatable {
     public var deletedCertificates: [StoredCertificateKey]
     /// Floor rows to insert or replace.
     public var tokenSequenceFloors: [StoredTokenSequenceFloor]
+    /// Floor rows to delete (a user key rewritten at start-up); deleted before
+    /// `tokenSequenceFloors` are written.
+    public var deletedTokenSequenceFloors: [(domain: String, user: String)]
 
     public init(certificates: [StoredCertificate] = [], deletedCertificates: [StoredCertificateKey] = [],
-                tokenSequenceFloors: [StoredTokenSequenceFloor] = []) {
+                tokenSequenceFloors: [StoredTokenSequenceFloor] = [], deletedTokenSequenceFloors: [(domain: String, user: String)] = []) {
         self.certificates = certificates
         self.deletedCertificates = deletedCertificates
         self.tokenSequenceFloors = tokenSequenceFloors
+        self.deletedTokenSequenceFloors = deletedTokenSequenceFloors
     }
 
-    public var isEmpty: Bool { certificates.isEmpty && deletedCertificates.isEmpty && tokenSequenceFloors.isEmpty }
+    public var isEmpty: Bool {
+        certificates.isEmpty && deletedCertificates.isEmpty && tokenSequenceFloors.isEmpty && deletedTokenSequenceFloors.isEmpty
+    }
+
+    public static func == (lhs: RegistryWrite, rhs: RegistryWrite) -> Bool {
+        lhs.certificates == rhs.certificates && lhs.deletedCertificates == rhs.deletedCertificates
+            && lhs.tokenSequenceFloors == rhs.tokenSequenceFloors
+            && lhs.deletedTokenSequenceFloors.elementsEqual(rhs.deletedTokenSequenceFloors) { $0 == $1 }
+    }
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CSystemShims
 import KeystoreAPI
 import KeystoreNode
 import Logging
@@ -90,6 +91,14 @@ enum FileHandleStderr {
         var bytes = Array(text.utf8)
         _ = Glibc.write(2, &bytes, bytes.count)
     }
+}
+
+// First, before any secret exists: on a fatal signal the Swift runtime's backtracer would print the
+// registers and the memory they point at (possibly key bytes) to stderr, i.e. the journal. This
+// replaces it with one line naming the signal; the process still dies by that signal.
+if ks_install_fatal_signal_reporter() != 0 {
+    FileHandleStderr.write("keystored: cannot install fatal signal handlers: \(String(cString: strerror(errno))); refusing to run with a crash handler that prints memory\n")
+    Glibc.exit(2)
 }
 
 do {

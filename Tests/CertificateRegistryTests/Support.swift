@@ -1,68 +1,28 @@
 import COpenSSL
 import Foundation
+import TestSupport
 import XCTest
 
 @testable import CertificateRegistry
 
 struct FixtureError: Error, CustomStringConvertible { let description: String }
 
-/// A certificate as a user would produce it, with the files still on disk for CLI cross-checks.
+/// A certificate as a user would produce it (bytes only; its files are gone).
 struct CLICert {
-    let directory: URL
-    let pemPath: String
     let pem: String
     let der: [UInt8]
 }
 
-/// Drives the real `openssl` CLI the way the docs tell users to make a client certificate.
+/// Drives the real `openssl` CLI the way the docs tell users to make a client certificate
+/// (`TestSupport.UserCertificates`), in a scratch directory removed before returning: the private
+/// key never outlives the call.
 enum OpenSSLCLI {
-    @discardableResult
-    static func run(_ args: [String], in dir: URL) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["openssl"] + args
-        p.currentDirectoryURL = dir
-        let out = Pipe()
-        let err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let outData = out.fileHandleForReading.readDataToEndOfFile()
-        let errData = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
-            throw FixtureError(description: "openssl \(args.joined(separator: " ")) failed: \(String(decoding: errData, as: UTF8.self))")
-        }
-        return String(decoding: outData, as: UTF8.self)
-    }
-
-    static func tempDir() throws -> URL {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ks-x509-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
-    }
-
     /// `extSection` is the body of the `[ext]` section (plus any extra sections it references).
     static func makeCert(extSection: String?, cn: String = "user@first.com") throws -> CLICert {
-        let dir = try tempDir()
-        var cnf = """
-            [req]
-            distinguished_name = dn
-            prompt = no
-            [dn]
-            CN = \(cn)
-
-            """
-        if let extSection { cnf += "[ext]\n" + extSection + "\n" }
-        try cnf.write(to: dir.appendingPathComponent("client.cnf"), atomically: true, encoding: .utf8)
-        var args = ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "30",
-                    "-config", "client.cnf", "-keyout", "client.key", "-out", "client.pem"]
-        if extSection != nil { args += ["-extensions", "ext"] }
-        try run(args, in: dir)
-        try run(["x509", "-in", "client.pem", "-outform", "DER", "-out", "client.der"], in: dir)
-        let pem = try String(contentsOf: dir.appendingPathComponent("client.pem"), encoding: .utf8)
-        let der = try [UInt8](Data(contentsOf: dir.appendingPathComponent("client.der")))
-        return CLICert(directory: dir, pemPath: dir.appendingPathComponent("client.pem").path, pem: pem, der: der)
+        let directory = try ScratchDirectory(prefix: "ks-x509")
+        defer { directory.remove() }
+        let made = try UserCertificates.make(extensions: extSection, commonName: cn, in: directory.path, name: "client")
+        return CLICert(pem: made.pem, der: made.der)
     }
 
     static func makeCert(san: String?) throws -> CLICert {
@@ -143,15 +103,3 @@ func patch(_ bytes: [UInt8], replacing needle: [UInt8], with replacement: [UInt8
 }
 
 func base64(_ bytes: [UInt8]) -> String { Data(bytes).base64EncodedString() }
-
-/// Deterministic so a crashing mutation can be reproduced from the seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}

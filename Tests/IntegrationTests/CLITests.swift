@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 /// The real keystorectl binary against a real node: the v1 CLI names from DESIGN.md.

@@ -1,6 +1,7 @@
 import Foundation
 import KeystoreAPI
 import KeystoreClient
+import TestSupport
 import XCTest
 
 /// `/v1/cluster` as the cluster shell reports it: every alive member shows when it was last

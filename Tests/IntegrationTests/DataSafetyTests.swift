@@ -1,6 +1,7 @@
 import Foundation
 import KeystoreAPI
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -15,9 +16,11 @@ final class DataSafetyTests: ClusterTestCase {
     private var mounts: [String] = []
 
     override func tearDown() {
-        super.tearDown() // stops the nodes first
+        // Lazily unmounted first (a node may still hold files open), so that super.tearDown, which
+        // stops the nodes and removes the scratch directory, finds no mount point inside it.
         for mount in mounts.reversed() { _ = try? runCommand("/usr/bin/umount", ["-l", mount]) }
         mounts.removeAll()
+        super.tearDown()
     }
 
     /// A small tmpfs at `path` (the node's data_dir).

@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -97,30 +98,24 @@ final class FaultInjectionTests: ClusterTestCase {
             try UserCertificates.make(jids: ["user\(i)@first.com"], in: cluster.scratch.path, name: "u\(i)")
         }
         let socket = cluster.socketPath("node1")
-        final class Acknowledged: @unchecked Sendable {
-            let lock = NSLock()
-            var indices: [Int] = []
-            var snapshot: [Int] { lock.withLock { indices } }
-            func add(_ i: Int) { lock.withLock { indices.append(i) } }
-        }
-        let acknowledged = Acknowledged()
+        let acknowledged = LockedBox<[Int]>([])
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
             let client = KeystoreClient(socketPath: socket, timeoutSeconds: 5)
             for (i, pem) in certificates.enumerated() {
                 do {
                     try client.addCert(domain: "first.com", user: "user\(i)", name: "device", certificate: pem)
-                    acknowledged.add(i)
+                    acknowledged.withLockedValue { $0.append(i) }
                 } catch {
                     break
                 }
             }
             done.signal()
         }
-        waitUntil("some registrations are acknowledged") { acknowledged.snapshot.count >= 8 }
+        waitUntil("some registrations are acknowledged") { acknowledged.withLockedValue { $0.count } >= 8 }
         cluster.processes["node1"]!.kill9()
         done.wait()
-        let acked = acknowledged.snapshot
+        let acked = acknowledged.withLockedValue { $0 }
         XCTAssertLessThan(acked.count, certificates.count, "the kill must land mid-stream for this test to mean anything")
         try cluster.start("node1")
         cluster.waitReady("node1")

@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -39,24 +40,6 @@ func waitUntil(_ what: String, timeout: TimeInterval = 20, file: StaticString = 
     return false
 }
 
-/// A scratch directory with a short path (Unix socket paths are limited to 107 bytes).
-final class ScratchDirectory {
-    let path: String
-    init(prefix: String = "ks") throws {
-        var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
-        guard let made = mkdtemp(&template) else { throw POSIXError(.EIO) }
-        path = String(cString: made)
-    }
-    func file(_ name: String) -> String { path + "/" + name }
-    func write(_ name: String, _ contents: String, mode: mode_t = 0o600) throws {
-        let target = file(name)
-        try FileManager.default.createDirectory(atPath: (target as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        try contents.write(toFile: target, atomically: false, encoding: .utf8)
-        chmod(target, mode)
-    }
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
-}
-
 /// Cluster CA and node certificates made once per test run with deploy/gen-certs.sh.
 enum SharedCertificates {
     nonisolated(unsafe) private static var cached: String?
@@ -67,8 +50,9 @@ enum SharedCertificates {
     static func directory() throws -> String {
         lock.lock(); defer { lock.unlock() }
         if let cached { return cached }
-        let dir = try ScratchDirectory(prefix: "ks-certs").path
-        try run(Products.repositoryRoot.appendingPathComponent("deploy/gen-certs.sh").path, [dir] + nodeNames)
+        // Node keys in <scratch>/certs, the CA key in <scratch>/certs-ca: removed when the test process exits.
+        let dir = try ScratchDirectory.forProcessLifetime(prefix: "ks-certs").file("certs")
+        try ClusterCertificates.generate(in: dir, nodes: nodeNames)
         cached = dir
         return dir
     }
@@ -82,28 +66,6 @@ enum SharedCertificates {
         }
         return result.output
     }
-}
-
-/// Exit status and combined stdout+stderr of a finished command.
-struct CommandResult { var status: Int32; var output: String }
-
-/// Runs a command to completion, capturing stdout and stderr together.
-func runCommand(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> CommandResult {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: executable)
-    process.arguments = arguments
-    if !environment.isEmpty {
-        var env = ProcessInfo.processInfo.environment
-        for (k, v) in environment { env[k] = v }
-        process.environment = env
-    }
-    let out = Pipe()
-    process.standardOutput = out
-    process.standardError = out
-    try process.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    return CommandResult(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
 }
 
 /// One real `keystored` process.
@@ -298,21 +260,6 @@ final class ClusterHarness {
     }
 }
 
-/// A free loopback TCP port (bound then released; the kernel does not hand it out again at once).
-func freeTCPPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
-    guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
-    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// Base class: tears the cluster down and prints every node's log only when the test failed.
 class ClusterTestCase: XCTestCase {
     var harnesses: [ClusterHarness] = []
@@ -335,7 +282,12 @@ class ClusterTestCase: XCTestCase {
 
     override func tearDown() {
         let failed = (testRun?.failureCount ?? 0) + (testRun?.unexpectedExceptionCount ?? 0) > 0
-        for harness in harnesses { harness.shutdown(dumpLogs: failed) }
+        for harness in harnesses {
+            harness.shutdown(dumpLogs: failed)
+            // The scratch directory holds client private keys: a test that leaves it behind fails.
+            XCTAssertFalse(FileManager.default.fileExists(atPath: harness.scratch.path),
+                           "\(harness.scratch.path) survived the test (a mount inside it, or a node still writing?)")
+        }
         harnesses.removeAll()
         super.tearDown()
     }

@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 /// Issue 11 item 7: a full-state answer that has to wait for a connection (the requester is a

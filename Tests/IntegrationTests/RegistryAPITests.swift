@@ -1,6 +1,7 @@
 import Foundation
 import KeystoreAPI
 import KeystoreClient
+import TestSupport
 import XCTest
 
 /// The registry routes an XMPP server integration needs (certificate bytes in listings, the
@@ -148,5 +149,33 @@ final class RegistryAPITests: ClusterTestCase {
         XCTAssertTrue(afterRestart.last?.reason?.contains("restarted") ?? false)
         let response = try KeystoreConnection(socketPath: cluster.socketPath("node1")).request("GET", "/v1/events?since=garbage")
         XCTAssertEqual(response.status, 400)
+    }
+}
+
+/// Rows an older keystored wrote with an unprepared user (a localpart in NFD or upper case) are
+/// rewritten under the prepared JID at start, so the user finds them again.
+final class RegistryMigrationTests: ClusterTestCase {
+    func testUnpreparedUsersInOldRowsAreRewrittenAtStart() throws {
+        let cluster = try makeCluster(nodes: ["node1"])
+        try cluster.startAll()
+        let pem = try UserCertificates.make(jids: ["zoe@first.com"], in: cluster.scratch.path, name: "zoe")
+        try cluster.client("node1").addCert(domain: "first.com", user: "zoe", name: "phone", certificate: pem)
+        _ = try cluster.client("node1").revokeTokens(domain: "first.com", user: "zoe")
+        cluster.processes["node1"]?.stop()
+        let database = cluster.scratch.file("data/node1/registry.sqlite3")
+        // What a 0.1 node stored for "Zoe" in NFD (an e with a combining acute accent).
+        let oldUser = "Zoe\u{301}@first.com"
+        for table in ["certificates", "token_sequence_floors"] {
+            let update = try runCommand("/usr/bin/sqlite3", [database, "UPDATE \(table) SET user = '\(oldUser)'"])
+            XCTAssertEqual(update.status, 0, update.output)
+        }
+        try cluster.start("node1")
+        cluster.waitReady("node1")
+        let prepared = "zo\u{E9}@first.com"
+        XCTAssertEqual(try cluster.client("node1").listCerts(domain: "first.com", user: "zo\u{E9}").certs.map(\.name), ["phone"])
+        let rows = try runCommand("/usr/bin/sqlite3", [database, "SELECT user FROM certificates UNION ALL SELECT user FROM token_sequence_floors"])
+        XCTAssertEqual(rows.output.split(separator: "\n").map(String.init), [prepared, prepared], rows.output)
+        XCTAssertEqual(try cluster.client("node1").issueToken(domain: "first.com", type: .refresh, jid: "ZOE\u{301}@first.com").sequence, 2,
+                       "the revocation stored for the old spelling still counts")
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import KeystoreAPI
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)

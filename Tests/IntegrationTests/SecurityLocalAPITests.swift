@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -99,18 +100,18 @@ final class SecurityLocalAPITests: ClusterTestCase {
         defer { for fd in idle { close(fd) } }
         let slow = try (0..<100).map { _ in try connectUnix(node.socketPath) }
         defer { for fd in slow { close(fd) } }
-        let stop = SecurityLockedValue(false)
+        let stop = LockedBox(false)
         let trickled = Thread {
             let header = Array("GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ".utf8) + [UInt8](repeating: 0x7A, count: 10_000)
             var index = 0
-            while !stop.value {
+            while !stop.withLockedValue({ $0 }) {
                 for fd in slow { _ = header.withUnsafeBytes { write(fd, $0.baseAddress! + (index % header.count), 1) } }
                 index += 1
                 usleep(50_000)
             }
         }
         trickled.start()
-        defer { stop.value = true }
+        defer { stop.withLockedValue { $0 = true } }
 
         var latencies: [Double] = []
         for i in 0..<30 {
@@ -124,7 +125,7 @@ final class SecurityLocalAPITests: ClusterTestCase {
         print("security: normal client during 300 idle + 100 slowloris connections: \(latencySummary(latencies))")
         XCTAssertLessThan(latencies.max() ?? .infinity, 5_000, "a normal request took longer than 5 s under attack")
         XCTAssertTrue(node.isRunning)
-        stop.value = true
+        stop.withLockedValue { $0 = true }
     }
 
     /// Beyond `LocalAPILimits.maxConnections` (1024) a connection is closed at once: the node
@@ -162,17 +163,5 @@ final class SecurityLocalAPITests: ClusterTestCase {
             (try? node.client.getKey(domain: "first.com", name: "token_secret").primary?.key) != nil
         }
         XCTAssertTrue(node.isRunning)
-    }
-}
-
-/// A flag shared with a helper thread.
-final class SecurityLockedValue<Value: Sendable>: @unchecked Sendable {
-    // @unchecked: every access to `stored` holds `lock`.
-    private let lock = NSLock()
-    private var stored: Value
-    init(_ value: Value) { stored = value }
-    var value: Value {
-        get { lock.lock(); defer { lock.unlock() }; return stored }
-        set { lock.lock(); stored = newValue; lock.unlock() }
     }
 }

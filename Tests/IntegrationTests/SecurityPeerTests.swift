@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
@@ -145,14 +146,14 @@ final class SecurityPeerTests: ClusterTestCase {
         let silent = try (0..<50).map { _ in try connectTCP(port: port) }
         defer { for fd in silent { close(fd) } }
         let big = PeerFrames.frame(version: 9, type: 3, payload: [UInt8](repeating: 0xA5, count: (4 << 20) - 2))
-        let results = OutputCollectorArray()
+        let results = LockedBox<[PeerAttackResult?]>([])
         let group = DispatchGroup()
         let floodMillis = measureMillis {
             for _ in 0..<8 {
                 group.enter()
                 Thread.detachNewThread {
                     let result = try? PeerAttack.run(port: port, certificate: cert, key: tlsKey, caFile: ca, payload: big, timeout: 20)
-                    results.append(result)
+                    results.withLockedValue { $0.append(result) }
                     group.leave()
                 }
             }
@@ -160,7 +161,7 @@ final class SecurityPeerTests: ClusterTestCase {
             XCTAssertEqual(try? cluster.client("node1").getKey(domain: "first.com", name: "token_secret").primary?.key, key)
             group.wait()
         }
-        let floods = results.values
+        let floods = results.withLockedValue { $0 }
         print(String(format: "security: 8 x 4 MiB flood + 50 idle TCP connections: all cut off after %.0f ms", floodMillis))
         XCTAssertEqual(floods.count, 8)
         XCTAssertTrue(floods.allSatisfy { $0?.closedByNode == true }, "a flooder was not cut off: \(floods.map { $0?.output ?? "nil" })")
@@ -171,15 +172,6 @@ final class SecurityPeerTests: ClusterTestCase {
                            result: PeerAttackResult(closedByNode: true, exitStatus: 0, output: "", seconds: 0))
         try assertRotationStillSpreads(cluster)
     }
-}
-
-/// Results gathered from several threads.
-final class OutputCollectorArray: @unchecked Sendable {
-    // @unchecked: every access to `items` holds `lock`.
-    private let lock = NSLock()
-    private var items: [PeerAttackResult?] = []
-    func append(_ item: PeerAttackResult?) { lock.lock(); items.append(item); lock.unlock() }
-    var values: [PeerAttackResult?] { lock.lock(); defer { lock.unlock() }; return items }
 }
 
 /// A plain TCP connection to the loopback peer port that never speaks.

@@ -1,13 +1,14 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-// Helpers for the security tests: a hostile peer driven through `openssl s_client`, certificates
-// that gen-certs.sh deliberately cannot make (expired, not yet valid), and hand-built peer frames.
+// Helpers for the security tests: a hostile peer driven through `openssl s_client` and hand-built
+// peer frames (expired and not-yet-valid certificates come from TestSupport.TestCertificateAuthority).
 
 /// What one `openssl s_client` attack observed.
 struct PeerAttackResult {
@@ -58,10 +59,11 @@ enum PeerAttack {
             writerDone.signal()
         }
         let reader = output.fileHandleForReading
-        let collected = OutputCollector()
+        let collected = LockedBox(Data())
         let readerDone = DispatchSemaphore(value: 0)
         Thread.detachNewThread {
-            collected.append(reader.readDataToEndOfFile())
+            let more = reader.readDataToEndOfFile()
+            collected.withLockedValue { $0.append(more) }
             readerDone.signal()
         }
         let deadline = started.addingTimeInterval(timeout)
@@ -75,17 +77,8 @@ enum PeerAttack {
         _ = writerDone.wait(timeout: .now() + 5)
         _ = readerDone.wait(timeout: .now() + 5)
         return PeerAttackResult(closedByNode: closed, exitStatus: process.terminationStatus,
-                                output: collected.text, seconds: elapsed)
+                                output: String(decoding: collected.withLockedValue { $0 }, as: UTF8.self), seconds: elapsed)
     }
-}
-
-/// Thread-safe sink for a child's output.
-final class OutputCollector: @unchecked Sendable {
-    // @unchecked: every access to `data` holds `lock`.
-    private let lock = NSLock()
-    private var data = Data()
-    func append(_ more: Data) { lock.lock(); data.append(more); lock.unlock() }
-    var text: String { lock.lock(); defer { lock.unlock() }; return String(decoding: data, as: UTF8.self) }
 }
 
 /// Peer frames built by hand (`u32 length | u8 version | u8 type | payload`, big-endian), so the
@@ -112,59 +105,6 @@ enum PeerFrames {
     static func u16(_ v: UInt16) -> [UInt8] { withUnsafeBytes(of: v.bigEndian, Array.init) }
     static func u32(_ v: UInt32) -> [UInt8] { withUnsafeBytes(of: v.bigEndian, Array.init) }
     static func u64(_ v: UInt64) -> [UInt8] { withUnsafeBytes(of: v.bigEndian, Array.init) }
-}
-
-/// Issues certificates from an existing CA with explicit validity dates via `openssl ca`, which
-/// (unlike `openssl x509 -req` in OpenSSL 3.0) accepts `-startdate`/`-enddate`.
-struct TestCertificateAuthority {
-    let directory: String
-    let caCertificate: String
-    let caKey: String
-
-    init(directory: String, caCertificate: String, caKey: String) throws {
-        self.directory = directory
-        self.caCertificate = caCertificate
-        self.caKey = caKey
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        _ = FileManager.default.createFile(atPath: directory + "/index.txt", contents: Data())
-        try "01\n".write(toFile: directory + "/serial", atomically: false, encoding: .utf8)
-        let config = """
-            [ca]
-            default_ca = testca
-            [testca]
-            database = \(directory)/index.txt
-            new_certs_dir = \(directory)
-            serial = \(directory)/serial
-            default_md = sha256
-            policy = anything
-            unique_subject = no
-            copy_extensions = none
-            [anything]
-            commonName = supplied
-
-            """
-        try config.write(toFile: directory + "/ca.cnf", atomically: false, encoding: .utf8)
-    }
-
-    /// Returns (certificate, key) paths for a P-256 node certificate naming `dnsName`, valid
-    /// from `start` to `end` (`YYYYMMDDHHMMSSZ`).
-    func issue(_ label: String, dnsName: String, start: String, end: String) throws -> (certificate: String, key: String) {
-        let key = "\(directory)/\(label).key", csr = "\(directory)/\(label).csr", pem = "\(directory)/\(label).pem"
-        let ext = "\(directory)/\(label).ext"
-        try """
-            basicConstraints = critical, CA:FALSE
-            keyUsage = critical, digitalSignature
-            extendedKeyUsage = serverAuth, clientAuth
-            subjectAltName = DNS:\(dnsName)
-
-            """.write(toFile: ext, atomically: false, encoding: .utf8)
-        try SharedCertificates.run("/usr/bin/openssl", ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", key])
-        try SharedCertificates.run("/usr/bin/openssl", ["req", "-new", "-key", key, "-subj", "/CN=\(dnsName)", "-out", csr])
-        try SharedCertificates.run("/usr/bin/openssl", ["ca", "-batch", "-config", "\(directory)/ca.cnf", "-cert", caCertificate,
-                                                        "-keyfile", caKey, "-in", csr, "-out", pem, "-startdate", start,
-                                                        "-enddate", end, "-extfile", ext, "-notext"])
-        return (pem, key)
-    }
 }
 
 /// Milliseconds a closure took.

@@ -1,5 +1,6 @@
 import Foundation
 import PeerTLS
+import TestSupport
 import XCTest
 
 final class ContextTests: XCTestCase {
@@ -62,13 +63,10 @@ final class ContextTests: XCTestCase {
 }
 
 final class GenCertsScriptTests: XCTestCase {
-    private func tempDir() -> String {
-        let dir = NSTemporaryDirectory() + "gencerts-\(getpid())-\(UInt32.random(in: 0 ... .max))"
-        addTeardownBlock {
-            try? FileManager.default.removeItem(atPath: dir)
-            try? FileManager.default.removeItem(atPath: dir + "-ca")
-        }
-        return dir
+    /// A path gen-certs.sh creates (it must make the directory itself), inside a scratch directory
+    /// removed after the test.
+    private func tempDir() throws -> String {
+        try makeScratchDirectory(prefix: "gencerts").file("certs")
     }
 
     private func mode(_ path: String) throws -> Int {
@@ -91,8 +89,8 @@ final class GenCertsScriptTests: XCTestCase {
     }
 
     func testIsIdempotentReusesCAAndForceReissues() throws {
-        let dir = tempDir()
-        let script = CertFixture.scriptPath
+        let dir = try tempDir()
+        let script = ClusterCertificates.scriptPath
         try runTool("/bin/bash", [script, dir, "a"], environment: ["KEYSTORE_CERT_DAYS": "2"])
         let ca1 = try String(contentsOfFile: dir + "/ca.pem", encoding: .utf8)
         let a1 = try String(contentsOfFile: dir + "/a.pem", encoding: .utf8)
@@ -110,8 +108,8 @@ final class GenCertsScriptTests: XCTestCase {
     /// The CA key never lands in OUT_DIR (what gets copied to the nodes): it lives in OUT_DIR-ca
     /// or --ca-dir, and a key an older version left in OUT_DIR is moved there.
     func testKeepsTheCAKeyApartFromTheNodeFiles() throws {
-        let dir = tempDir()
-        let script = CertFixture.scriptPath
+        let dir = try tempDir()
+        let script = ClusterCertificates.scriptPath
         try runTool("/bin/bash", [script, dir, "a"])
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["a.key", "a.pem", "ca.pem"])
         XCTAssertEqual(try mode(dir + "-ca"), 0o700)
@@ -120,7 +118,7 @@ final class GenCertsScriptTests: XCTestCase {
                        try String(contentsOfFile: dir + "/ca.pem", encoding: .utf8))
 
         // An explicit --ca-dir signs certificates for a second output directory with the same CA.
-        let other = tempDir()
+        let other = try tempDir()
         try runTool("/bin/bash", [script, "--ca-dir", dir + "-ca", other, "b"])
         XCTAssertNoThrow(try runTool("/usr/bin/env", ["openssl", "verify", "-CAfile", dir + "/ca.pem", other + "/b.pem"]))
         XCTAssertFalse(FileManager.default.fileExists(atPath: other + "-ca"))
@@ -142,18 +140,18 @@ final class GenCertsScriptTests: XCTestCase {
     }
 
     func testAddsAddressesOnlyWhenAsked() throws {
-        let dir = tempDir()
-        try runTool("/bin/bash", [CertFixture.scriptPath, "--ip", "10.0.0.7", "--ip", "fd00::7", dir, "a"])
+        let dir = try tempDir()
+        try runTool("/bin/bash", [ClusterCertificates.scriptPath, "--ip", "10.0.0.7", "--ip", "fd00::7", dir, "a"])
         let text = try runTool("/usr/bin/env", ["openssl", "x509", "-in", dir + "/a.pem", "-noout", "-ext", "subjectAltName"])
         XCTAssertTrue(text.contains("DNS:a, IP Address:10.0.0.7, IP Address:FD00:0:0:0:0:0:0:7"), text)
-        XCTAssertThrowsError(try runTool("/bin/bash", [CertFixture.scriptPath, "--ip", "10.0.0.7,DNS:evil", dir, "b"]))
+        XCTAssertThrowsError(try runTool("/bin/bash", [ClusterCertificates.scriptPath, "--ip", "10.0.0.7,DNS:evil", dir, "b"]))
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/b.pem"))
     }
 
     func testRejectsUnsafeNodeNames() throws {
-        let dir = tempDir()
-        XCTAssertThrowsError(try runTool("/bin/bash", [CertFixture.scriptPath, dir, "../evil"]))
-        XCTAssertThrowsError(try runTool("/bin/bash", [CertFixture.scriptPath, dir, "ca"]))
+        let dir = try tempDir()
+        XCTAssertThrowsError(try runTool("/bin/bash", [ClusterCertificates.scriptPath, dir, "../evil"]))
+        XCTAssertThrowsError(try runTool("/bin/bash", [ClusterCertificates.scriptPath, dir, "ca"]))
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/ca.pem"))
     }
 }

@@ -1,61 +1,17 @@
 import NIOCore
 import NIOEmbedded
 import PeerTLS
+import TestSupport
 import XCTest
 
-/// Records what a PeerTLSHandler delivers upwards on an EmbeddedChannel (same thread, no locking).
-final class EmbeddedRecorder: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    var events: [PeerTLSEvent] = []
-    var errors: [Error] = []
-    var received = ""
-    var inactive = false
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? PeerTLSEvent { events.append(event) }
-    }
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        received += String(buffer: unwrapInboundIn(data))
-    }
-    // Consumed here so EmbeddedChannel does not rethrow it from the next writeInbound.
-    func errorCaught(context: ChannelHandlerContext, error: Error) { errors.append(error) }
-    func channelInactive(context: ChannelHandlerContext) { inactive = true }
-}
-
 final class EmbeddedHandshakeTests: XCTestCase {
-    struct Side {
-        let channel: EmbeddedChannel
-        let recorder: EmbeddedRecorder
-    }
-
     private func makeSide(_ role: PeerTLSRole, node: String, ca: String? = nil, cert: String? = nil,
-                          key: String? = nil) throws -> Side {
-        let f = try CertFixture.shared()
-        let context = try PeerTLSContext(caFile: ca ?? f.ca, certificateFile: cert ?? f.cert(node),
-                                         privateKeyFile: key ?? f.key(node))
-        let recorder = EmbeddedRecorder()
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandlers(
-            PeerTLSHandler(context: context, role: role, closeTimeout: .seconds(2)), recorder)
-        return Side(channel: channel, recorder: recorder)
+                          key: String? = nil) throws -> EmbeddedSide {
+        try EmbeddedSide(role, node: node, ca: ca, cert: cert, key: key)
     }
 
-    private func connect(_ sides: Side...) throws {
-        for side in sides { try side.channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 7401)).wait() }
-    }
-
-    /// Moves ciphertext both ways until neither side has anything left to say.
-    private func shuttle(_ a: Side, _ b: Side) throws {
-        var moved = true
-        while moved {
-            moved = false
-            for (from, to) in [(a, b), (b, a)] {
-                while let bytes = try from.channel.readOutbound(as: ByteBuffer.self) {
-                    moved = true
-                    if to.channel.isActive { try to.channel.writeInbound(bytes) }
-                }
-            }
-        }
+    private func connect(_ sides: EmbeddedSide...) throws {
+        for side in sides { try side.connect() }
     }
 
     private func buffer(_ text: String) -> ByteBuffer { ByteBuffer(string: text) }

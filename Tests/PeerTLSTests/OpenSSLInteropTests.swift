@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOPosix
 import PeerTLS
+import TestSupport
 import XCTest
 
 struct ChannelClosedFirst: Error {}
@@ -101,7 +102,7 @@ final class OpenSSLInteropTests: XCTestCase {
     /// `openssl s_server` presenting `cert`, requiring a client certificate from the cluster CA.
     private func startServer(cert: String, key: String, version: String = "-tls1_3") throws -> Int {
         let f = try CertFixture.shared()
-        let port = try freeLocalPort()
+        let port = try freeTCPPort()
         let server = try spawn(["s_server", "-accept", "127.0.0.1:\(port)", "-cert", cert, "-key", key,
                                 "-CAfile", f.ca, "-Verify", "1", "-verify_return_error", version,
                                 "-naccept", "1", "-rev"])

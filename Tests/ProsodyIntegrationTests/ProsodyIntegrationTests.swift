@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 /// End to end: two keystored nodes, Prosody A on node1 and Prosody B on node2 serving one virtual

@@ -1,5 +1,6 @@
 import Foundation
 import KeystoreClient
+import TestSupport
 import XCTest
 
 /// End to end (issue 14): integrations/prosody/mod_keystore_tokens.lua on Prosody A (node1) and B

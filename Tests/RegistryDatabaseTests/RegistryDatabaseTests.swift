@@ -287,6 +287,29 @@ final class RegistryDatabaseTests: XCTestCase {
         }
     }
 
+    /// SQLite's integrity_check text spans lines ("*** in database main ***\nPage 2: ..."); the
+    /// operator's exit reason and the log line must not.
+    func testCorruptionMessageIsOneLine() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        try db.upsert((0..<200).map { fullRecord($0) })
+        db.close()
+        let handle = try XCTUnwrap(FileHandle(forUpdatingAtPath: dbPath))
+        let size = try handle.seekToEnd()
+        try handle.seek(toOffset: 8192)  // leave the schema page readable so integrity_check runs and reports
+        try handle.write(contentsOf: Data((0..<(Int(size) - 8192)).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ 7) }))
+        try handle.close()
+        let error = expectError({ if case .corrupt(dbPath, _) = $0 { true } else { false } }) {
+            _ = try RegistryDatabase(directory: dataDir)
+        }
+        let text = try XCTUnwrap(error?.description)
+        XCTAssertFalse(text.contains("\n") || text.contains("\r"), text)
+        XCTAssertTrue(text.contains("move the file"), text)
+
+        let multiLine = RegistryDatabaseError.corrupt(path: dbPath, reason: "integrity_check: *** in database main ***\nPage 2: btree\r\n\tbad")
+        XCTAssertEqual(multiLine.description.filter { $0.isNewline }, "")
+        XCTAssertTrue(multiLine.description.contains("*** in database main ***; Page 2: btree; bad"), multiLine.description)
+    }
+
     func testUseAfterCloseFailsCleanly() throws {
         let db = try RegistryDatabase(directory: dataDir)
         db.close()

@@ -1,5 +1,6 @@
 import XCTest
 import ReplicatedStore
+import TestSupport
 
 final class CertificateTests: XCTestCase {
     let alice = "alice@first.com"
@@ -10,7 +11,7 @@ final class CertificateTests: XCTestCase {
 
     /// Applies the records one delta each, in every order given, and returns the final stores.
     func replay(_ records: [CertificateRecord], orders: Int, seed: UInt64) -> [ReplicatedStore] {
-        var rng = SeededGenerator(seed: seed)
+        var rng = SplitMix64(seed: seed)
         return (0..<orders).map { _ in
             var store = ReplicatedStore(graceMillis: 1)
             for r in records.shuffled(using: &rng) { _ = store.merge(StoreDelta(certificates: [r]), nowMillis: 0) }
@@ -152,7 +153,7 @@ final class CertificateTests: XCTestCase {
             XCTAssertEqual(s.liveCertificates(domain: "first.com", user: alice).count, 1)
             return s
         }
-        var rng = SeededGenerator(seed: 5)
+        var rng = SplitMix64(seed: 5)
         func gossip() {
             // Random pairwise gossip until every pair has exchanged both ways at least once.
             for _ in 0..<3 {

@@ -1,5 +1,6 @@
 import XCTest
 import ReplicatedStore
+import TestSupport
 
 /// Issue 11 item 7: what removed and expired certificate records shrink to, and when the
 /// store forgets them (the rule is the comment of ReplicatedStore+Certificates.swift).
@@ -26,7 +27,7 @@ final class CompactionTests: XCTestCase {
         let revokeBare = record(id, nil, removal(.revoked, 200, "n3"))
         // A 0.1.0 node sends the whole merged record, DER included.
         let revokeFull = record(id, content("phone", added: 100, origin: "n1"), removal(.revoked, 200, "n3"))
-        var rng = SeededGenerator(seed: 77)
+        var rng = SplitMix64(seed: 77)
         var stores: [ReplicatedStore] = []
         for inputs in [[add, disable, revokeBare], [add, revokeFull], [revokeBare, add], [disable, revokeFull, add]] {
             for _ in 0..<6 {

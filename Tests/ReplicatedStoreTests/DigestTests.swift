@@ -1,5 +1,6 @@
 import XCTest
 import ReplicatedStore
+import TestSupport
 
 final class DigestTests: XCTestCase {
     func populated(keys: Int, bucketCount: Int = 64) -> ReplicatedStore {
@@ -20,7 +21,7 @@ final class DigestTests: XCTestCase {
     func testEqualStatesHaveEqualDigestsWhateverTheInsertionOrder() {
         let a = populated(keys: 300)
         var b = ReplicatedStore(graceMillis: 60_000)
-        var rng = SeededGenerator(seed: 9)
+        var rng = SplitMix64(seed: 9)
         let full = a.fullDelta()
         for key in full.keyVersions.keys.shuffled(using: &rng) {
             _ = b.merge(StoreDelta(keyVersions: [key: full.keyVersions[key]!]), nowMillis: 2_000)

@@ -1,5 +1,6 @@
 import XCTest
 import ReplicatedStore
+import TestSupport
 
 final class KeyLifecycleTests: XCTestCase {
     let grace: UInt64 = 3_600_000
@@ -67,7 +68,7 @@ final class KeyLifecycleTests: XCTestCase {
                                                       id: VersionID(created: clock.now(wallMillis: wall), origin: node)))
             return store
         }
-        var rng = SeededGenerator(seed: 5)
+        var rng = SplitMix64(seed: 5)
         let deltas = replicas.map { $0.fullDelta() }
         for i in replicas.indices {
             for d in deltas.shuffled(using: &rng) { _ = replicas[i].merge(d, nowMillis: 1_020) }

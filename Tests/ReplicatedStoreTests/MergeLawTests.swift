@@ -1,5 +1,6 @@
 import XCTest
 import ReplicatedStore
+import TestSupport
 
 /// Randomized CRDT laws. Small value ranges on purpose: id collisions, generation conflicts,
 /// LWW ties and expiry boundaries all happen often.
@@ -25,7 +26,7 @@ final class MergeLawTests: XCTestCase {
         }
     }
 
-    func randomDelta(_ rng: inout SeededGenerator) -> StoreDelta {
+    func randomDelta(_ rng: inout SplitMix64) -> StoreDelta {
         randomDelta(&rng, expiring: false)
     }
 
@@ -33,7 +34,7 @@ final class MergeLawTests: XCTestCase {
     /// tombstones use only the never-expiring fingerprint 3: a bare tombstone has no validity,
     /// and the compaction rule (ReplicatedStore+Certificates.swift, rule 3) documents that a
     /// bare tombstone meeting an already expired content is order-dependent.
-    func randomDelta(_ rng: inout SeededGenerator, expiring: Bool) -> StoreDelta {
+    func randomDelta(_ rng: inout SplitMix64, expiring: Bool) -> StoreDelta {
         var delta = StoreDelta()
         for _ in 0..<Int.random(in: 0...5, using: &rng) {
             let key = keyPool.randomElement(using: &rng)!
@@ -85,7 +86,7 @@ final class MergeLawTests: XCTestCase {
     }
 
     func testMergeIsIdempotentCommutativeAssociativeAtFixedTime() {
-        var rng = SeededGenerator(seed: 0xC0FFEE)
+        var rng = SplitMix64(seed: 0xC0FFEE)
         var distinctStatesSeen = 0
         var certificateChanges = 0
         var removedAndLiveSeen = 0
@@ -193,7 +194,7 @@ final class MergeLawTests: XCTestCase {
     /// Replicas merge at different, advancing times and expire in between; after a final
     /// expire they must equal one merge of everything at the final time.
     func testConvergenceWithAdvancingTimeAndInterleavedExpiry() {
-        var rng = SeededGenerator(seed: 42)
+        var rng = SplitMix64(seed: 42)
         var prunesSeen = 0
         for iteration in 0..<300 {
             let deltas = (0..<6).map { _ in randomDelta(&rng) }
@@ -226,7 +227,7 @@ final class MergeLawTests: XCTestCase {
     /// and after a final `expireCertificates` every replica equals one merge of everything at
     /// the final time: forgetting early or late, or never seeing a record, ends the same.
     func testCompactionAndExpiryKeepTheLaws() {
-        var rng = SeededGenerator(seed: 0xE1_1E)
+        var rng = SplitMix64(seed: 0xE1_1E)
         var forgottenSeen = 0, refusedOnArrival = 0, revokedCompacted = 0
         let epoch = Self.expiryEpoch
         for iteration in 0..<300 {

@@ -1,6 +1,7 @@
 import Membership
 import Replication
 import ReplicatedStore
+import TestSupport
 import XCTest
 
 /// Each rule of the replication core on one instance, with a real store behind it.
@@ -10,7 +11,7 @@ final class RuleTests: XCTestCase {
 
     let peers = ["node2", "node3", "node4"]
     let key = KeyRef(domain: "first.com", name: "token")
-    var random = SimulationRandom(seed: 9)
+    var random = SplitMix64(seed: 9)
 
     /// A store holding one version of `key` (and, with `certificates`, that many records).
     func replica(versionAt wall: UInt64 = 10, certificates: Int = 0, chunk: Int = 4) -> StoreReplicaContent {

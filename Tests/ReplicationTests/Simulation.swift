@@ -1,18 +1,7 @@
 import Membership
 import Replication
 import ReplicatedStore
-
-/// xorshift64*: seeded, so every simulation run replays exactly.
-struct SimulationRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed == 0 ? 0x2545_F491_4F6C_DD1D : seed }
-    mutating func next() -> UInt64 {
-        state ^= state >> 12
-        state ^= state << 25
-        state ^= state >> 27
-        return state &* 0x2545_F491_4F6C_DD1D
-    }
-}
+import TestSupport
 
 /// A deterministic in-memory cluster running the real cores: per node a `SWIMInstance`, a
 /// `ReplicationInstance<StoreDelta>`, a `ReplicatedStore` and a hybrid logical clock, plus a
@@ -71,7 +60,7 @@ final class ReplicationSimulation {
         var skewMillis: UInt64 = 0
         var swim: SWIMInstance
         var replication: ReplicationInstance<StoreDelta>
-        var random: SimulationRandom
+        var random: SplitMix64
         var ready = false
         var outcome: JoinOutcome?
         var applies: [PendingApply] = []
@@ -108,7 +97,7 @@ final class ReplicationSimulation {
     private(set) var messages = 0
     private(set) var brokenConnections = 0
     private var inFlight: [Envelope] = []
-    private var network: SimulationRandom
+    private var network: SplitMix64
     private var nextEpoch: UInt64 = 1
     private var seed: UInt64
 
@@ -116,7 +105,7 @@ final class ReplicationSimulation {
         self.settings = settings
         self.names = names.sorted()
         self.seed = seed
-        self.network = SimulationRandom(seed: seed &* 7919)
+        self.network = SplitMix64(seed: seed &* 7919)
     }
 
     // MARK: Control
@@ -132,7 +121,7 @@ final class ReplicationSimulation {
                         swim: SWIMInstance(myself: name, address: name, instance: instance,
                                            seeds: peers.map { (node: $0, address: $0) }, settings: settings.swim, nowMillis: now),
                         replication: ReplicationInstance(myself: name, peers: peers, settings: settings.replication, nowMillis: now),
-                        random: SimulationRandom(seed: seed))
+                        random: SplitMix64(seed: seed))
         node.skewMillis = nodes[name]?.skewMillis ?? 0
         nodes[name] = node
         execute(nodes[name]!.replication.startJoin(timeoutMillis: settings.joinTimeoutMillis, nowMillis: now), at: name)

@@ -1,6 +1,7 @@
 import Membership
 import Replication
 import ReplicatedStore
+import TestSupport
 import XCTest
 
 /// The replication core on many simulated nodes with the real store and real SWIM: the join
@@ -175,7 +176,7 @@ final class SimulationTests: XCTestCase {
         var settings = ReplicationSimulation.Settings()
         settings.breakProbability = 0.002
         let sim = startConverged(five, seed: seed, settings: settings)
-        var random = SimulationRandom(seed: seed)
+        var random = SplitMix64(seed: seed)
         var acknowledged: [CertificateID: (user: String, name: String)] = [:]
         var revoked: Set<CertificateID> = []
         var fingerprint: UInt8 = 0

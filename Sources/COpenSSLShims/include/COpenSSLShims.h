@@ -13,11 +13,8 @@ long ks_SSL_SESS_CACHE_OFF(void);
 /// SSL_OP_NO_TICKET | SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE
 uint64_t ks_peer_ssl_options(void);
 int ks_SSL_set_tlsext_host_name(SSL *ssl, const char *name);
-/// Bytes waiting in a memory BIO (BIO_ctrl_pending is a function, but kept here for symmetry).
-size_t ks_BIO_pending(BIO *bio);
 
-/// subjectAltName access; the returned list must be freed with ks_general_names_free.
-GENERAL_NAMES *ks_X509_get_subject_alt_names(X509 *cert);
+/// subjectAltName entry access, for lists from ks_X509_get_subject_alt_names_checked.
 int ks_general_names_count(const GENERAL_NAMES *names);
 /// Returns 1 and sets data/len if entry i is a dNSName, 0 otherwise.
 int ks_general_name_dns_at(const GENERAL_NAMES *names, int i, const unsigned char **data, int *len);

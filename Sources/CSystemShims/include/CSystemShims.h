@@ -7,14 +7,17 @@
 int ks_disable_dumpable(void);
 /// Current value of prctl(PR_GET_DUMPABLE).
 int ks_get_dumpable(void);
-/// getsockopt(SO_PEERCRED) on a connected Unix socket. Returns 0 or -1 with errno set.
-int ks_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
-/// madvise(MADV_DONTDUMP) over a range (page-aligned by the caller). Returns 0 or -1.
-int ks_madvise_dontdump(void *addr, size_t len);
-
 
 /// Installs an async-signal-safe handler for each of `signals` that writes the signal number
 /// (one byte) to a pipe, and returns the pipe's read end (or -1 with errno set). Works no
 /// matter which thread the kernel picks to take the signal.
 int ks_signal_pipe(const int *signals, int count);
+
+/// Replaces the Swift runtime's crash handler, which on a fatal signal runs swift-backtrace and prints
+/// registers and the memory they point at (possibly key bytes) to stderr, i.e. the journal. For each
+/// of SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGTRAP and SIGQUIT (the runtime's list) the new
+/// handler writes one fixed line naming the signal, restores the default action and re-raises, so the
+/// process still dies by that signal. Call first thing in main, before any secret exists.
+/// Returns 0, or -1 with errno set if a handler could not be installed.
+int ks_install_fatal_signal_reporter(void);
 #endif
