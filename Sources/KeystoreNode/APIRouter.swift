@@ -378,6 +378,7 @@ public final class APIRouter: APIResponder {
         if failures.pendingRecords > 0, let error = failures.lastError, let since = failures.sinceMillis {
             problems.append("registry database \(node.registry.path): \(failures.pendingRecords) records from peers could not be written since \(iso8601(millis: since)) (\(error)); they are applied once a write succeeds (peers resend them)")
         }
+        if let waiting = status.joinProblem { problems.append(waiting) }
         if !environment.memoryLocked {
             problems.append("secret memory is not locked (mlock failed): raise LimitMEMLOCK for the service")
         }

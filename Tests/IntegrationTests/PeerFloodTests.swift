@@ -87,7 +87,10 @@ final class PeerFloodTests: ClusterTestCase {
         defer { for node in ["node2", "node3"] { cluster.processes[node]?.signal(SIGCONT) } }
         let node1 = try cluster.start("node1")
         XCTAssertFalse(watchNeverServesANewKey(cluster, key: key, seconds: 6), "node1 became ready while its peers were paused")
-        XCTAssertEqual(try node1.client.health().ready, false)
+        let health = try node1.client.health()
+        XCTAssertEqual(health.ready, false)
+        XCTAssertEqual(health.status, .degraded)
+        XCTAssertTrue(health.problems.contains { $0.contains("reachable but not answering") && $0.contains("node2") }, "\(health.problems)")
         XCTAssertTrue(node1.log.contains("did not complete TLS"), "node1 classified the paused peers as reachable")
         let stopping = Date()
         node1.stop()
