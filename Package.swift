@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "keystored", targets: ["keystored"]),
         .executable(name: "keystorectl", targets: ["keystorectl"]),
+        .executable(name: "keystore-sim", targets: ["keystore-sim"]),
         .library(name: "KeystoreClient", targets: ["KeystoreClient"]),
         // Exposed for the fuzz harnesses in Fuzz/ (a separate package depending on this one).
         .library(name: "SecretMemory", targets: ["SecretMemory"]),
@@ -101,6 +102,14 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // N nodes of the real membership and store cores over a simulated network (pure, seeded).
+        .target(name: "ClusterSimulation", dependencies: ["Membership", "ReplicatedStore", "PeerWire", "SecretMemory",
+                                                          .product(name: "NIOCore", package: "swift-nio")]),
+        // The simulation as a release executable: prints the one-line summary BENCHMARKS.md quotes.
+        .executableTarget(name: "keystore-sim", dependencies: [
+            "ClusterSimulation",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .executableTarget(name: "keystorectl", dependencies: [
             "KeystoreClient",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -112,6 +121,8 @@ let package = Package(
         .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
+        // A few seeds of the cluster simulation at 100 nodes (CI), judged by its invariants.
+        .testTarget(name: "SimulationTests", dependencies: ["ClusterSimulation"]),
         .testTarget(name: "PeerWireTests", dependencies: [
             "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
             .product(name: "NIOCore", package: "swift-nio"),
