@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "KeystoreConfig", targets: ["KeystoreConfig"]),
         .library(name: "ReplicatedStore", targets: ["ReplicatedStore"]),
         .library(name: "PeerWire", targets: ["PeerWire"]),
+        // The replication core, for keystore-sim and other in-process drivers.
+        .library(name: "Replication", targets: ["Replication"]),
         .library(name: "LocalAPI", targets: ["LocalAPI"]),
         .library(name: "KeystoreNode", targets: ["KeystoreNode"]),
         .library(name: "CertificateRegistry", targets: ["CertificateRegistry"]),
@@ -49,6 +51,8 @@ let package = Package(
         .target(name: "ReplicatedStore", dependencies: []),
         // SWIM-style membership state machine (pure, no I/O).
         .target(name: "Membership", dependencies: []),
+        // Replication between members: join decision, push, anti-entropy, state streaming (pure, no I/O).
+        .target(name: "Replication", dependencies: ["ReplicatedStore", "Membership"]),
         // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
         .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
@@ -60,7 +64,7 @@ let package = Package(
         ]),
         // The versioned, length-prefixed, size-limited peer frame format (pure codec).
         .target(name: "PeerWire", dependencies: [
-            "SecretMemory", "ReplicatedStore", "Membership",
+            "SecretMemory", "ReplicatedStore", "Membership", "Replication",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // Blocking HTTP/1.1-over-Unix-socket client for the local API (CLI and tests).
@@ -75,7 +79,7 @@ let package = Package(
         ]),
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
-            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "PeerTLS", "PeerWire", "LocalAPI",
+            "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "Replication", "PeerTLS", "PeerWire", "LocalAPI",
             "CertificateRegistry", "RegistryDatabase",
             "CSodium", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
@@ -103,7 +107,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // N nodes of the real membership and store cores over a simulated network (pure, seeded).
-        .target(name: "ClusterSimulation", dependencies: ["Membership", "ReplicatedStore", "PeerWire", "SecretMemory",
+        .target(name: "ClusterSimulation", dependencies: ["Membership", "ReplicatedStore", "Replication", "PeerWire", "SecretMemory",
                                                           .product(name: "NIOCore", package: "swift-nio")]),
         // The simulation as a release executable: prints the one-line summary BENCHMARKS.md quotes.
         .executableTarget(name: "keystore-sim", dependencies: [
@@ -123,8 +127,9 @@ let package = Package(
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         // A few seeds of the cluster simulation at 100 nodes (CI), judged by its invariants.
         .testTarget(name: "SimulationTests", dependencies: ["ClusterSimulation"]),
+        .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicatedStore", "Membership"]),
         .testTarget(name: "PeerWireTests", dependencies: [
-            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership",
+            "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "Replication",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "PeerTLSTests", dependencies: [

@@ -1,24 +1,12 @@
 import Membership
-import PeerWire
+import Replication
 import ReplicatedStore
 
-/// What travels between simulated nodes: the shell's peer messages, as plain values (the
+/// What travels between simulated nodes: the shell's two kinds of peer messages (the
 /// `StoreDelta` stands for a `WireDelta` without its key material; sizes come from the codec).
 enum SimMessage {
     case swim(SWIMMessage)
-    case digest(root: UInt64, stamp: HLCTimestamp)
-    case bucketDigests([UInt64], stamp: HLCTimestamp)
-    case delta(StoreDelta, purpose: DeltaPurpose, stamp: HLCTimestamp)
-    case syncRequest(stamp: HLCTimestamp)
-    case syncDone(stamp: HLCTimestamp, ready: Bool)
-
-    var stamp: HLCTimestamp? {
-        switch self {
-        case .swim: return nil
-        case .digest(_, let s), .bucketDigests(_, let s), .delta(_, _, let s), .syncRequest(let s), .syncDone(let s, _):
-            return s
-        }
-    }
+    case replication(ReplicationMessage<StoreDelta>, stamp: HLCTimestamp)
 }
 
 struct Envelope {
@@ -27,6 +15,30 @@ struct Envelope {
     var fromInstance: UInt64
     var to: Int
     var message: SimMessage
+    /// The connection it travels on; a broken connection loses what was in flight on it.
+    var connection: UInt64
+}
+
+/// `ReplicaContent` over a node's store with a cached root digest (computing it costs 1,024
+/// bucket hashes; the core asks on every digest and on every member that appears).
+struct CachedStoreContent: ReplicaContent {
+    typealias Payload = StoreDelta
+    let node: SimNode
+    var rootDigest: UInt64 {
+        if let cached = node.cachedRoot { return cached }
+        let value = node.store.rootDigest()
+        node.cachedRoot = value
+        return value
+    }
+    var bucketDigests: [UInt64] { node.store.bucketDigests() }
+    func chunks(forBuckets buckets: [Int]) -> [StoreDelta] { plain.chunks(forBuckets: buckets) }
+    func fullStateChunks() -> [StoreDelta] {
+        var full = node.store.fullDelta()
+        full.certificates.sort { $0.id < $1.id }  // reproducible chunking
+        return plain.chunks(of: full)
+    }
+    func chunks(of payload: StoreDelta) -> [StoreDelta] { plain.chunks(of: payload) }
+    private var plain: StoreReplicaContent { StoreReplicaContent(store: node.store) }
 }
 
 /// One simulated keystored process slot: the real cores (SWIM, replicated store, HLC) plus
@@ -49,13 +61,13 @@ final class SimNode {
     /// This process's monotonic clock starts at an arbitrary offset (like CLOCK_MONOTONIC).
     var monotonicOffset: UInt64
     var ready = false
-    var joinAsked: Set<Int> = []
-    var joinNotReady: Set<Int> = []
+    var replication: ReplicationInstance<StoreDelta>
+    /// Merges issued by the core, completing after the persist delay.
+    var applies: [(id: ApplyID, payload: StoreDelta, from: Int)] = []
     /// Certificate records persisted before acknowledging (SQLite in the real node).
     var database: [CertificateID: CertificateRecord] = [:]
-    var repairRequested: [Int: UInt64] = [:]
-    /// The shell redials a peer at most every 500 ms; only dials report refusals.
-    var lastDial: [Int: UInt64] = [:]
+    /// Messages waiting for a connection to be usable, per peer.
+    var queued: [Int: [SimMessage]] = [:]
     /// Certificate ids this node has seen removed: a removal must never be undone here.
     var sawRemoval: Set<CertificateID> = []
     /// The store's root digest, recomputed only after a change (1,024 buckets per call).
@@ -71,7 +83,10 @@ final class SimNode {
         self.monotonicOffset = 1_000_000 + UInt64(index) * 7_919
         self.swim = SWIMInstance(myself: name, address: address, instance: 1, seeds: [], settings: settings, nowMillis: 0)
         self.store = ReplicatedStore(graceMillis: graceMillis, bucketCount: 1024)
+        self.replication = ReplicationInstance(myself: name, peers: [], nowMillis: 0)
     }
+
+    var content: CachedStoreContent { CachedStoreContent(node: self) }
 
     func monotonic(_ now: UInt64) -> UInt64 { monotonicOffset &+ now }
 

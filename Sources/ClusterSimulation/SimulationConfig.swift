@@ -40,10 +40,7 @@ public struct SimulationConfig: Sendable, Equatable {
     public var suspicionOriginOnWire = false
     /// SWIM tick and anti-entropy period of the shell.
     public var tickMillis: UInt64 = 100
-    public var antiEntropyMillis: UInt64 = 1000
     public var joinTimeoutMillis: UInt64 = 3000
-    /// Peers a (re)starting node asks for the full state.
-    public var joinAsk = 3
     /// A crashed node restarts this long after the crash (uniformly at random).
     public var restartAfterMillis: ClosedRange<UInt64> = 8_000...15_000
     public var progress = false

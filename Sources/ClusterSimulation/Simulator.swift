@@ -1,5 +1,6 @@
 import Membership
 import PeerWire
+import Replication
 import ReplicatedStore
 
 /// What a run measured and what it found wrong.
@@ -40,10 +41,15 @@ public struct SimulationReport: Sendable {
 /// N keystore nodes of the real protocol cores (`SWIMInstance`, `ReplicatedStore`, HLC) in one
 /// process over a simulated network, in simulated time, driven by one seeded event queue.
 ///
-/// The replication driver here mirrors today's `ClusterShell` (origin pushes to every alive
-/// member, anti-entropy digest → bucket digests → repair every second with a 5 s cooldown,
-/// full-state sync on start) except that receivers do not re-forward pushes, and a starting
-/// node asks `joinAsk` peers rather than every configured one.
+/// Each node runs `SWIMInstance`, `ReplicationInstance<StoreDelta>` and `ReplicatedStore`; the
+/// simulator is their shell. The network is what the shell gives the cores: one TCP connection
+/// per pair, opened on demand (`.up` for both ends), FIFO per direction with per-link latency;
+/// a lost message breaks its connection (TCP does not lose messages inside one): it and what is
+/// in flight on it are gone and both ends see `.down`. A connection to a crashed process is
+/// refused, one across a partition times out after 2 s (both `.unreachable`, and SWIM's
+/// `connectionFailed`), one to a paused process completes when it wakes or is `.unresponsive`
+/// after the 3 s handshake deadline. A partition resets the connections it cuts. Merges
+/// complete after a persist delay, like the node's persist-then-apply.
 public final class Simulator {
     public let config: SimulationConfig
 
@@ -55,10 +61,11 @@ public final class Simulator {
     enum Action {
         case start(Int)
         case tick(Int, generation: Int)
-        case antiEntropy(Int, generation: Int)
         case deliver(Envelope)
         case resume(Int, generation: Int)
-        case joinTimeout(Int, generation: Int)
+        case applyDone(Int, generation: Int)
+        case pump(Int, generation: Int)
+        case connectDone(link: Int, connection: UInt64)
         case restart(Int)
         case heal(partition: Int)
         case fault
@@ -110,6 +117,19 @@ public final class Simulator {
     private var removable: [CertificateID] = []
     private var registrationCounter = 0
     private var lastLinkDelivery: [Int: UInt64] = [:]
+    private enum Link {
+        case connecting(initiator: Int, started: UInt64, connection: UInt64)
+        case up(connection: UInt64)
+    }
+    private var links: [Int: Link] = [:]
+    private var linked: [Set<Int>] = []
+    private var nextConnection: UInt64 = 1
+    private var pumping: Set<Int> = []
+    private var brokenConnections = 0
+    static let connectTimeoutMillis: UInt64 = 2_000
+    static let handshakeTimeoutMillis: UInt64 = 3_000
+    static let persistMillis: UInt64 = 5
+    static let maxQueuedPerPeer = 256
     private var partitionActive = false
     private var partitionCounter = 0
     /// Deaths are not judged while a partition is up or shortly after (a partition makes
@@ -127,6 +147,7 @@ public final class Simulator {
             for k in 0..<max(1, config.keysPerDomain) { keys.append(KeyRef(domain: "d\(d).example", name: "key\(k)")) }
         }
         self.keys = keys
+        self.linked = Array(repeating: [], count: config.nodes)
         for i in 0..<config.nodes {
             let node = SimNode(index: i, settings: config.swim, seed: config.seed &* 1_000_003 &+ UInt64(i) &+ 1,
                                graceMillis: graceMillis)
@@ -140,7 +161,7 @@ public final class Simulator {
 
     public func run() -> SimulationReport {
         for i in nodes.indices {
-            let at: UInt64 = i == 0 ? 0 : rng.next() % 2_000
+                let at: UInt64 = rng.next() % 2_000
             queue.push(.start(i), at: at)
         }
         queue.push(.check, at: 1_000)
@@ -185,28 +206,39 @@ public final class Simulator {
     private func handle(_ action: Action) {
         switch action {
         case .start(let i):
-            start(i, bootstrap: i == 0 && nodes[i].generation == 0)
+            start(i)
         case .restart(let i):
-            if !nodes[i].up { start(i, bootstrap: false) }
+            if !nodes[i].up { start(i) }
         case .tick(let i, let generation):
             let node = nodes[i]
             guard node.up, node.generation == generation, !node.paused else { return }
-            let directives = node.swim.tick(nowMillis: node.monotonic(now), random: &node.rng)
-            apply(directives, of: node)
-            queue.push(.tick(i, generation: generation), at: now + config.tickMillis)
-        case .antiEntropy(let i, let generation):
-            let node = nodes[i]
+            apply(node.swim.tick(nowMillis: node.monotonic(now), random: &node.rng), of: node)
             guard node.up, node.generation == generation else { return }
-            queue.push(.antiEntropy(i, generation: generation), at: now + config.antiEntropyMillis)
-            guard !node.paused, node.ready, let target = randomAlive(of: node, excluding: nil) else { return }
-            send(.digest(root: root(node), stamp: stamp(node)), from: node, to: target)
+            execute(node.replication.tick(nowMillis: node.monotonic(now), random: &node.rng, replica: node.content), at: node)
+            queue.push(.tick(i, generation: generation), at: now + config.tickMillis)
         case .deliver(let envelope):
             deliver(envelope)
         case .resume(let i, let generation):
             if nodes[i].generation == generation && nodes[i].paused { resume(i) }
-        case .joinTimeout(let i, let generation):
+        case .applyDone(let i, let generation):
             let node = nodes[i]
-            if node.up && node.generation == generation && !node.ready { becomeReady(node, how: "join timed out") }
+            guard node.up, node.generation == generation, !node.applies.isEmpty else { return }
+            if node.paused {
+                queue.push(.applyDone(i, generation: generation), at: (pausedUntil[i] ?? now) + Self.persistMillis)
+                return
+            }
+            let done = node.applies.removeFirst()
+            let outcome = merge(done.payload, into: node)
+            execute(node.replication.applied(done.id, new: outcome.forwardable, nowMillis: node.monotonic(now),
+                                             random: &node.rng, replica: node.content), at: node)
+        case .pump(let i, let generation):
+            let node = nodes[i]
+            pumping.remove(i)
+            guard node.up, node.generation == generation, !node.paused else { return }
+            execute(node.replication.pump(canSend: { self.isLinkUp(node.index, self.indexByName[$0] ?? -1) }), at: node)
+            if !node.replication.streamingTo.isEmpty { schedulePump(node) }
+        case .connectDone(let link, let connection):
+            connectDone(link, connection)
         case .heal(let partition):
             guard partitionActive, partition == partitionCounter else { return }
             for node in nodes { node.side = 0 }
@@ -256,7 +288,7 @@ public final class Simulator {
 
     // MARK: - Processes
 
-    private func start(_ i: Int, bootstrap: Bool) {
+    private func start(_ i: Int) {
         let node = nodes[i]
         // A crash not yet seen by everyone when the process is back cannot be measured any more;
         // after 10 s it should have been.
@@ -271,44 +303,28 @@ public final class Simulator {
         node.paused = false
         node.held = []
         node.ready = false
-        node.joinAsked = []
-        node.joinNotReady = []
-        node.repairRequested = [:]
-        node.lastDial = [:]
+        node.applies = []
+        node.queued = [:]
         node.hlc = HybridLogicalClock()
         // A process's instance is its start time in ms: strictly increasing per restart.
         node.instance = max(node.instance + 1, node.wall(now, epoch: epoch))
-        let seeds = nodes.filter { $0.index != i }.map { (node: $0.name, address: $0.address) }
-        node.swim = SWIMInstance(myself: node.name, address: node.address, instance: node.instance, seeds: seeds,
+        let others = nodes.filter { $0.index != i }
+        node.swim = SWIMInstance(myself: node.name, address: node.address, instance: node.instance,
+                                 seeds: others.map { (node: $0.name, address: $0.address) },
                                  settings: config.swim, nowMillis: node.monotonic(now))
         node.store = ReplicatedStore(graceMillis: graceMillis, bucketCount: 1024)
         node.store.loadCertificates(node.database.values.sorted { $0.id < $1.id })
         node.cachedRoot = nil
         node.sawRemoval = Set(node.database.values.filter { $0.removal != nil }.map(\.id))
+        node.replication = ReplicationInstance(myself: node.name, peers: others.map(\.name).sorted(),
+                                               nowMillis: node.monotonic(now))
         let generation = node.generation
         queue.push(.tick(i, generation: generation), at: now + 1 + node.rng.next() % config.tickMillis)
-        queue.push(.antiEntropy(i, generation: generation), at: now + config.antiEntropyMillis + node.rng.next() % config.antiEntropyMillis)
-        if bootstrap {
-            becomeReady(node, how: "bootstrap")
-            return
-        }
-        var candidates = nodes.filter { $0.index != i }.map(\.index)
-        candidates.shuffle(using: &node.rng)
-        // At the first start the bootstrap node is among them (in a real cluster, every
-        // configured node is asked; asking N peers at 1,000 nodes is N full states).
-        var asked = Array(candidates.prefix(max(1, config.joinAsk)))
-        if node.generation == 1 && i != 0 && !asked.contains(0) { asked[asked.count - 1] = 0 }
-        for peer in asked {
-            node.joinAsked.insert(peer)
-            send(.syncRequest(stamp: stamp(node)), from: node, to: peer)
-        }
-        queue.push(.joinTimeout(i, generation: generation), at: now + config.joinTimeoutMillis)
+        execute(node.replication.startJoin(timeoutMillis: config.joinTimeoutMillis, nowMillis: node.monotonic(now)), at: node)
     }
 
-    private func becomeReady(_ node: SimNode, how: String) {
-        node.ready = true
-        // Keys still missing after the join get a generation-0 version (concurrent creations
-        // elsewhere merge deterministically).
+    /// The node generates the keys the cluster did not give it, serves, and publishes them.
+    private func finishJoin(_ node: SimNode, _ outcome: JoinOutcome) {
         var created = StoreDelta()
         for key in keys where !node.store.hasVersions(key) {
             let id = VersionID(created: node.hlc.now(wallMillis: node.wall(now, epoch: epoch)), origin: node.name)
@@ -317,6 +333,9 @@ public final class Simulator {
                 node.cachedRoot = nil
             }
         }
+        node.ready = true
+        execute(node.replication.markReady(nowMillis: node.monotonic(now), replica: node.content), at: node)
+        schedulePump(node)
         if !created.isEmpty { publish(created, from: node) }
     }
 
@@ -327,8 +346,12 @@ public final class Simulator {
         node.paused = false
         node.held = []
         node.generation += 1
+        node.applies = []
+        node.queued = [:]
         pausedUntil[i] = nil
         progress("crash \(node.name) (instance \(node.instance))")
+        // The kernel resets the process's connections: every peer sees them close.
+        for peer in linked[i].sorted() { breakLink(i, peer) }
         for index in crashTracks.indices where crashTracks[index].pending.contains(i) {
             crashTracks[index].pending.remove(i)
             completeCrashTrackIfDone(index)
@@ -363,6 +386,7 @@ public final class Simulator {
         // The kernel kept the sockets' data: the process reads it all on waking, then ticks.
         for envelope in held { deliver(envelope) }
         queue.push(.tick(i, generation: node.generation), at: now)
+        schedulePump(node)
     }
 
     /// A node that stops being reachable (paused, partitioned) no longer holds up a
@@ -380,12 +404,7 @@ public final class Simulator {
 
     // MARK: - Network
 
-    private func root(_ node: SimNode) -> UInt64 {
-        if let cached = node.cachedRoot { return cached }
-        let value = node.store.rootDigest()
-        node.cachedRoot = value
-        return value
-    }
+    private func root(_ node: SimNode) -> UInt64 { node.content.rootDigest }
 
     private func stamp(_ node: SimNode) -> HLCTimestamp { node.hlc.now(wallMillis: node.wall(now, epoch: epoch)) }
 
@@ -396,19 +415,109 @@ public final class Simulator {
         return config.minLatencyMillis + h % spread
     }
 
+    private func linkKey(_ a: Int, _ b: Int) -> Int { min(a, b) &* config.nodes &+ max(a, b) }
+
+    private func isLinkUp(_ a: Int, _ b: Int) -> Bool {
+        guard b >= 0, case .up? = links[linkKey(a, b)] else { return false }
+        return true
+    }
+
     private func send(_ message: SimMessage, from node: SimNode, to target: Int) {
+        guard target != node.index, node.up else { return }
+        guard case .up(let connection)? = links[linkKey(node.index, target)] else {
+            if node.queued[target, default: []].count < Self.maxQueuedPerPeer { node.queued[target, default: []].append(message) }
+            connect(node.index, target)
+            return
+        }
         bytesByPhase[phase, default: 0] += size(of: message)
-        if config.lossRate > 0, Double.random(in: 0..<1, using: &rng) < config.lossRate { return }
+        if config.lossRate > 0, Double.random(in: 0..<1, using: &rng) < config.lossRate {
+            breakLink(node.index, target)
+            return
+        }
         var delay = linkLatency(node.index, target)
         if config.jitterMillis > 0 { delay += rng.next() % (config.jitterMillis + 1) }
-        // TCP keeps each connection in order.
-        let link = node.index &* config.nodes &+ target
-        let at = max(now + delay, lastLinkDelivery[link] ?? 0)
-        lastLinkDelivery[link] = at
+        // TCP keeps each direction of a connection in order.
+        let direction = node.index &* config.nodes &+ target
+        let at = max(now + delay, lastLinkDelivery[direction] ?? 0)
+        lastLinkDelivery[direction] = at
         var message = message
         if !config.suspicionOriginOnWire, case .swim(let swim) = message { message = .swim(Self.withoutOrigins(swim)) }
         queue.push(.deliver(Envelope(from: node.index, fromGeneration: node.generation, fromInstance: node.instance,
-                                     to: target, message: message)), at: at)
+                                     to: target, message: message, connection: connection)), at: at)
+    }
+
+    private func connect(_ from: Int, _ to: Int) {
+        let key = linkKey(from, to)
+        guard links[key] == nil, nodes[from].up else { return }
+        let connection = nextConnection
+        nextConnection += 1
+        links[key] = .connecting(initiator: from, started: now, connection: connection)
+        queue.push(.connectDone(link: key, connection: connection), at: now + 2 * linkLatency(from, to))
+    }
+
+    private func connectDone(_ key: Int, _ connection: UInt64) {
+        guard case .connecting(let initiator, let started, connection)? = links[key] else { return }
+        let target = key / config.nodes == initiator ? key % config.nodes : key / config.nodes
+        let dialer = nodes[initiator], callee = nodes[target]
+        guard dialer.up else { links[key] = nil; return }
+        if dialer.side != callee.side {
+            // SYNs vanish: the attempt times out.
+            if now < started + Self.connectTimeoutMillis {
+                queue.push(.connectDone(link: key, connection: connection), at: started + Self.connectTimeoutMillis)
+                return
+            }
+            links[key] = nil
+            linkEvent(dialer, target, .unreachable)
+        } else if !callee.up {
+            links[key] = nil
+            linkEvent(dialer, target, .unreachable)
+        } else if callee.paused {
+            // The kernel accepts; the handshake waits for the process.
+            let deadline = started + Self.handshakeTimeoutMillis
+            if now < deadline {
+                queue.push(.connectDone(link: key, connection: connection), at: min(deadline, max(now + 1, pausedUntil[target] ?? deadline)))
+                return
+            }
+            links[key] = nil
+            linkEvent(dialer, target, .unresponsive)
+        } else {
+            links[key] = .up(connection: connection)
+            linked[initiator].insert(target)
+            linked[target].insert(initiator)
+            linkEvent(dialer, target, .up)
+            linkEvent(callee, initiator, .up)
+        }
+    }
+
+    private func breakLink(_ a: Int, _ b: Int) {
+        let key = linkKey(a, b)
+        guard case .up? = links.removeValue(forKey: key) else { return }
+        brokenConnections += 1
+        linked[a].remove(b)
+        linked[b].remove(a)
+        if nodes[a].up { linkEvent(nodes[a], b, .down) }
+        if nodes[b].up { linkEvent(nodes[b], a, .down) }
+    }
+
+    private func linkEvent(_ node: SimNode, _ peer: Int, _ event: LinkEvent) {
+        guard node.up else { return }
+        let name = nodes[peer].name
+        if event == .unreachable || event == .unresponsive {
+            node.queued[peer] = nil
+            apply(node.swim.connectionFailed(to: name, nowMillis: node.monotonic(now)), of: node)
+        }
+        // Like the shell: what waited for the connection goes first, then the core hears of it.
+        if event == .up, let waiting = node.queued.removeValue(forKey: peer) {
+            for message in waiting { send(message, from: node, to: peer) }
+        }
+        execute(node.replication.linkChanged(name, event, nowMillis: node.monotonic(now)), at: node)
+        if event == .up { schedulePump(node) }
+    }
+
+    private func schedulePump(_ node: SimNode) {
+        guard node.up, !pumping.contains(node.index) else { return }
+        pumping.insert(node.index)
+        queue.push(.pump(node.index, generation: node.generation), at: now + 1)
     }
 
     /// Today's wire format has no field for a suspicion's origin.
@@ -432,93 +541,56 @@ public final class Simulator {
                 bytes += swim.gossip.reduce(0) { $0 + ($1.origin.isEmpty ? 0 : 2 + $1.origin.utf8.count) }
             }
             return bytes
-        case .digest(let digest, let stamp): return sizer.size(.digest(root: digest, stamp: stamp))
-        case .bucketDigests(let digests, let stamp): return sizer.size(.bucketDigests(digests, stamp: stamp))
-        case .delta(let delta, let purpose, let stamp): return sizer.size(delta, purpose: purpose, stamp: stamp)
-        case .syncRequest(let stamp): return sizer.size(.syncRequest(stamp: stamp))
-        case .syncDone(let stamp, let ready): return sizer.size(.syncDone(stamp: stamp, ready: ready))
+        case .replication(let message, let stamp):
+            return sizer.size(message, stamp: stamp)
         }
     }
 
     private func deliver(_ envelope: Envelope) {
-        let sender = nodes[envelope.from]
         let receiver = nodes[envelope.to]
-        // A partition drops silently (nothing answers a SYN); the sender learns nothing.
-        if sender.side != receiver.side { return }
-        guard receiver.up else {
-            // Nobody listens on a crashed process's port: the shell's dial is refused.
-            guard sender.up, sender.generation == envelope.fromGeneration, !sender.paused else { return }
-            if let last = sender.lastDial[envelope.to], now - last < 500 { return }
-            sender.lastDial[envelope.to] = now
-            apply(sender.swim.connectionFailed(to: receiver.name, nowMillis: sender.monotonic(now)), of: sender)
-            return
-        }
+        guard receiver.up, case .up(let connection)? = links[linkKey(envelope.from, envelope.to)],
+              connection == envelope.connection else { return }
         if receiver.paused {
             receiver.held.append(envelope)
             return
         }
-        if let stamp = envelope.message.stamp {
-            do { _ = try receiver.hlc.observe(stamp, wallMillis: receiver.wall(now, epoch: epoch)) } catch { return }
-        }
+        let sender = nodes[envelope.from]
         switch envelope.message {
         case .swim(let message):
             let directives = receiver.swim.receive(message, from: sender.name, instance: envelope.fromInstance,
                                                    address: sender.address, nowMillis: receiver.monotonic(now))
             apply(directives, of: receiver)
-        case .digest(let theirRoot, _):
-            guard receiver.ready, theirRoot != root(receiver) else { return }
-            if let last = receiver.repairRequested[envelope.from], now - last < 5_000 { return }
-            receiver.repairRequested[envelope.from] = now
-            send(.bucketDigests(receiver.store.bucketDigests(), stamp: stamp(receiver)), from: receiver, to: envelope.from)
-        case .bucketDigests(let theirs, _):
-            let differing = ReplicatedStore.differingBuckets(mine: receiver.store.bucketDigests(), theirs: theirs)
-            guard !differing.isEmpty else { return }
-            send(.delta(receiver.store.delta(forBuckets: differing), purpose: .repair(buckets: differing), stamp: stamp(receiver)),
-                 from: receiver, to: envelope.from)
-        case .delta(let delta, let purpose, _):
-            merge(delta, into: receiver)
-            switch purpose {
-            case .repair(let buckets):
-                send(.delta(receiver.store.delta(forBuckets: buckets), purpose: .repairReply, stamp: stamp(receiver)),
-                     from: receiver, to: envelope.from)
-            case .repairReply:
-                receiver.repairRequested[envelope.from] = nil
-            case .push, .sync:
-                break
-            }
-        case .syncRequest:
-            if receiver.ready {
-                let full = receiver.store.fullDelta()
-                var sorted = full
-                sorted.certificates = full.certificates.sorted { $0.id < $1.id }
-                send(.delta(sorted, purpose: .sync, stamp: stamp(receiver)), from: receiver, to: envelope.from)
-            }
-            send(.syncDone(stamp: stamp(receiver), ready: receiver.ready), from: receiver, to: envelope.from)
-        case .syncDone(_, let ready):
-            guard !receiver.ready, receiver.joinAsked.contains(envelope.from) else { return }
-            if ready {
-                becomeReady(receiver, how: "adopted from \(sender.name)")
-            } else {
-                receiver.joinNotReady.insert(envelope.from)
-                if receiver.joinNotReady.count == receiver.joinAsked.count { becomeReady(receiver, how: "cluster starting") }
+        case .replication(let message, let stamp):
+            do { _ = try receiver.hlc.observe(stamp, wallMillis: receiver.wall(now, epoch: epoch)) } catch { return }
+            execute(receiver.replication.receive(message, from: sender.name, nowMillis: receiver.monotonic(now),
+                                                 replica: receiver.content), at: receiver)
+            if case .syncRequest = message { schedulePump(receiver) }
+        }
+    }
+
+    private func execute(_ directives: [ReplicationDirective<StoreDelta>], at node: SimNode) {
+        let generation = node.generation
+        for directive in directives {
+            guard node.up, node.generation == generation else { return }
+            switch directive {
+            case .send(let message, let to):
+                guard let target = indexByName[to] else { continue }
+                send(.replication(message, stamp: stamp(node)), from: node, to: target)
+            case .connect(let to):
+                if let target = indexByName[to] { connect(node.index, target) }
+            case .apply(let payload, let from, let id):
+                node.applies.append((id: id, payload: payload, from: indexByName[from] ?? -1))
+                queue.push(.applyDone(node.index, generation: generation), at: now + Self.persistMillis)
+            case .joinFinished(let outcome):
+                progressJoin(node, outcome)
+                finishJoin(node, outcome)
             }
         }
     }
 
-    private func randomAlive(of node: SimNode, excluding: Int?) -> Int? {
-        // Sample rather than list every member (O(N) per call at 1,000 nodes).
-        for _ in 0..<16 {
-            let candidate = Int(node.rng.next() % UInt64(nodes.count))
-            if candidate != node.index, candidate != excluding,
-               node.swim.member(nodes[candidate].name)?.status == .alive { return candidate }
-        }
-        return nil
-    }
-
-    private func aliveMembers(of node: SimNode) -> [Int] {
-        nodes.compactMap { other in
-            other.index != node.index && node.swim.member(other.name)?.status == .alive ? other.index : nil
-        }
+    private func progressJoin(_ node: SimNode, _ outcome: JoinOutcome) {
+        if case .adopted = outcome { return }
+        progress("\(node.name) finished its join: \(outcome)")
     }
 
     // MARK: - Membership directives and the false-death rule
@@ -529,12 +601,10 @@ public final class Simulator {
             case .send(let message, let to, _):
                 guard let target = indexByName[to] else { continue }
                 send(.swim(message), from: node, to: target)
-            case .statusChanged(let member, _):
+            case .statusChanged(let member, let previous):
                 guard let subject = indexByName[member.node] else { continue }
                 if member.status == .dead { judgeDeath(of: subject, instance: member.instance, seenBy: node) }
-                if member.status == .alive, node.ready {
-                    send(.digest(root: root(node), stamp: stamp(node)), from: node, to: subject)
-                }
+                execute(node.replication.memberChanged(member, previous: previous, replica: node.content), at: node)
             }
         }
     }
@@ -564,11 +634,11 @@ public final class Simulator {
     // MARK: - Replication stand-in
 
     private func publish(_ delta: StoreDelta, from node: SimNode) {
-        let message = SimMessage.delta(delta, purpose: .push, stamp: stamp(node))
-        for target in aliveMembers(of: node) { send(message, from: node, to: target) }
+        execute(node.replication.localChange(delta, replica: node.content), at: node)
     }
 
-    private func merge(_ delta: StoreDelta, into node: SimNode) {
+    @discardableResult
+    private func merge(_ delta: StoreDelta, into node: SimNode) -> MergeOutcome {
         var primaries: [KeyRef: KeyVersion] = [:]
         for key in delta.keyVersions.keys { primaries[key] = node.store.versions(of: key, nowMillis: node.wall(now, epoch: epoch)).first?.version }
         let outcome = node.store.merge(delta, nowMillis: node.wall(now, epoch: epoch))
@@ -591,6 +661,7 @@ public final class Simulator {
             rotationTracks[version.id]?.pending.remove(node.index)
             completeRotationIfDone(version.id)
         }
+        return outcome
     }
 
     private func completeRotationIfDone(_ id: VersionID) {
@@ -698,6 +769,10 @@ public final class Simulator {
             for i in members.prefix(size) {
                 nodes[i].side = partitionCounter
                 disturb(i)
+            }
+            // The cut connections reset; new ones across it time out.
+            for i in members.prefix(size) {
+                for peer in linked[i].sorted() where nodes[peer].side != nodes[i].side { breakLink(i, peer) }
             }
             for index in crashTracks.indices where !crashTracks[index].done { crashTracks[index].valid = false }
             let duration = 5_000 + rng.next() % 10_000

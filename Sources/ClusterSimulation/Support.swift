@@ -1,6 +1,7 @@
 import Membership
 import NIOCore
 import PeerWire
+import Replication
 import ReplicatedStore
 import SecretMemory
 
@@ -109,9 +110,17 @@ final class WireSizer {
         return WireDelta(versions: versions, pskFingerprints: delta.pskFingerprints, certificates: delta.certificates)
     }
 
-    /// Bytes of a delta as the shell sends it: split into frames by `PeerFrameCodec.chunks`.
-    func size(_ delta: StoreDelta, purpose: DeltaPurpose, stamp: HLCTimestamp) -> Int {
-        PeerFrameCodec.chunks(of: wire(delta)).reduce(0) { $0 + size(.delta($1, purpose: purpose, stamp: stamp)) }
+    /// Bytes of one replication message as the shell frames it.
+    func size(_ message: ReplicationMessage<StoreDelta>, stamp: HLCTimestamp) -> Int {
+        let wire: ReplicationMessage<WireDelta>
+        switch message {
+        case .digest(let root): wire = .digest(root: root)
+        case .bucketDigests(let digests): wire = .bucketDigests(digests)
+        case .delta(let delta, let purpose): wire = .delta(self.wire(delta), purpose: purpose)
+        case .syncRequest: wire = .syncRequest
+        case .syncDone(let ready): wire = .syncDone(ready: ready)
+        }
+        return size(.replication(wire, stamp: stamp))
     }
 }
 

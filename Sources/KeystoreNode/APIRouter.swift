@@ -25,7 +25,7 @@ public protocol NodeServices: AnyObject, Sendable {
     var logger: Logger { get }
 }
 
-public let keystoreVersion = "0.1.0"
+public let keystoreVersion = "0.2.0"
 
 /// Routes local API requests (DESIGN.md "HTTP routes"), enforcing the per-domain ACL first so
 /// a caller learns nothing about domains it may not use.
@@ -349,7 +349,7 @@ public final class APIRouter: APIResponder {
             json.key("state"); json.string(member.state)
             if let last = member.lastContactMillis { json.key("last_contact"); json.string(iso8601(millis: last)) }
             if let version = member.version { json.key("version"); json.string(version) }
-            if let sync = member.sync { json.key("sync"); json.string(sync) }
+            if let sync = member.sync { json.key("sync"); json.string(sync.rawValue) }
             json.endObject()
         }
         json.endArray()

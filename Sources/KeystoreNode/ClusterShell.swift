@@ -5,316 +5,305 @@ import NIOCore
 import NIOPosix
 import PeerTLS
 import PeerWire
+import Replication
 import ReplicatedStore
 import SecretMemory
+import ServiceLifecycle
 import Synchronization
 
-/// How the startup join ended (DESIGN.md RAM keys 2).
-enum JoinOutcome: Sendable, Equatable {
-    /// A ready peer sent us the cluster's full state.
-    case adopted(from: String)
-    /// Every peer answered, none was ready: the cluster is starting together.
-    case clusterStarting
-    /// No ready peer within `join_timeout_ms`: bootstrap alone.
-    case timedOut
-    /// No other node configured.
-    case alone
-}
+#if canImport(Glibc)
+import Glibc
+#endif
 
-/// The NIO shell around the pure membership and store cores: peer TLS connections, framing,
-/// the join, eager push, anti-entropy and SWIM timers.
+/// How the startup join ended (DESIGN.md RAM keys 2); decided by the replication core.
+typealias JoinOutcome = Replication.JoinOutcome
+
+/// The NIO shell around the pure membership (`SWIMInstance`) and replication
+/// (`ReplicationInstance`) cores: it owns peer TLS connections, framing and timers, feeds the
+/// cores what happens and executes their directives. It decides nothing about the protocol.
 ///
-/// Every mutable field is touched only on `loop` (entry points from other threads hop onto
-/// it), which is what makes the `@unchecked Sendable` sound; `snapshot` is the one piece read
-/// from other threads and sits behind a mutex.
-final class ClusterShell: @unchecked Sendable {
-    /// How long an inbound connection may take to finish TLS and send a valid hello.
-    static let admissionTimeout: TimeAmount = .seconds(10)
-    /// Inbound connections without a verified hello beyond this are closed at accept.
-    static let maxUnadmitted = 64
-
-    /// Inbound connections that have not been admitted yet (touched on `loop` only).
-    private var unadmitted = 0
-
-    /// An inbound connection left the unadmitted state (admitted, or closed before its hello).
-    func leftUnadmitted() { unadmitted -= 1 }
-
-    struct Settings {
-        var antiEntropyInterval: TimeAmount = .milliseconds(1000)
+/// Confinement is explicit: every mutable piece lives in `ClusterLoop`, which is reachable from
+/// other threads only through a `NIOLoopBoundBox` (every access checks it runs on `loop`); the
+/// status snapshot read by the API is the one piece shared across threads, behind a mutex.
+final class ClusterShell: Sendable {
+    struct Settings: Sendable {
         var tickInterval: TimeAmount = .milliseconds(100)
         var redialBackoffMillis: UInt64 = 500
-        var maxQueuedFramesPerPeer = 256
+        /// Frames waiting for a connection to a peer, per peer. Full-state answers never wait
+        /// here (the replication core streams them only over a usable connection), so this holds
+        /// control messages and pushes; beyond it frames are dropped and anti-entropy repairs.
+        var maxQueuedBytesPerPeer = 8 << 20
+        /// Size of the chunks state is sent in. `KEYSTORE_PEER_CHUNK_BYTES` lowers it for tests
+        /// and diagnostics (many small frames exercise streaming without gigabytes of state);
+        /// it is not a config field because nodes with different values interoperate.
+        var chunkBytes = ClusterShell.chunkBytesFromEnvironment()
         var swim = SWIMSettings()
-    }
-
-    private struct OutboundPeer {
-        var channel: Channel?
-        var connecting = false
-        var queued: [ByteBuffer] = []
-        var lastDialMillis: UInt64 = 0
+        var replication = ReplicationSettings()
     }
 
     let loop: EventLoop
-    let replica: ClusterReplica
-    let tls: PeerTLSContext
-    let logger: Logger
-    let settings: Settings
-    let instance: UInt64
-    let metrics: NodeMetrics
-    private let me: NodeConfig
-    private let peers: [String: NodeConfig]
-    private var swim: SWIMInstance
-    private var random = SystemRandomNumberGenerator()
-    private var outbound: [String: OutboundPeer] = [:]
-    private var identities: [String: PeerIdentity] = [:]
-    /// Last anti-entropy verdict per peer: digests equal (in sync) or a repair in progress.
-    private var syncState: [String: String] = [:]
-    /// When we last asked a peer for a repair (bucket digests sent); cleared by its reply.
-    private var repairRequested: [String: UInt64] = [:]
-    static let repairCooldownMillis: UInt64 = 5000
-    private var listener: Channel?
-    private var timers: [RepeatedTask] = []
-    private var join: (promise: EventLoopPromise<JoinOutcome>, notReadyAnswers: Set<String>)?
-    private var joinDeadline: Scheduled<Void>?
-    /// Once a ready peer is streaming its state, the join waits for its syncDone this long at
-    /// most (a large registry takes longer than `join_timeout_ms` to transfer; becoming ready
-    /// halfway would serve an incomplete registry).
-    static let syncTransferTimeout: TimeAmount = .seconds(60)
-    private var extendedFor: String?
-    private let snapshot: Mutex<ClusterStatus>
-    private var stopped = false
+    private let state: NIOLoopBoundBox<ClusterLoop>
+    private let snapshot: StatusSnapshot
+    private let hasPeers: Bool
 
     init(config: ClusterConfig, replica: ClusterReplica, tls: PeerTLSContext, loop: EventLoop, logger: Logger, metrics: NodeMetrics,
          settings: Settings = Settings()) {
-        self.metrics = metrics
-        self.replica = replica
-        self.tls = tls
         self.loop = loop
-        self.logger = logger
-        self.settings = settings
-        self.instance = wallClockMillis()
-        self.me = config.me
-        var peers = config.nodes
-        peers[config.nodeName] = nil
-        self.peers = peers
-        self.swim = SWIMInstance(myself: config.nodeName, address: me.peerAddress, instance: instance,
-                                 seeds: peers.values.sorted { $0.name < $1.name }.map { (node: $0.name, address: $0.peerAddress) },
-                                 settings: settings.swim, nowMillis: monotonicMillis())
-        self.snapshot = Mutex(ClusterStatus(members: [], aliveNodes: []))
-        refreshSnapshot()
+        let snapshot = StatusSnapshot()
+        self.snapshot = snapshot
+        self.hasPeers = config.nodes.count > 1
+        self.state = NIOLoopBoundBox.makeBoxSendingValue(
+            ClusterLoop(config: config, replica: replica, tls: tls, loop: loop, logger: logger, metrics: metrics,
+                        settings: settings, snapshot: snapshot),
+            eventLoop: loop)
     }
 
-    // MARK: Lifecycle
+    static func chunkBytesFromEnvironment() -> Int {
+        guard let raw = getenv("KEYSTORE_PEER_CHUNK_BYTES").map({ String(cString: $0) }), let value = Int(raw) else {
+            return PeerFrameCodec.deltaChunkBytes
+        }
+        return min(max(value, 4096), PeerFrameCodec.deltaChunkBytes)
+    }
 
     /// Binds the peer listener and starts the timers.
     func start() async throws {
-        let bootstrap = ServerBootstrap(group: loop)
-            .serverChannelOption(.backlog, value: 64)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { [unowned self] channel in
-                if self.unadmitted >= ClusterShell.maxUnadmitted {
-                    self.logger.warning("refusing peer connection from \(channel.remoteAddress?.description ?? "?"): \(self.unadmitted) connections are still completing their handshake")
-                    return channel.close()
-                }
-                self.unadmitted += 1
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        PeerTLSHandler(context: self.tls, role: .server),
-                        ByteToMessageHandler(PeerFrameDecoder(arena: self.replica.arena, metrics: self.metrics)),
-                        PeerConnectionHandler(direction: .inbound, shell: self, logger: self.logger),
-                    ])
-                }
-            }
-        do {
-            listener = try await bootstrap.bind(host: me.peerHost, port: me.peerPort).get()
-        } catch {
-            throw DaemonError.startup("cannot listen for peers on \(me.peerAddress): \(error); is another process using the port? (nodes.\(me.name).peer)")
+        let state = self.state
+        let bound = try await loop.flatSubmit { state.value.bind() }.get()
+        try await loop.submit { state.value.started(listener: bound) }.get()
+    }
+
+    /// Waits for the join decision (the replication core's rules). Returns nil when the process
+    /// is asked to shut down first: then no key may be generated.
+    func joinCluster(timeoutMillis: Int) async -> JoinOutcome? {
+        if !hasPeers { return .alone }
+        let state = self.state
+        let future = loop.flatSubmit { state.value.startJoin(timeoutMillis: UInt64(max(0, timeoutMillis))) }
+        return await withGracefulShutdownHandler {
+            (try? await future.get()) ?? nil
+        } onGracefulShutdown: {
+            state.eventLoop.execute { state.value.abandonJoin() }
         }
-        logger.info("listening for peers on \(me.peerAddress)")
-        try await loop.submit {
-            self.timers.append(self.loop.scheduleRepeatedTask(initialDelay: self.settings.tickInterval, delay: self.settings.tickInterval) { _ in
-                self.tick()
-            })
-            self.timers.append(self.loop.scheduleRepeatedTask(initialDelay: self.settings.antiEntropyInterval, delay: self.settings.antiEntropyInterval) { _ in
-                self.antiEntropyRound()
-            })
-        }.get()
-    }
-
-    /// Asks every peer for its state and waits for the join decision.
-    func joinCluster(timeoutMillis: Int) async -> JoinOutcome {
-        if peers.isEmpty { return .alone }
-        let future: EventLoopFuture<JoinOutcome> = loop.flatSubmit {
-            let promise = self.loop.makePromise(of: JoinOutcome.self)
-            self.join = (promise, [])
-            for node in self.peers.keys.sorted() { self.send(.syncRequest(stamp: self.replica.stamp()), to: node) }
-            self.joinDeadline = self.loop.scheduleTask(in: .milliseconds(Int64(timeoutMillis))) { self.finishJoin(.timedOut) }
-            return promise.futureResult
-        }
-        return (try? await future.get()) ?? .timedOut
-    }
-
-    private func finishJoin(_ outcome: JoinOutcome) {
-        guard let join else { return }
-        self.join = nil
-        joinDeadline?.cancel()
-        joinDeadline = nil
-        join.promise.succeed(outcome)
-    }
-
-    func shutdown() async {
-        let channels: [Channel] = (try? await loop.submit { () -> [Channel] in
-            self.stopped = true
-            for timer in self.timers { timer.cancel() }
-            self.timers.removeAll()
-            self.finishJoin(.timedOut)
-            let channels = self.outbound.values.compactMap(\.channel) + [self.listener].compactMap { $0 }
-            self.outbound.removeAll()
-            return channels
-        }.get()) ?? []
-        for channel in channels { try? await channel.close() }
-    }
-
-    // MARK: Status
-
-    var status: ClusterStatus { snapshot.withLock { $0 } }
-
-    private func refreshSnapshot() {
-        var members = [ClusterStatus.Member(node: replica.nodeName, address: me.peerAddress, state: "alive",
-                                            lastContactMillis: wallClockMillis(), version: keystoreVersion,
-                                            sync: replica.isReady ? "ready" : "joining")]
-        var alive: Set<String> = [replica.nodeName]
-        let monoNow = monotonicMillis(), wallNow = wallClockMillis()
-        var listed = Set<String>()
-        for member in swim.members {
-            listed.insert(member.node)
-            let lastContact = member.lastHeardMillis.map { wallNow - min(wallNow, monoNow - min(monoNow, $0)) }
-            members.append(ClusterStatus.Member(node: member.node, address: member.address, state: member.status.rawValue,
-                                                lastContactMillis: lastContact, version: identities[member.node]?.softwareVersion,
-                                                sync: syncState[member.node] ?? "unknown"))
-            if member.status == .alive { alive.insert(member.node) }
-        }
-        for node in peers.keys where !listed.contains(node) {
-            members.append(ClusterStatus.Member(node: node, address: peers[node]!.peerAddress, state: "joining", lastContactMillis: nil, version: nil))
-        }
-        members.sort { $0.node < $1.node }
-        var counts: [String: Int] = ["alive": 0, "suspect": 0, "dead": 0, "joining": 0]
-        for member in members { counts[member.state, default: 0] += 1 }
-        for (state, count) in counts { metrics.gauge("keystore_members", [("state", state)], Double(count)) }
-        snapshot.withLock { $0 = ClusterStatus(members: members, aliveNodes: alive) }
-    }
-
-    // MARK: Sending
-
-    private func encode(_ message: PeerMessage) -> ByteBuffer {
-        var buffer = ByteBufferAllocator().buffer(capacity: 256)
-        PeerFrameCodec.encode(message, into: &buffer)
-        return buffer
-    }
-
-    /// Sends over our own connection to `node`, dialing it when needed. Frames queued while a
-    /// dial is in progress are bounded; beyond that they are dropped (SWIM and anti-entropy
-    /// recover from loss).
-    private func send(_ message: PeerMessage, to node: String) {
-        loop.preconditionInEventLoop()
-        guard !stopped, let config = peers[node] else { return }
-        let frame = encode(message)
-        metrics.gossip(direction: "out", type: message.kindLabel, bytes: frame.readableBytes)
-        var peer = outbound[node] ?? OutboundPeer()
-        if let channel = peer.channel {
-            channel.writeAndFlush(frame, promise: nil)
-            return
-        }
-        if peer.queued.count < settings.maxQueuedFramesPerPeer { peer.queued.append(frame) }
-        let now = monotonicMillis()
-        if !peer.connecting && now - peer.lastDialMillis >= settings.redialBackoffMillis {
-            peer.connecting = true
-            peer.lastDialMillis = now
-            dial(config)
-        }
-        outbound[node] = peer
-    }
-
-    private func dial(_ config: NodeConfig) {
-        let node = config.name
-        let hello = PeerMessage.hello(PeerHello(cluster: replica.clusterName, node: replica.nodeName, instance: instance,
-                                                address: me.peerAddress, softwareVersion: keystoreVersion, stamp: replica.stamp()))
-        ClientBootstrap(group: loop)
-            .connectTimeout(.seconds(2))
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { [unowned self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandlers([
-                        PeerTLSHandler(context: self.tls, role: .client(expectedPeer: node)),
-                        ByteToMessageHandler(PeerFrameDecoder(arena: self.replica.arena, metrics: self.metrics)),
-                        PeerConnectionHandler(direction: .outbound(node: node), shell: self, logger: self.logger),
-                    ])
-                }
-            }
-            .connect(host: config.peerHost, port: config.peerPort)
-            .whenComplete { result in
-                var peer = self.outbound[node] ?? OutboundPeer()
-                peer.connecting = false
-                switch result {
-                case .success(let channel):
-                    if self.stopped { channel.close(promise: nil); return }
-                    peer.channel = channel
-                    // The TLS handler holds these until the handshake is done.
-                    channel.write(self.encode(hello), promise: nil)
-                    for frame in peer.queued { channel.write(frame, promise: nil) }
-                    channel.flush()
-                    peer.queued.removeAll()
-                    channel.closeFuture.whenComplete { _ in
-                        if self.outbound[node]?.channel === channel { self.outbound[node]?.channel = nil }
-                    }
-                case .failure(let error):
-                    self.logger.debug("cannot reach peer \(node) at \(config.peerAddress): \(error)")
-                    peer.queued.removeAll()
-                    let directives = self.swim.connectionFailed(to: node, nowMillis: monotonicMillis())
-                    self.apply(directives)
-                }
-                self.outbound[node] = peer
-            }
-    }
-
-    /// Fan-out for eager push: enough random peers that the rumour reaches everyone in
-    /// O(log N) hops; anti-entropy repairs whatever a rumour misses.
-    private func pushTargets(excluding: String?, all: Bool = false) -> [String] {
-        var candidates = swim.members.filter { $0.status == .alive && $0.node != excluding }.map(\.node)
-        // Before membership confirms anyone (startup), use every configured peer.
-        if candidates.isEmpty { candidates = peers.keys.filter { $0 != excluding } }
-        let fanout = max(3, Int((Double(candidates.count + 1)).squareRoot().rounded(.up)))
-        if all || candidates.count <= fanout { return candidates }
-        candidates.shuffle(using: &random)
-        return Array(candidates.prefix(fanout))
     }
 
     /// Pushes locally created entries (new keys, rotations, PSK fingerprints, registrations) to peers.
     func publish(_ wire: WireDelta) {
         guard !wire.isEmpty else { return }
-        loop.execute {
-            // The origin tells every alive member directly: local changes (rotations, new keys)
-            // are rare, so N-1 frames are cheap, and no member then depends on a random rumour
-            // reaching it (a miss waited for anti-entropy, up to ~1 s). Forwarding stays sqrt(N).
-            self.push(wire, excluding: nil, toEveryone: true)
+        let state = self.state
+        loop.execute { state.value.localChange(wire) }
+    }
+
+    var status: ClusterStatus { snapshot.value }
+
+    func shutdown() async {
+        let state = self.state
+        let channels = (try? await loop.submit { state.value.stop() }.get()) ?? []
+        for channel in channels { try? await channel.close() }
+    }
+}
+
+/// The status snapshot: written on the loop, read by API handlers on any thread.
+final class StatusSnapshot: Sendable {
+    private let mutex = Mutex(ClusterStatus(members: [], aliveNodes: []))
+    var value: ClusterStatus {
+        get { mutex.withLock { $0 } }
+        set { mutex.withLock { $0 = newValue } }
+    }
+}
+
+/// `ReplicaContent` for the replication core: the node's replica, chunked by the wire codec.
+struct NodeReplicaContent: ReplicaContent {
+    let replica: ClusterReplica
+    let chunkBytes: Int
+    var rootDigest: UInt64 { replica.rootDigest }
+    var bucketDigests: [UInt64] { replica.bucketDigests }
+    func chunks(forBuckets buckets: [Int]) -> [WireDelta] { chunks(of: replica.wireDelta(forBuckets: buckets)) }
+    func fullStateChunks() -> [WireDelta] { chunks(of: replica.fullWireDelta()) }
+    func chunks(of payload: WireDelta) -> [WireDelta] {
+        payload.isEmpty ? [] : PeerFrameCodec.chunks(of: payload, limit: chunkBytes)
+    }
+}
+
+/// Everything the cluster shell does, on its event loop only (see `ClusterShell`): connections,
+/// the two cores, and the execution of their directives. Channel handlers and scheduled tasks
+/// reach it on the same loop.
+final class ClusterLoop {
+    /// How long a connection may take from TCP connect to a completed TLS handshake and (inbound)
+    /// a valid hello. Short: a genuine peer needs milliseconds, and every second a stranger holds
+    /// a slot is a second a real peer may find them all taken.
+    static let admissionTimeout: TimeAmount = .seconds(3)
+    /// Unadmitted inbound connections per source address, and in total (see `AdmissionSlots`).
+    static let maxUnadmittedPerSource = 16
+    static let maxUnadmitted = 64
+
+    /// One configured peer's connections.
+    private struct PeerLinks {
+        /// Our dial, once TCP connected (TLS may still be in progress).
+        var outbound: Channel?
+        var outboundUsable = false
+        var dialing = false
+        var lastDialMillis: UInt64 = 0
+        /// The peer's admitted dial, when it takes our messages back on it (0.2 on).
+        var inbound: Channel?
+        /// Where messages to the peer go; kept until it closes, so that messages (a state
+        /// stream and its `syncDone`) stay in order on one connection.
+        var path: Channel?
+        var queue: [ByteBuffer] = []
+        var queuedBytes = 0
+    }
+
+    let loop: EventLoop
+    let replica: ClusterReplica
+    private let content: NodeReplicaContent
+    private let tls: PeerTLSContext
+    private let logger: Logger
+    private let metrics: NodeMetrics
+    private let settings: ClusterShell.Settings
+    private let instance: UInt64
+    private let me: NodeConfig
+    private let peers: [String: NodeConfig]
+    private let snapshot: StatusSnapshot
+    private var swim: SWIMInstance
+    private var replication: ReplicationInstance<WireDelta>
+    private var random = SystemRandomNumberGenerator()
+    private var links: [String: PeerLinks] = [:]
+    private var identities: [String: PeerIdentity] = [:]
+    /// Monotonic time of the last frame received from a node, on any connection.
+    private var lastFrame: [String: UInt64] = [:]
+    /// Monotonic time another member last relayed an ack for a node (an indirect probe confirmed it).
+    private var lastRelayedAck: [String: UInt64] = [:]
+    private var slots = AdmissionSlots<ObjectIdentifier>(perSource: ClusterLoop.maxUnadmittedPerSource, total: ClusterLoop.maxUnadmitted)
+    private var unadmitted: [ObjectIdentifier: Channel] = [:]
+    private var listener: Channel?
+    private var timers: [RepeatedTask] = []
+    private var joinPromise: EventLoopPromise<JoinOutcome?>?
+    private var pumpScheduled = false
+    private var stopped = false
+
+    init(config: ClusterConfig, replica: ClusterReplica, tls: PeerTLSContext, loop: EventLoop, logger: Logger, metrics: NodeMetrics,
+         settings: ClusterShell.Settings, snapshot: StatusSnapshot) {
+        self.loop = loop
+        self.replica = replica
+        self.content = NodeReplicaContent(replica: replica, chunkBytes: settings.chunkBytes)
+        self.tls = tls
+        self.logger = logger
+        self.metrics = metrics
+        self.settings = settings
+        self.snapshot = snapshot
+        self.instance = wallClockMillis()
+        self.me = config.me
+        var peers = config.nodes
+        peers[config.nodeName] = nil
+        self.peers = peers
+        let now = monotonicMillis()
+        self.swim = SWIMInstance(myself: config.nodeName, address: config.me.peerAddress, instance: instance,
+                                 seeds: peers.values.sorted { $0.name < $1.name }.map { (node: $0.name, address: $0.peerAddress) },
+                                 settings: settings.swim, nowMillis: now)
+        self.replication = ReplicationInstance(myself: config.nodeName, peers: Array(peers.keys), settings: settings.replication, nowMillis: now)
+        refreshSnapshot()
+    }
+
+    private var bound: NIOLoopBound<ClusterLoop> { NIOLoopBound(self, eventLoop: loop) }
+
+    // MARK: Lifecycle
+
+    func bind() -> EventLoopFuture<Channel> {
+        let me = self.me, bound = self.bound
+        return ServerBootstrap(group: loop)
+            .serverChannelOption(.backlog, value: 256)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                bound.value.accepted(channel)
+            }
+            .bind(host: me.peerHost, port: me.peerPort)
+            .flatMapErrorThrowing { error in
+                throw DaemonError.startup("cannot listen for peers on \(me.peerAddress): \(error); is another process using the port? (nodes.\(me.name).peer)")
+            }
+    }
+
+    func started(listener: Channel) {
+        self.listener = listener
+        logger.info("listening for peers on \(me.peerAddress)")
+        let bound = self.bound
+        timers.append(loop.scheduleRepeatedTask(initialDelay: settings.tickInterval, delay: settings.tickInterval) { _ in
+            bound.value.tick()
+        })
+    }
+
+    func startJoin(timeoutMillis: UInt64) -> EventLoopFuture<JoinOutcome?> {
+        let promise = loop.makePromise(of: JoinOutcome?.self)
+        joinPromise = promise
+        execute(replication.startJoin(timeoutMillis: timeoutMillis, nowMillis: monotonicMillis()))
+        return promise.futureResult
+    }
+
+    func abandonJoin() {
+        guard let promise = joinPromise else { return }
+        joinPromise = nil
+        logger.notice("shutting down before the join decision; no RAM key was generated")
+        promise.succeed(nil)
+    }
+
+    func stop() -> [Channel] {
+        stopped = true
+        for timer in timers { timer.cancel() }
+        timers.removeAll()
+        abandonJoin()
+        var channels = links.values.flatMap { [$0.outbound, $0.inbound].compactMap { $0 } } + Array(unadmitted.values)
+        if let listener { channels.append(listener) }
+        links.removeAll()
+        unadmitted.removeAll()
+        return channels
+    }
+
+    // MARK: Inbound connections
+
+    /// Pipeline for an accepted connection, after claiming an admission slot.
+    func accepted(_ channel: Channel) -> EventLoopFuture<Void> {
+        let id = ObjectIdentifier(channel)
+        let source = channel.remoteAddress?.ipAddress ?? "?"
+        if let evicted = slots.arrive(id, from: source), let victim = unadmitted.removeValue(forKey: evicted) {
+            logger.warning("closing an unadmitted peer connection from \(victim.remoteAddress?.description ?? "?") to make room: \(slots.pending(from: source)) from \(source) and \(slots.count) in all are still completing their handshake")
+            victim.close(promise: nil)
+        }
+        unadmitted[id] = channel
+        return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandlers([
+                PeerTLSHandler(context: tls, role: .server),
+                ByteToMessageHandler(PeerFrameDecoder(arena: replica.arena, metrics: metrics)),
+                PeerConnectionHandler(direction: .inbound, shell: self, logger: logger),
+            ])
         }
     }
 
-    private func push(_ wire: WireDelta, excluding: String?, toEveryone: Bool = false) {
-        guard !wire.isEmpty else { return }
-        let targets = pushTargets(excluding: excluding, all: toEveryone)
-        let stamp = replica.stamp()
-        for chunk in PeerFrameCodec.chunks(of: wire) {
-            for node in targets { send(.delta(chunk, purpose: .push, stamp: stamp), to: node) }
+    /// Accepts a verified inbound connection's hello. A dialer that takes answers on its own
+    /// connection gets our hello back, and the connection becomes a path for our messages.
+    func admit(_ hello: PeerHello, on channel: Channel) -> PeerIdentity? {
+        guard let identity = verify(hello) else { return nil }
+        let id = ObjectIdentifier(channel)
+        slots.leave(id)
+        unadmitted[id] = nil
+        if hello.answersOnDialedConnection {
+            // Gated on the dialer's version: a 0.1.0 dialer closes a dialed connection on which
+            // anything arrives, so it keeps getting our messages over our own dial (rolling
+            // upgrades from 0.1.0 keep working).
+            channel.writeAndFlush(encode(.hello(myHello())), promise: nil)
+            links[hello.node, default: PeerLinks()].inbound = channel
+            becameUsable(channel, for: hello.node)
         }
+        return identity
     }
 
-    // MARK: Receiving
+    func inboundClosed(_ channel: Channel, admitted: PeerIdentity?) {
+        let id = ObjectIdentifier(channel)
+        slots.leave(id)
+        unadmitted[id] = nil
+        guard let node = admitted?.node, links[node]?.inbound === channel else { return }
+        links[node]?.inbound = nil
+        lostPath(channel, for: node)
+    }
 
-    /// Accepts a verified inbound connection's hello.
-    func admit(_ hello: PeerHello) -> PeerIdentity? {
-        loop.preconditionInEventLoop()
+    private func verify(_ hello: PeerHello) -> PeerIdentity? {
         guard hello.cluster == replica.clusterName else {
             logger.warning("peer \(hello.node) belongs to cluster '\(hello.cluster)', not '\(replica.clusterName)'; closing")
             return nil
@@ -335,118 +324,206 @@ final class ClusterShell: @unchecked Sendable {
         return identity
     }
 
+    private func myHello() -> PeerHello {
+        PeerHello(cluster: replica.clusterName, node: replica.nodeName, instance: instance, address: me.peerAddress,
+                  softwareVersion: keystoreVersion, stamp: replica.stamp())
+    }
+
+    // MARK: Outbound connections
+
+    private func dialIfNeeded(_ node: String, now: UInt64) {
+        guard !stopped, let config = peers[node] else { return }
+        var link = links[node] ?? PeerLinks()
+        guard link.path == nil, link.outbound == nil, !link.dialing else { return }
+        guard link.lastDialMillis == 0 || now >= link.lastDialMillis &+ settings.redialBackoffMillis else { return }
+        link.dialing = true
+        link.lastDialMillis = now
+        links[node] = link
+        let bound = self.bound
+        ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(2))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                let shell = bound.value
+                return channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers([
+                        PeerTLSHandler(context: shell.tls, role: .client(expectedPeer: node)),
+                        ByteToMessageHandler(PeerFrameDecoder(arena: shell.replica.arena, metrics: shell.metrics)),
+                        PeerConnectionHandler(direction: .outbound(node: node), shell: shell, logger: shell.logger),
+                    ])
+                }
+            }
+            .connect(host: config.peerHost, port: config.peerPort)
+            .whenComplete { result in
+                bound.value.dialed(node, config: config, result: result)
+            }
+    }
+
+    private func dialed(_ node: String, config: NodeConfig, result: Result<Channel, Error>) {
+        links[node]?.dialing = false
+        switch result {
+        case .success(let channel):
+            guard !stopped, links[node] != nil else { channel.close(promise: nil); return }
+            links[node]?.outbound = channel
+            // The TLS handler holds it until the handshake is done.
+            channel.writeAndFlush(encode(.hello(myHello())), promise: nil)
+        case .failure(let error):
+            // Refused, no route, connect timeout: no process of that peer can serve us now.
+            logger.debug("cannot reach peer \(node) at \(config.peerAddress): \(error)")
+            dropQueue(node)
+            linkEvent(node, .unreachable)
+            execute(swim.connectionFailed(to: node, nowMillis: monotonicMillis()))
+        }
+    }
+
+    /// Our dial completed TLS: usable for our messages.
+    func outboundReady(node: String, channel: Channel) {
+        guard links[node]?.outbound === channel else { return }
+        links[node]?.outboundUsable = true
+        becameUsable(channel, for: node)
+    }
+
+    /// The peer answered our hello on our dial (it runs 0.2 or later).
+    func answered(_ hello: PeerHello, on channel: Channel) -> PeerIdentity? {
+        verify(hello)
+    }
+
+    func outboundClosed(node: String, channel: Channel, tlsDone: Bool, tlsFailure: PeerTLSError?, answered: Bool) {
+        guard links[node]?.outbound === channel else { return }
+        links[node]?.outbound = nil
+        links[node]?.outboundUsable = false
+        lostPath(channel, for: node)
+        if !answered, let failure = tlsFailure, Self.isRefusal(failure) {
+            // The peer's TLS took part and refused us (or we refused its certificate): that peer
+            // cannot serve this node, however long it waits.
+            dropQueue(node)
+            linkEvent(node, .unreachable)
+            execute(swim.connectionFailed(to: node, nowMillis: monotonicMillis()))
+        } else if !tlsDone {
+            // TCP was up but the handshake never finished: busy, paused, or a flooded port.
+            dropQueue(node)
+            linkEvent(node, .unresponsive)
+            execute(swim.connectionFailed(to: node, nowMillis: monotonicMillis()))
+        }
+    }
+
+    /// A TLS failure in which the peer took part (an alert, a certificate either side refused),
+    /// as opposed to a connection that was dropped or never got an answer.
+    static func isRefusal(_ failure: PeerTLSError) -> Bool {
+        switch failure {
+        case .peerCertificateRejected, .peerNameMismatch: return true
+        case .handshakeFailed(let reason): return !reason.hasPrefix("connection closed")
+        case .cannotLoad, .keyDoesNotMatchCertificate, .unsupportedOpenSSL, .uncleanShutdown, .protocolError: return false
+        }
+    }
+
+    // MARK: Paths
+
+    private func becameUsable(_ channel: Channel, for node: String) {
+        guard links[node]?.path == nil else { return }
+        links[node]?.path = channel
+        let queued = links[node]?.queue ?? []
+        links[node]?.queue = []
+        links[node]?.queuedBytes = 0
+        for frame in queued { channel.write(frame, promise: nil) }
+        channel.flush()
+        linkEvent(node, .up)
+    }
+
+    private func lostPath(_ channel: Channel, for node: String) {
+        guard let link = links[node], link.path === channel else { return }
+        links[node]?.path = nil
+        linkEvent(node, .down)
+        if let other = link.inbound, other !== channel {
+            becameUsable(other, for: node)
+        } else if let other = link.outbound, other !== channel, link.outboundUsable {
+            becameUsable(other, for: node)
+        }
+    }
+
+    private func dropQueue(_ node: String) {
+        links[node]?.queue = []
+        links[node]?.queuedBytes = 0
+    }
+
+    private func linkEvent(_ node: String, _ event: LinkEvent) {
+        execute(replication.linkChanged(node, event, nowMillis: monotonicMillis()))
+    }
+
+    // MARK: Sending
+
+    private func encode(_ message: PeerMessage) -> ByteBuffer {
+        var buffer = ByteBufferAllocator().buffer(capacity: 256)
+        PeerFrameCodec.encode(message, into: &buffer)
+        return buffer
+    }
+
+    /// Sends on the path to `node`, or queues (bounded in bytes) and dials.
+    private func send(_ message: PeerMessage, to node: String) {
+        guard !stopped, peers[node] != nil else { return }
+        let frame = encode(message)
+        metrics.gossip(direction: "out", type: message.kindLabel, bytes: frame.readableBytes)
+        var link = links[node] ?? PeerLinks()
+        if let path = link.path {
+            path.writeAndFlush(frame, promise: nil)
+            return
+        }
+        if link.queuedBytes + frame.readableBytes <= settings.maxQueuedBytesPerPeer {
+            link.queue.append(frame)
+            link.queuedBytes += frame.readableBytes
+        } else {
+            logger.debug("dropping a \(message.kindLabel) frame for \(node): \(link.queuedBytes) bytes already wait for a connection")
+        }
+        links[node] = link
+        dialIfNeeded(node, now: monotonicMillis())
+    }
+
+    // MARK: Receiving
+
     func receive(_ message: PeerMessage, from peer: PeerIdentity) {
-        loop.preconditionInEventLoop()
         guard !stopped else { return }
+        let now = monotonicMillis()
+        lastFrame[peer.node] = now
         switch message {
         case .hello:
             logger.warning("peer \(peer.node) sent a second hello; ignored")
         case .swim(let swimMessage):
-            let directives = swim.receive(swimMessage, from: peer.node, instance: peer.instance, address: peer.address, nowMillis: monotonicMillis())
-            apply(directives)
-        case .digest(let root, let stamp):
-            guard observe(stamp, from: peer) else { return }
-            if root == replica.rootDigest {
-                syncState[peer.node] = "in_sync"
+            if case .ack(_, let target, _) = swimMessage, target != peer.node { lastRelayedAck[target] = now }
+            execute(swim.receive(swimMessage, from: peer.node, instance: peer.instance, address: peer.address, nowMillis: now))
+        case .replication(let message, let stamp):
+            do { try replica.observe(stamp) } catch {
+                logger.warning("ignoring a message from \(peer.node): \(error)")
                 return
             }
-            // While joining, the full state is already on its way; a repair now would send it
-            // all again. And one repair per peer at a time: a large one takes longer than a round.
-            let now = monotonicMillis()
-            guard replica.isReady, now - (repairRequested[peer.node] ?? 0) >= ClusterShell.repairCooldownMillis else { return }
-            repairRequested[peer.node] = now
-            syncState[peer.node] = "repairing"
-            send(.bucketDigests(replica.bucketDigests, stamp: replica.stamp()), to: peer.node)
-        case .bucketDigests(let theirs, let stamp):
-            guard observe(stamp, from: peer) else { return }
-            let differing = ReplicatedStore.differingBuckets(mine: replica.bucketDigests, theirs: theirs)
-            guard !differing.isEmpty else { return }
-            let wire = replica.wireDelta(forBuckets: differing)
-            for chunk in PeerFrameCodec.chunks(of: wire) {
-                send(.delta(chunk, purpose: .repair(buckets: differing), stamp: replica.stamp()), to: peer.node)
-            }
-        case .delta(let wire, let purpose, let stamp):
-            guard observe(stamp, from: peer) else { return }
-            if case .push = purpose {
-                replica.applyRemote(wire, from: peer.node) { forwardable in
-                    self.loop.execute { self.push(forwardable, excluding: peer.node) }
-                }
-            } else {
-                replica.applyRemote(wire, from: peer.node) { _ in }
-            }
-            switch purpose {
-            case .push:
-                break
-            case .repair(let buckets):
-                let mine = replica.wireDelta(forBuckets: buckets)
-                for chunk in PeerFrameCodec.chunks(of: mine) {
-                    send(.delta(chunk, purpose: .repairReply, stamp: replica.stamp()), to: peer.node)
-                }
-            case .repairReply:
-                syncState[peer.node] = "in_sync"
-                repairRequested[peer.node] = nil
-            case .sync:
-                // A ready peer is streaming its state: wait for all of it, not just join_timeout.
-                if join != nil && extendedFor == nil {
-                    extendedFor = peer.node
-                    joinDeadline?.cancel()
-                    joinDeadline = loop.scheduleTask(in: ClusterShell.syncTransferTimeout) { self.finishJoin(.timedOut) }
-                    logger.info("receiving the cluster state from \(peer.node); waiting for all of it")
-                }
-            }
-        case .syncRequest(let stamp):
-            guard observe(stamp, from: peer) else { return }
-            let ready = replica.isReady
-            let chunks = ready ? PeerFrameCodec.chunks(of: replica.fullWireDelta()) : []
-            sendSync(chunks, from: 0, to: peer.node, ready: ready)
-        case .syncDone(let stamp, let ready):
-            guard observe(stamp, from: peer), var join else { return }
-            if ready {
-                logger.info("adopted the cluster state from \(peer.node)")
-                finishJoin(.adopted(from: peer.node))
-            } else {
-                join.notReadyAnswers.insert(peer.node)
-                self.join = join
-                if join.notReadyAnswers.count == peers.count {
-                    logger.info("every peer is starting too; generating keys now (concurrent versions merge deterministically)")
-                    finishJoin(.clusterStarting)
-                }
-            }
+            execute(replication.receive(message, from: peer.node, nowMillis: now, replica: content))
         }
     }
 
-    /// Sends a full-state answer one frame per loop turn, so encoding a large registry does not
-    /// hold the loop (and SWIM's probes) for seconds; syncDone follows the last chunk.
-    private func sendSync(_ chunks: [WireDelta], from index: Int, to node: String, ready: Bool) {
-        guard !stopped else { return }
-        guard index < chunks.count else {
-            send(.syncDone(stamp: replica.stamp(), ready: ready), to: node)
-            return
+    // MARK: Directives
+
+    private func execute(_ directives: [ReplicationDirective<WireDelta>]) {
+        for directive in directives {
+            switch directive {
+            case .send(let message, let node):
+                send(.replication(message, stamp: replica.stamp()), to: node)
+            case .connect(let node):
+                dialIfNeeded(node, now: monotonicMillis())
+            case .apply(let wire, let node, let id):
+                let bound = self.bound
+                let loop = self.loop
+                replica.applyRemote(wire, from: node) { new in
+                    loop.execute { bound.value.applied(id, new: new) }
+                }
+            case .joinFinished(let outcome):
+                logJoin(outcome)
+                joinPromise?.succeed(outcome)
+                joinPromise = nil
+            }
         }
-        send(.delta(chunks[index], purpose: .sync, stamp: replica.stamp()), to: node)
-        loop.scheduleTask(in: .milliseconds(1)) { self.sendSync(chunks, from: index + 1, to: node, ready: ready) }
+        if !replication.streamingTo.isEmpty { schedulePump() }
     }
 
-    private func observe(_ stamp: HLCTimestamp, from peer: PeerIdentity) -> Bool {
-        do {
-            try replica.observe(stamp)
-            return true
-        } catch {
-            logger.warning("ignoring a message from \(peer.node): \(error)")
-            return false
-        }
-    }
-
-    // MARK: Timers
-
-    private func tick() {
-        guard !stopped else { return }
-        let directives = swim.tick(nowMillis: monotonicMillis(), random: &random)
-        apply(directives)
-        refreshSnapshot()
-    }
-
-    private func apply(_ directives: [SWIMDirective]) {
+    private func execute(_ directives: [SWIMDirective]) {
         var changed = false
         for directive in directives {
             switch directive {
@@ -456,27 +533,97 @@ final class ClusterShell: @unchecked Sendable {
                 changed = true
                 logger.notice("member \(member.node) is \(member.status.rawValue)\(previous.map { " (was \($0.rawValue))" } ?? "")")
                 replica.memberChanged(member, previous: previous)
-                if member.status == .alive {
-                    // A member (re)appeared: compare state with it at once instead of waiting a round.
-                    send(.digest(root: replica.rootDigest, stamp: replica.stamp()), to: member.node)
-                } else if member.status == .dead, let channel = outbound[member.node]?.channel {
-                    // After a partition the old TCP connection may sit in retransmission backoff for
+                execute(replication.memberChanged(member, previous: previous, replica: content))
+                if member.status == .dead, let link = links[member.node] {
+                    // After a partition an old TCP connection may sit in retransmission backoff for
                     // many seconds; a fresh dial gets through as soon as the network does. Only on
                     // `dead`: a member merely suspected (busy merging a large sync, say) keeps its
-                    // connection and the transfer on it.
-                    outbound[member.node]?.channel = nil
-                    channel.close(promise: nil)
+                    // connections and the transfer on them.
+                    link.outbound?.close(promise: nil)
+                    link.inbound?.close(promise: nil)
                 }
             }
         }
         if changed { refreshSnapshot() }
     }
 
-    private func antiEntropyRound() {
-        guard !stopped, replica.isReady else { return }
-        let alive = swim.members.filter { $0.status == .alive }.map(\.node)
-        guard let target = alive.randomElement(using: &random) else { return }
-        send(.digest(root: replica.rootDigest, stamp: replica.stamp()), to: target)
+    private func applied(_ id: ApplyID, new: WireDelta) {
+        guard !stopped else { return }
+        execute(replication.applied(id, new: new, nowMillis: monotonicMillis(), random: &random, replica: content))
+    }
+
+    func localChange(_ wire: WireDelta) {
+        guard !stopped else { return }
+        execute(replication.localChange(wire, replica: content))
+    }
+
+    private func logJoin(_ outcome: JoinOutcome) {
+        switch outcome {
+        case .adopted(let peer): logger.info("adopted the cluster state from \(peer)")
+        case .clusterStarting: logger.info("every peer is starting too; generating keys now (concurrent versions merge deterministically)")
+        case .timedOut: logger.notice("no peer could be reached within join_timeout_ms; bootstrapping alone")
+        case .alone: break
+        }
+    }
+
+    /// Full-state answers go out one chunk at a time, each when the connection has drained the
+    /// previous one, so a large registry neither holds the loop nor piles up in memory.
+    private func schedulePump() {
+        guard !pumpScheduled, !stopped else { return }
+        pumpScheduled = true
+        let bound = self.bound
+        loop.scheduleTask(in: .milliseconds(1)) { bound.value.pump() }
+    }
+
+    private func pump() {
+        pumpScheduled = false
+        guard !stopped else { return }
+        let links = self.links
+        execute(replication.pump { links[$0]?.path?.isWritable ?? false })
+    }
+
+    // MARK: Timers
+
+    private func tick() {
+        guard !stopped else { return }
+        let now = monotonicMillis()
+        execute(swim.tick(nowMillis: now, random: &random))
+        // The node's becomeReady (keys generated) happens outside the shell; notice it here.
+        if !replication.isReady && replica.isReady {
+            execute(replication.markReady(nowMillis: now, replica: content))
+        }
+        execute(replication.tick(nowMillis: now, random: &random, replica: content))
+        refreshSnapshot()
+    }
+
+    // MARK: Status
+
+    private func refreshSnapshot() {
+        let monoNow = monotonicMillis(), wallNow = wallClockMillis()
+        func wall(_ mono: UInt64) -> UInt64 { wallNow - min(wallNow, monoNow - min(monoNow, mono)) }
+        var members = [ClusterStatus.Member(node: replica.nodeName, address: me.peerAddress, state: "alive",
+                                            lastContactMillis: wallNow, version: keystoreVersion,
+                                            sync: replication.localSyncState)]
+        var alive: Set<String> = [replica.nodeName]
+        var listed = Set<String>()
+        for member in swim.members {
+            listed.insert(member.node)
+            let contact = [member.lastHeardMillis, lastFrame[member.node], lastRelayedAck[member.node], member.lastChangeMillis]
+                .compactMap { $0 }.max()
+            members.append(ClusterStatus.Member(node: member.node, address: member.address, state: member.status.rawValue,
+                                                lastContactMillis: contact.map(wall), version: identities[member.node]?.softwareVersion,
+                                                sync: replication.syncState(with: member.node)))
+            if member.status == .alive { alive.insert(member.node) }
+        }
+        for node in peers.keys where !listed.contains(node) {
+            members.append(ClusterStatus.Member(node: node, address: peers[node]!.peerAddress, state: "joining",
+                                                lastContactMillis: lastFrame[node].map(wall), version: identities[node]?.softwareVersion))
+        }
+        members.sort { $0.node < $1.node }
+        var counts: [String: Int] = ["alive": 0, "suspect": 0, "dead": 0, "joining": 0]
+        for member in members { counts[member.state, default: 0] += 1 }
+        for (state, count) in counts { metrics.gauge("keystore_members", [("state", state)], Double(count)) }
+        snapshot.value = ClusterStatus(members: members, aliveNodes: alive, joinProblem: replication.joinProblem?.description)
     }
 }
 
@@ -486,17 +633,20 @@ extension PeerMessage {
         switch self {
         case .hello: return "hello"
         case .swim: return "swim"
-        case .digest: return "digest"
-        case .bucketDigests: return "bucket_digests"
-        case .delta(_, let purpose, _):
-            switch purpose {
-            case .push: return "delta_push"
-            case .repair: return "delta_repair"
-            case .repairReply: return "delta_repair_reply"
-            case .sync: return "delta_sync"
+        case .replication(let message, _):
+            switch message {
+            case .digest: return "digest"
+            case .bucketDigests: return "bucket_digests"
+            case .delta(_, let purpose):
+                switch purpose {
+                case .push: return "delta_push"
+                case .repair: return "delta_repair"
+                case .repairReply: return "delta_repair_reply"
+                case .sync: return "delta_sync"
+                }
+            case .syncRequest: return "sync_request"
+            case .syncDone: return "sync_done"
             }
-        case .syncRequest: return "sync_request"
-        case .syncDone: return "sync_done"
         }
     }
 }

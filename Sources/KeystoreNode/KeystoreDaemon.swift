@@ -141,7 +141,15 @@ public final class KeystoreDaemon: NodeServices, Service {
         }
         // DESIGN.md RAM keys 2: adopt the cluster's keys before generating any.
         let started = monotonicMillis()
-        let outcome = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis)
+        // nil: asked to shut down while still waiting for peers; then no key may be generated.
+        guard let outcome = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis) else {
+            for s in servers { await s.close() }
+            await cluster.shutdown()
+            certificates.close()
+            try? await group.shutdownGracefully()
+            logger.info("stopped")
+            return
+        }
         let created = try state.becomeReady()
         publish(created)
         metrics.joinDuration(milliseconds: monotonicMillis() - started)

@@ -25,88 +25,120 @@ final class PeerFrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// The last handler of every peer connection. Inbound (accepted) connections carry the other
-/// node's messages to us; the first must be a hello naming a node its certificate names.
-/// Outbound (dialed) connections only carry our messages: anything the peer sends there is a
-/// protocol error.
+/// The last handler of every peer connection; lives on the cluster loop like `ClusterLoop`.
+///
+/// - Inbound (accepted): the first message must be a hello naming a node the TLS certificate
+///   names; until then the connection holds an admission slot and has `admissionTimeout` to get
+///   there. Once admitted, messages go to the shell; a dialer from 0.2 on also gets our hello back
+///   and our messages on this connection.
+/// - Outbound (dialed): usable for our messages once TLS completes. A peer from 0.2 on answers our
+///   hello with its own, after which its messages arrive here too; anything before that hello is
+///   a protocol error (a 0.1.0 peer sends nothing here at all).
 final class PeerConnectionHandler: ChannelInboundHandler {
     typealias InboundIn = PeerMessage
 
     enum Direction { case inbound, outbound(node: String) }
 
     private let direction: Direction
-    private unowned let shell: ClusterShell
+    private unowned let shell: ClusterLoop
     private let logger: Logger
     private var certificateNames: [String]?
     private var peer: PeerIdentity?
+    private var tlsDone = false
+    private var tlsFailure: PeerTLSError?
+    private var handshakeDeadline: Scheduled<Void>?
 
-    init(direction: Direction, shell: ClusterShell, logger: Logger) {
+    init(direction: Direction, shell: ClusterLoop, logger: Logger) {
         self.direction = direction
         self.shell = shell
         self.logger = logger
     }
 
+    func handlerAdded(context: ChannelHandlerContext) {
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        let logger = self.logger
+        switch direction {
+        case .inbound:
+            // Unadmitted inbound connections are bounded in time: a peer port reachable by anyone
+            // must not let strangers hold sockets open.
+            handshakeDeadline = context.eventLoop.scheduleTask(in: ClusterLoop.admissionTimeout) {
+                logger.warning("peer connection from \(loopBound.value.remoteAddress?.description ?? "?") sent no valid hello within \(ClusterLoop.admissionTimeout); closing")
+                loopBound.value.close(promise: nil)
+            }
+        case .outbound(let node):
+            handshakeDeadline = context.eventLoop.scheduleTask(in: ClusterLoop.admissionTimeout) {
+                logger.notice("peer \(node) accepted the connection but did not complete TLS within \(ClusterLoop.admissionTimeout); closing")
+                loopBound.value.close(promise: nil)
+            }
+        }
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if case .handshakeCompleted(let names, _) = event as? PeerTLSEvent {
             certificateNames = names
+            tlsDone = true
+            if case .outbound(let node) = direction {
+                handshakeDeadline?.cancel()
+                handshakeDeadline = nil
+                shell.outboundReady(node: node, channel: context.channel)
+            }
         }
         context.fireUserInboundEventTriggered(event)
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message = unwrapInboundIn(data)
-        guard case .inbound = direction else {
-            logger.warning("peer sent data on a connection we dialed; closing it")
-            context.close(promise: nil)
-            return
-        }
         if let peer {
             shell.receive(message, from: peer)
             return
         }
-        guard case .hello(let hello) = message else {
-            logger.warning("peer connection from \(context.remoteAddress?.description ?? "?") did not start with hello; closing")
-            context.close(promise: nil)
-            return
-        }
-        guard let names = certificateNames, names.contains(hello.node) else {
-            logger.warning("peer claims to be \(hello.node) but its certificate names \(certificateNames ?? []); closing")
-            context.close(promise: nil)
-            return
-        }
-        guard let identity = shell.admit(hello) else {
-            context.close(promise: nil)
-            return
-        }
-        peer = identity
-        admissionDeadline?.cancel()
-        admissionDeadline = nil
-        shell.leftUnadmitted()
-    }
-
-    /// Unadmitted inbound connections (no verified hello yet) are bounded in time: a peer port
-    /// reachable by anyone must not let strangers hold sockets open forever.
-    private var admissionDeadline: Scheduled<Void>?
-    private var counted = false
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        guard case .inbound = direction else { return }
-        counted = true
-        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-        let logger = self.logger
-        admissionDeadline = context.eventLoop.scheduleTask(in: ClusterShell.admissionTimeout) {
-            logger.warning("peer connection from \(loopBound.value.remoteAddress?.description ?? "?") sent no valid hello within \(ClusterShell.admissionTimeout); closing")
-            loopBound.value.close(promise: nil)
+        switch direction {
+        case .inbound:
+            guard case .hello(let hello) = message else {
+                logger.warning("peer connection from \(context.remoteAddress?.description ?? "?") did not start with hello; closing")
+                context.close(promise: nil)
+                return
+            }
+            guard let names = certificateNames, names.contains(hello.node) else {
+                logger.warning("peer claims to be \(hello.node) but its certificate names \(certificateNames ?? []); closing")
+                context.close(promise: nil)
+                return
+            }
+            guard let identity = shell.admit(hello, on: context.channel) else {
+                context.close(promise: nil)
+                return
+            }
+            peer = identity
+            handshakeDeadline?.cancel()
+            handshakeDeadline = nil
+        case .outbound(let node):
+            guard case .hello(let hello) = message, hello.node == node else {
+                logger.warning("peer \(node) sent data before its hello on a connection we dialed; closing it")
+                context.close(promise: nil)
+                return
+            }
+            guard let identity = shell.answered(hello, on: context.channel) else {
+                context.close(promise: nil)
+                return
+            }
+            peer = identity
         }
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        admissionDeadline?.cancel()
-        if counted && peer == nil { shell.leftUnadmitted() }
+        handshakeDeadline?.cancel()
+        handshakeDeadline = nil
+        switch direction {
+        case .inbound:
+            shell.inboundClosed(context.channel, admitted: peer)
+        case .outbound(let node):
+            shell.outboundClosed(node: node, channel: context.channel, tlsDone: tlsDone, tlsFailure: tlsFailure, answered: peer != nil)
+        }
         context.fireChannelInactive()
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if let tls = error as? PeerTLSError, tlsFailure == nil { tlsFailure = tls }
         switch direction {
         case .inbound:
             logger.warning("peer connection from \(peer?.node ?? context.remoteAddress?.description ?? "?") failed: \(error)")
@@ -117,7 +149,7 @@ final class PeerConnectionHandler: ChannelInboundHandler {
     }
 }
 
-/// Who is on the other end of an admitted inbound connection.
+/// Who is on the other end of an admitted connection.
 struct PeerIdentity: Sendable {
     var node: String
     var instance: UInt64

@@ -1,5 +1,6 @@
 import Membership
 import NIOCore
+import Replication
 import ReplicatedStore
 import SecretMemory
 
@@ -75,54 +76,8 @@ public enum PeerFrameCodec {
         case .swim(let swim):
             out.writeInteger(MessageType.swim.rawValue)
             writeSWIM(swim, &out)
-        case .digest(let root, let stamp):
-            out.writeInteger(MessageType.digest.rawValue)
-            out.writeInteger(root)
-            writeStamp(stamp, &out)
-        case .bucketDigests(let digests, let stamp):
-            out.writeInteger(MessageType.bucketDigests.rawValue)
-            writeStamp(stamp, &out)
-            out.writeInteger(UInt32(digests.count))
-            for d in digests { out.writeInteger(d) }
-        case .delta(let delta, let purpose, let stamp):
-            out.writeInteger(MessageType.delta.rawValue)
-            writeStamp(stamp, &out)
-            switch purpose {
-            case .push: out.writeInteger(UInt8(0))
-            case .repair(let buckets):
-                out.writeInteger(UInt8(1))
-                out.writeInteger(UInt32(buckets.count))
-                for b in buckets { out.writeInteger(UInt32(b)) }
-            case .repairReply: out.writeInteger(UInt8(2))
-            case .sync: out.writeInteger(UInt8(3))
-            }
-            out.writeInteger(UInt32(delta.versions.count))
-            for v in delta.versions {
-                writeString(v.key.domain, &out)
-                writeString(v.key.name, &out)
-                writeVersionID(v.version.id, &out)
-                out.writeInteger(v.version.generation)
-                out.writeInteger(UInt32(v.secret.count))
-                v.secret.withUnsafeBytes { _ = out.writeBytes($0) }
-            }
-            out.writeInteger(UInt32(delta.pskFingerprints.count))
-            for fp in delta.pskFingerprints {
-                writeString(fp.node, &out)
-                writeString(fp.key.domain, &out)
-                writeString(fp.key.name, &out)
-                out.writeInteger(UInt16(fp.fingerprint.count))
-                out.writeBytes(fp.fingerprint)
-                writeStamp(fp.stamp, &out)
-            }
-            out.writeInteger(UInt32(delta.certificates.count))
-            for record in delta.certificates { writeCertificate(record, &out) }
-        case .syncRequest(let stamp):
-            out.writeInteger(MessageType.syncRequest.rawValue)
-            writeStamp(stamp, &out)
-        case .syncDone(let stamp, let ready):
-            out.writeInteger(MessageType.syncDone.rawValue)
-            writeStamp(stamp, &out)
-            out.writeInteger(UInt8(ready ? 1 : 0))
+        case .replication(let message, let stamp):
+            writeReplication(message, stamp: stamp, &out)
         }
         out.setInteger(UInt32(out.writerIndex - start - 4), at: start)
     }
@@ -175,16 +130,80 @@ public enum PeerFrameCodec {
             message = .hello(PeerHello(cluster: cluster, node: node, instance: instance, address: address, softwareVersion: software, stamp: stamp))
         case .swim:
             message = .swim(try readSWIM(&b))
+        case .digest, .bucketDigests, .delta, .syncRequest, .syncDone:
+            message = try readReplication(type, &b, arena: arena)
+        }
+        guard b.readableBytes == 0 else { throw .trailingBytes(b.readableBytes) }
+        return message
+    }
+
+    // MARK: Replication
+
+    private static func writeReplication(_ message: ReplicationMessage<WireDelta>, stamp: HLCTimestamp, _ out: inout ByteBuffer) {
+        switch message {
+        case .digest(let root):
+            out.writeInteger(MessageType.digest.rawValue)
+            out.writeInteger(root)
+            writeStamp(stamp, &out)
+        case .bucketDigests(let digests):
+            out.writeInteger(MessageType.bucketDigests.rawValue)
+            writeStamp(stamp, &out)
+            out.writeInteger(UInt32(digests.count))
+            for d in digests { out.writeInteger(d) }
+        case .delta(let delta, let purpose):
+            out.writeInteger(MessageType.delta.rawValue)
+            writeStamp(stamp, &out)
+            switch purpose {
+            case .push: out.writeInteger(UInt8(0))
+            case .repair(let buckets):
+                out.writeInteger(UInt8(1))
+                out.writeInteger(UInt32(buckets.count))
+                for b in buckets { out.writeInteger(UInt32(b)) }
+            case .repairReply: out.writeInteger(UInt8(2))
+            case .sync: out.writeInteger(UInt8(3))
+            }
+            out.writeInteger(UInt32(delta.versions.count))
+            for v in delta.versions {
+                writeString(v.key.domain, &out)
+                writeString(v.key.name, &out)
+                writeVersionID(v.version.id, &out)
+                out.writeInteger(v.version.generation)
+                out.writeInteger(UInt32(v.secret.count))
+                v.secret.withUnsafeBytes { _ = out.writeBytes($0) }
+            }
+            out.writeInteger(UInt32(delta.pskFingerprints.count))
+            for fp in delta.pskFingerprints {
+                writeString(fp.node, &out)
+                writeString(fp.key.domain, &out)
+                writeString(fp.key.name, &out)
+                out.writeInteger(UInt16(fp.fingerprint.count))
+                out.writeBytes(fp.fingerprint)
+                writeStamp(fp.stamp, &out)
+            }
+            out.writeInteger(UInt32(delta.certificates.count))
+            for record in delta.certificates { writeCertificate(record, &out) }
+        case .syncRequest:
+            out.writeInteger(MessageType.syncRequest.rawValue)
+            writeStamp(stamp, &out)
+        case .syncDone(let ready):
+            out.writeInteger(MessageType.syncDone.rawValue)
+            writeStamp(stamp, &out)
+            out.writeInteger(UInt8(ready ? 1 : 0))
+        }
+    }
+
+    private static func readReplication(_ type: MessageType, _ b: inout ByteBuffer, arena: SecretArena) throws(PeerWireError) -> PeerMessage {
+        switch type {
         case .digest:
             let root: UInt64 = try read(&b, "digest")
-            message = .digest(root: root, stamp: try readStamp(&b))
+            return .replication(.digest(root: root), stamp: try readStamp(&b))
         case .bucketDigests:
             let stamp = try readStamp(&b)
             let count = try readCount(&b, minimumElementBytes: 8, "bucket digests")
             var digests: [UInt64] = []
             digests.reserveCapacity(count)
             for _ in 0..<count { digests.append(try read(&b, "bucket digest")) }
-            message = .bucketDigests(digests, stamp: stamp)
+            return .replication(.bucketDigests(digests), stamp: stamp)
         case .delta:
             let stamp = try readStamp(&b)
             let purposeTag: UInt8 = try read(&b, "delta purpose")
@@ -237,17 +256,17 @@ public enum PeerFrameCodec {
             }
             let certCount = try readCount(&b, minimumElementBytes: 2 + 2 + 1 + 1 + 1, "certificate records")
             for _ in 0..<certCount { delta.certificates.append(try readCertificate(&b)) }
-            message = .delta(delta, purpose: purpose, stamp: stamp)
+            return .replication(.delta(delta, purpose: purpose), stamp: stamp)
         case .syncRequest:
-            message = .syncRequest(stamp: try readStamp(&b))
+            return .replication(.syncRequest, stamp: try readStamp(&b))
         case .syncDone:
             let stamp = try readStamp(&b)
             let ready: UInt8 = try read(&b, "ready flag")
             guard ready <= 1 else { throw .invalidField("ready flag \(ready)") }
-            message = .syncDone(stamp: stamp, ready: ready == 1)
+            return .replication(.syncDone(ready: ready == 1), stamp: stamp)
+        case .hello, .swim:
+            throw .unknownMessageType(type.rawValue)
         }
-        guard b.readableBytes == 0 else { throw .trailingBytes(b.readableBytes) }
-        return message
     }
 
     // MARK: SWIM

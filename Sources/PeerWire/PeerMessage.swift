@@ -1,9 +1,12 @@
 import Membership
 import NIOCore
+import Replication
 import ReplicatedStore
 import SecretMemory
 
-/// First frame on every peer connection, in both directions.
+/// First frame on every peer connection. The dialer sends it first; an accepting node from 0.2
+/// on answers a dialer that understands it with its own hello on the same connection
+/// (`answersOnDialedConnection`), after which messages travel both ways on that connection.
 public struct PeerHello: Sendable, Equatable {
     public var cluster: String
     public var node: String
@@ -21,6 +24,23 @@ public struct PeerHello: Sendable, Equatable {
         self.address = address
         self.softwareVersion = softwareVersion
         self.stamp = stamp
+    }
+
+    /// Whether the sender, as a dialer, takes its peer's hello and messages back on the
+    /// connection it opened. 0.1.0 nodes do not: they close a dialed connection on which anything
+    /// arrives, so an accepting node answers them over its own connection instead, and a rolling
+    /// upgrade from 0.1.0 keeps working. Decided by the software version (0.2 and later): the
+    /// hello's fields are fixed, and a 0.1.0 node refuses any extra byte in it.
+    public var answersOnDialedConnection: Bool {
+        Self.version(softwareVersion, isAtLeast: (0, 2))
+    }
+
+    /// Compares the leading "major.minor" of a version string; anything unparsable is old.
+    static func version(_ version: String, isAtLeast minimum: (Int, Int)) -> Bool {
+        let release = version.prefix { $0 != "-" && $0 != "+" }
+        let numbers = release.split(separator: ".", omittingEmptySubsequences: false).prefix(2).map { Int($0) }
+        guard numbers.count == 2, let major = numbers[0], let minor = numbers[1] else { return false }
+        return (major, minor) >= minimum
     }
 }
 
@@ -58,29 +78,13 @@ public struct WireDelta: Sendable {
     }
 }
 
-/// Why a delta is sent; decides how the receiver answers.
-public enum DeltaPurpose: Sendable, Equatable {
-    /// New local updates (eager push); no answer.
-    case push
-    /// Anti-entropy repair of these buckets: the receiver merges and answers with `.repairReply`
-    /// carrying its own entries of the same buckets.
-    case repair(buckets: [Int])
-    case repairReply
-    /// One chunk of a full-state answer to `syncRequest`.
-    case sync
+extension WireDelta: ReplicationPayload {
+    public static var empty: WireDelta { WireDelta() }
 }
 
 public enum PeerMessage: Sendable {
     case hello(PeerHello)
     case swim(SWIMMessage)
-    /// Anti-entropy opener: "this is my state's digest".
-    case digest(root: UInt64, stamp: HLCTimestamp)
-    /// Answer to a differing digest: my per-bucket digests.
-    case bucketDigests([UInt64], stamp: HLCTimestamp)
-    case delta(WireDelta, purpose: DeltaPurpose, stamp: HLCTimestamp)
-    /// A starting node asks for the full state (DESIGN.md RAM keys 2).
-    case syncRequest(stamp: HLCTimestamp)
-    /// End of the full-state answer. `ready` tells whether the sender had finished its own
-    /// join: only a ready peer's state can be adopted as "the cluster's".
-    case syncDone(stamp: HLCTimestamp, ready: Bool)
+    /// The replication core's messages, with the sender's clock reading.
+    case replication(ReplicationMessage<WireDelta>, stamp: HLCTimestamp)
 }

@@ -1,6 +1,7 @@
 import Membership
 import NIOCore
 import PeerWire
+import Replication
 import ReplicatedStore
 import SecretMemory
 import XCTest
@@ -32,15 +33,28 @@ final class PeerFrameCodecTests: XCTestCase {
             guard case .swim(let decoded) = try roundTrip(.swim(swim)) else { return XCTFail() }
             XCTAssertEqual(decoded, swim)
         }
-        guard case .digest(let root, let s) = try roundTrip(.digest(root: 0xDEAD_BEEF_0102_0304, stamp: stamp)) else { return XCTFail() }
+        guard case .replication(.digest(let root), let s) = try roundTrip(.replication(.digest(root: 0xDEAD_BEEF_0102_0304), stamp: stamp)) else { return XCTFail() }
         XCTAssertEqual(root, 0xDEAD_BEEF_0102_0304)
         XCTAssertEqual(s, stamp)
-        guard case .bucketDigests(let digests, _) = try roundTrip(.bucketDigests([1, 2, UInt64.max], stamp: stamp)) else { return XCTFail() }
+        guard case .replication(.bucketDigests(let digests), _) = try roundTrip(.replication(.bucketDigests([1, 2, UInt64.max]), stamp: stamp)) else { return XCTFail() }
         XCTAssertEqual(digests, [1, 2, UInt64.max])
-        guard case .syncDone(_, let ready) = try roundTrip(.syncDone(stamp: stamp, ready: true)) else { return XCTFail() }
+        guard case .replication(.syncDone(let ready), _) = try roundTrip(.replication(.syncDone(ready: true), stamp: stamp)) else { return XCTFail() }
         XCTAssertTrue(ready)
-        guard case .syncRequest(let rs) = try roundTrip(.syncRequest(stamp: stamp)) else { return XCTFail() }
+        guard case .replication(.syncRequest, let rs) = try roundTrip(.replication(.syncRequest, stamp: stamp)) else { return XCTFail() }
         XCTAssertEqual(rs, stamp)
+    }
+
+    func testOnlyDialersFromVersion02OnTakeAnswersOnTheirOwnConnection() {
+        func hello(_ version: String) -> PeerHello {
+            PeerHello(cluster: "c", node: "n", instance: 1, address: "a:1", softwareVersion: version, stamp: .zero)
+        }
+        // 0.1.0 closes a dialed connection on which anything arrives: it must get nothing there.
+        for old in ["0.1.0", "0.1.9", "0.0.1", "", "garbage", "0", "0.x.1", "-1.5"] {
+            XCTAssertFalse(hello(old).answersOnDialedConnection, old)
+        }
+        for new in ["0.2.0", "0.2.0-dev", "0.10.1", "1.0.0", "2.3"] {
+            XCTAssertTrue(hello(new).answersOnDialedConnection, new)
+        }
     }
 
     func testDeltaCarriesSecretsIntoProtectedMemory() throws {
@@ -50,7 +64,7 @@ final class PeerFrameCodecTests: XCTestCase {
         let fp = PSKFingerprint(node: "node2", key: KeyRef(domain: "first.com", name: "psk"), fingerprint: [1, 2, 3], stamp: HLCTimestamp(wallMillis: 9, logical: 0))
         let delta = WireDelta(versions: [WireKeyVersion(key: key, version: version, secret: try secret(bytes))], pskFingerprints: [fp])
         for purpose: DeltaPurpose in [.push, .repair(buckets: [0, 63]), .repairReply, .sync] {
-            guard case .delta(let decoded, let p, _) = try roundTrip(.delta(delta, purpose: purpose, stamp: .zero)) else { return XCTFail() }
+            guard case .replication(.delta(let decoded, let p), _) = try roundTrip(.replication(.delta(delta, purpose: purpose), stamp: .zero)) else { return XCTFail() }
             XCTAssertEqual(p, purpose)
             XCTAssertEqual(decoded.versions.count, 1)
             XCTAssertEqual(decoded.versions[0].key, key)
@@ -70,7 +84,7 @@ final class PeerFrameCodecTests: XCTestCase {
         let records = [CertificateRecord(id: id, content: content, removal: nil),
                        CertificateRecord(id: id, content: content, removal: removal),
                        CertificateRecord(id: id, content: nil, removal: removal)]
-        guard case .delta(let decoded, _, _) = try roundTrip(.delta(WireDelta(certificates: records), purpose: .push, stamp: .zero)) else { return XCTFail() }
+        guard case .replication(.delta(let decoded, _), _) = try roundTrip(.replication(.delta(WireDelta(certificates: records), purpose: .push), stamp: .zero)) else { return XCTFail() }
         XCTAssertEqual(decoded.certificates, records)
         XCTAssertEqual(decoded.storeDelta.certificates, records)
     }
@@ -86,14 +100,14 @@ final class PeerFrameCodecTests: XCTestCase {
         XCTAssertEqual(chunks.reduce(0) { $0 + $1.versions.count }, 3000)
         for chunk in chunks {
             var buffer = ByteBufferAllocator().buffer(capacity: 0)
-            PeerFrameCodec.encode(.delta(chunk, purpose: .sync, stamp: .zero), into: &buffer)
+            PeerFrameCodec.encode(.replication(.delta(chunk, purpose: .sync), stamp: .zero), into: &buffer)
             XCTAssertLessThanOrEqual(buffer.readableBytes, PeerFrameCodec.maxFrameBytes)
         }
     }
 
     func testPartialFramesWaitForMoreBytes() throws {
         var whole = ByteBufferAllocator().buffer(capacity: 64)
-        PeerFrameCodec.encode(.digest(root: 1, stamp: .zero), into: &whole)
+        PeerFrameCodec.encode(.replication(.digest(root: 1), stamp: .zero), into: &whole)
         for cut in 0..<whole.readableBytes {
             var part = whole.getSlice(at: 0, length: cut)!
             XCTAssertNil(try PeerFrameCodec.nextFrame(from: &part), "cut at \(cut)")
@@ -123,7 +137,7 @@ final class PeerFrameCodecTests: XCTestCase {
         XCTAssertEqual(decodeError([1, 1, 0, 2, 0xC3, 0x28]), .invalidField("cluster name (not UTF-8)"))
         // Trailing garbage after a valid message.
         var digest = ByteBufferAllocator().buffer(capacity: 32)
-        PeerFrameCodec.encode(.syncRequest(stamp: .zero), into: &digest)
+        PeerFrameCodec.encode(.replication(.syncRequest, stamp: .zero), into: &digest)
         var body = Array(digest.readableBytesView.dropFirst(4))
         body.append(0)
         XCTAssertEqual(decodeError(body), .trailingBytes(1))
@@ -198,7 +212,7 @@ final class AntiEntropyCostTests: XCTestCase {
                 _ = a.createInitialVersion(of: KeyRef(domain: "d\(i % 100).example", name: "k\(i)"), id: id)
             }
             var b = a
-            let agree = frameBytes(.digest(root: a.rootDigest(), stamp: .zero))
+            let agree = frameBytes(.replication(.digest(root: a.rootDigest()), stamp: .zero))
             XCTAssertEqual(a.rootDigest(), b.rootDigest())
             // One entry differs: a rotation B has not heard of.
             let rotated = VersionID(created: HLCTimestamp(wallMillis: 2_000, logical: 0), origin: "node2")
@@ -207,13 +221,13 @@ final class AntiEntropyCostTests: XCTestCase {
             let differing = a.differingBuckets(mine: a.bucketDigests(), theirs: b.bucketDigests())
             XCTAssertEqual(differing.count, 1)
             let repair = PeerFrameCodec.chunks(of: wire(a.delta(forBuckets: differing))).reduce(0) {
-                $0 + frameBytes(.delta($1, purpose: .repair(buckets: differing), stamp: .zero))
+                $0 + frameBytes(.replication(.delta($1, purpose: .repair(buckets: differing)), stamp: .zero))
             }
             let reply = PeerFrameCodec.chunks(of: wire(b.delta(forBuckets: differing))).reduce(0) {
-                $0 + frameBytes(.delta($1, purpose: .repairReply, stamp: .zero))
+                $0 + frameBytes(.replication(.delta($1, purpose: .repairReply), stamp: .zero))
             }
-            let oneDiff = agree + frameBytes(.bucketDigests(b.bucketDigests(), stamp: .zero)) + repair + reply
-            fullStateBytes = PeerFrameCodec.chunks(of: wire(a.fullDelta())).reduce(0) { $0 + frameBytes(.delta($1, purpose: .sync, stamp: .zero)) }
+            let oneDiff = agree + frameBytes(.replication(.bucketDigests(b.bucketDigests()), stamp: .zero)) + repair + reply
+            fullStateBytes = PeerFrameCodec.chunks(of: wire(a.fullDelta())).reduce(0) { $0 + frameBytes(.replication(.delta($1, purpose: .sync), stamp: .zero)) }
             report.append("\(buckets) buckets: agree \(agree) B, one entry differs \(oneDiff) B")
             if buckets == 1024 {
                 XCTAssertLessThan(oneDiff, fullStateBytes / 100, "a one-entry repair must cost a small fraction of the state")

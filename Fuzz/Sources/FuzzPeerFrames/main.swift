@@ -54,7 +54,7 @@ private func decodeStream(_ stream: inout ByteBuffer) {
               reencoded.readableBytesView.elementsEqual(frame.readableBytesView) else {
             fatalError("fuzz: a decoded peer frame (\(frame.readableBytes) bytes) re-encodes differently: the decoder misread it")
         }
-        if case .delta(let delta, _, _) = message {
+        if case .replication(.delta(let delta, _), _) = message {
             // What the node does next with a delta: chunking must keep every version.
             let chunks = PeerFrameCodec.chunks(of: delta, limit: 256)
             let total = chunks.reduce(0) { $0 + $1.versions.count }

@@ -1,0 +1,181 @@
+import Membership
+import ReplicatedStore
+
+/// What replicated content travels as: a delta of entries. The node uses `WireDelta` (entries plus
+/// the secrets behind key versions), a simulation can use `StoreDelta` directly.
+public protocol ReplicationPayload: Sendable {
+    /// A payload holding nothing (an empty repair answer still has to be sent).
+    static var empty: Self { get }
+    var isEmpty: Bool { get }
+}
+
+extension StoreDelta: ReplicationPayload {
+    public static var empty: StoreDelta { StoreDelta() }
+}
+
+/// What the replication core reads from the local replica. The node implements it over its
+/// `ClusterReplica` (with the wire codec's chunking), a simulation over a plain `ReplicatedStore`.
+/// Chunks are what one message may carry: implementations split so each fits a frame.
+public protocol ReplicaContent<Payload> {
+    associatedtype Payload: ReplicationPayload
+    var rootDigest: UInt64 { get }
+    var bucketDigests: [UInt64] { get }
+    /// Every entry of these buckets, in message-sized chunks.
+    func chunks(forBuckets buckets: [Int]) -> [Payload]
+    /// The whole replicated state, in message-sized chunks, for a joining peer.
+    func fullStateChunks() -> [Payload]
+    /// `payload` in message-sized chunks.
+    func chunks(of payload: Payload) -> [Payload]
+}
+
+/// Why a delta is sent; decides how the receiver answers.
+public enum DeltaPurpose: Sendable, Hashable {
+    /// New entries (a local change, or news forwarded after a merge); no answer.
+    case push
+    /// Anti-entropy repair of these buckets: the receiver merges and answers with `.repairReply`
+    /// carrying its own entries of the same buckets.
+    case repair(buckets: [Int])
+    case repairReply
+    /// One chunk of a full-state answer to `syncRequest`.
+    case sync
+}
+
+/// The replication protocol's vocabulary. Plain data: the shell wraps it in its frame format
+/// together with the sender's clock reading, the way it wraps `SWIMMessage`.
+public enum ReplicationMessage<Payload: ReplicationPayload>: Sendable {
+    /// Anti-entropy opener: "this is my state's digest".
+    case digest(root: UInt64)
+    /// Answer to a differing digest: my per-bucket digests.
+    case bucketDigests([UInt64])
+    case delta(Payload, purpose: DeltaPurpose)
+    /// A starting node asks for the full state (DESIGN.md RAM keys 2).
+    case syncRequest
+    /// End of the full-state answer. `ready` tells whether the sender had finished its own join:
+    /// only a ready peer's state can be adopted as "the cluster's".
+    case syncDone(ready: Bool)
+}
+
+/// What the transport learned about its connection to a peer. The join decision rests on these:
+/// only peers that cannot be reached at all may be given up on.
+public enum LinkEvent: Sendable, Hashable {
+    /// A connection to the peer is usable both ways: messages sent to the peer go out on it and
+    /// the peer's answers come back. Reported once per transition from "no usable connection".
+    case up
+    /// The usable connection closed; messages in flight on it may be lost.
+    case down
+    /// An attempt to connect failed without the peer taking part: TCP refused, no route, connect
+    /// timeout, or the peer's TLS refused this node's certificate (or this node the peer's). No
+    /// process of that peer can serve this node now.
+    case unreachable
+    /// TCP connected but the handshake (TLS, hello) did not complete in time or the connection
+    /// was closed during it: the peer is there but busy, paused, or its port is flooded. Such a
+    /// peer may hold the cluster's keys, so a joining node keeps waiting for it.
+    case unresponsive
+}
+
+/// How the startup join ended (DESIGN.md RAM keys 2).
+public enum JoinOutcome: Sendable, Hashable {
+    /// A ready peer sent us the cluster's full state (and every merge of it has completed).
+    case adopted(from: NodeID)
+    /// Every peer answered, none was ready: the cluster is starting together. Only the starter
+    /// (the smallest node name among this node and those peers) gets this; the others wait for
+    /// its state.
+    case clusterStarting
+    /// For `join_timeout_ms` and after it, every peer either could not be reached at all (its
+    /// latest connection attempt failed before any handshake) or answered that it is starting
+    /// too, and this node is the starter among those: bootstrap. Peers that are reachable but do
+    /// not answer never lead here.
+    case timedOut
+    /// No other node configured.
+    case alone
+}
+
+/// Anti-entropy state as shown in `/v1/cluster` ("sync"); the raw values are part of the API.
+public enum SyncState: String, Sendable, Hashable, CaseIterable {
+    /// This node: the join decision is made and the node serves RAM keys.
+    case ready
+    /// This node: still joining.
+    case joining
+    /// A peer: the last digest exchange found equal states.
+    case inSync = "in_sync"
+    /// A peer: the digests differed and a repair is in progress.
+    case repairing
+    /// A peer: no digest exchange yet (or the peer left and came back).
+    case unknown
+}
+
+/// Identifies one `apply` directive, so its completion can be reported back.
+public struct ApplyID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static func < (lhs: ApplyID, rhs: ApplyID) -> Bool { lhs.rawValue < rhs.rawValue }
+    public var description: String { "apply#\(rawValue)" }
+}
+
+/// What the shell must do after a call.
+public enum ReplicationDirective<Payload: ReplicationPayload>: Sendable {
+    /// Deliver `message` to `node` over the connection to it, in order with the other messages
+    /// to the same node (a full-state answer must arrive before its `syncDone`).
+    case send(ReplicationMessage<Payload>, to: NodeID)
+    /// Open a connection to `node` unless one is usable or being opened; report the result with
+    /// `linkChanged`. Only emitted while joining: afterwards sends and SWIM probes connect.
+    case connect(NodeID)
+    /// Merge `payload` received from `node` (asynchronously: the node persists certificate
+    /// records first) and call `applied(id, new:)` with what was new when done.
+    case apply(Payload, from: NodeID, id: ApplyID)
+    /// The join decision is made and every merge it depends on has completed. Generate the keys
+    /// still missing, then call `markReady`.
+    case joinFinished(JoinOutcome)
+}
+
+/// Why a joining node is still waiting after `join_timeout_ms`, for health reports.
+public struct JoinProblem: Sendable, Hashable, CustomStringConvertible {
+    /// Reachable (TCP answers, or a connection was up) but no answer to the state request yet.
+    public var notAnswering: [NodeID]
+    /// Streaming their state to this node right now.
+    public var receivingFrom: [NodeID]
+    /// Cannot be reached at all (latest attempt refused / no route / timed out).
+    public var unreachable: [NodeID]
+    /// Answered that they are starting too.
+    public var notReady: [NodeID]
+    /// The peer expected to generate the keys for nodes starting together, when that is all the
+    /// join waits for.
+    public var starter: NodeID?
+    /// How long past `join_timeout_ms` the node has been waiting.
+    public var overdueMillis: UInt64
+
+    public var description: String {
+        var parts: [String] = []
+        if !receivingFrom.isEmpty {
+            parts.append("receiving the cluster state from \(receivingFrom.joined(separator: ", "))")
+        }
+        if !notAnswering.isEmpty {
+            parts.append("waiting for peers \(notAnswering.joined(separator: ", ")): reachable but not answering")
+        }
+        if !unreachable.isEmpty { parts.append("unreachable: \(unreachable.joined(separator: ", "))") }
+        if let starter, notAnswering.isEmpty && receivingFrom.isEmpty {
+            parts.append("waiting for \(starter) to generate the keys of the starting cluster")
+        }
+        if !notReady.isEmpty { parts.append("starting too: \(notReady.joined(separator: ", "))") }
+        let seconds = Double(overdueMillis / 100) / 10
+        return "still joining \(seconds) s after join_timeout_ms; " + parts.joined(separator: "; ")
+            + " (no new RAM key is generated while a reachable peer may hold the cluster's keys)"
+    }
+}
+
+/// Protocol timing and fan-out.
+public struct ReplicationSettings: Sendable, Hashable {
+    /// One digest to one random alive member per interval.
+    public var antiEntropyIntervalMillis: UInt64 = 1000
+    /// A repair asked of a peer that never answered may be asked again after this long.
+    public var repairCooldownMillis: UInt64 = 5000
+    /// While joining, how often a peer without a usable connection is dialled again.
+    public var redialIntervalMillis: UInt64 = 500
+    /// How often a peer that answered "starting too" is asked again when this node waits for it:
+    /// the starter of a cluster starting together, or any such peer past `join_timeout_ms`.
+    public var reaskNotReadyMillis: UInt64 = 250
+    /// Forwarding reaches max(minimumFanout, ⌈√N⌉) random alive members.
+    public var minimumFanout: Int = 3
+
+    public init() {}
+}
