@@ -5,7 +5,7 @@ public struct SimulationConfig: Sendable, Equatable {
     public var nodes = 100
     public var seed: UInt64 = 1
     /// Upper bound for the start-up phase (nodes start within the first 2 s, then join).
-    public var joinSeconds = 40
+    public var joinSeconds = 120
     /// Fault-free phase with the workload running; `bytes_per_node_s` is measured here.
     public var steadySeconds = 20
     /// Faults and workload.
@@ -38,7 +38,11 @@ public struct SimulationConfig: Sendable, Equatable {
     /// Deliver the suspicion origin (Lifeguard's "from") in gossip, as a future wire version
     /// could; today's `PeerFrameCodec` drops it, and by default so does the simulation.
     public var suspicionOriginOnWire = false
-    /// SWIM tick and anti-entropy period of the shell.
+    /// The shell change proposed for detection: tell SWIM when a peer's connection closes
+    /// (`connectionClosed`), so a killed process is probed at once instead of in its turn.
+    /// Today's `ClusterShell` does not.
+    public var shellReportsClosedConnections = false
+    /// SWIM tick period of the shell.
     public var tickMillis: UInt64 = 100
     public var joinTimeoutMillis: UInt64 = 3000
     /// A crashed node restarts this long after the crash (uniformly at random).
@@ -60,6 +64,7 @@ public struct SimulationConfig: Sendable, Equatable {
         if registrationsPerSecond != defaults.registrationsPerSecond { parts.append("--registrations \(registrationsPerSecond)") }
         if maxPauseMillis != defaults.maxPauseMillis { parts.append("--max-pause-ms \(maxPauseMillis)") }
         if suspicionOriginOnWire { parts.append("--suspicion-origin") }
+        if shellReportsClosedConnections { parts.append("--shell-reports-closed") }
         return parts.joined(separator: " ")
     }
 }

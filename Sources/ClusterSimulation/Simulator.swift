@@ -104,6 +104,7 @@ public final class Simulator {
 
     // Measurements
     private var bytesByPhase: [Phase: Int] = [:]
+    private var steadyBytesByKind: [String: Int] = [:]
     private var phaseDuration: [Phase: UInt64] = [:]
     private var rotationTracks: [VersionID: RotationTrack] = [:]
     private var convergeTimes: [UInt64] = []
@@ -266,9 +267,14 @@ public final class Simulator {
             if elapsed >= UInt64(config.joinSeconds) * 1000 {
                 violations.append("start-up did not converge within \(config.joinSeconds) s")
                 enter(.steady)
-            } else if now % 2_000 < 1_000, nodes.allSatisfy({ $0.ready }), membershipConverged() {
-                progress("joined: every node ready and sees every other alive")
+            } else if now % 2_000 < 1_000, nodes.allSatisfy({ $0.ready && $0.swim.pendingRumourCount == 0 }),
+                      membershipConverged() {
+                // Steady state starts once the start-up rumours have been gossiped out.
+                progress("joined: every node ready, sees every other alive, no rumour pending")
                 enter(.steady)
+            } else if config.progress && now % 5_000 < 1_000 {
+                let pending = nodes.reduce(0) { $0 + $1.swim.pendingRumourCount }
+                progress("joining: \(nodes.filter(\.ready).count) ready, \(pending) rumours pending, \(events) events")
             }
         case .steady:
             if elapsed >= UInt64(config.steadySeconds) * 1000 { enter(.chaos) }
@@ -429,7 +435,9 @@ public final class Simulator {
             connect(node.index, target)
             return
         }
-        bytesByPhase[phase, default: 0] += size(of: message)
+        let bytes = size(of: message)
+        bytesByPhase[phase, default: 0] += bytes
+        if phase == .steady { steadyBytesByKind[Self.kind(of: message), default: 0] += bytes }
         if config.lossRate > 0, Double.random(in: 0..<1, using: &rng) < config.lossRate {
             breakLink(node.index, target)
             return
@@ -444,6 +452,28 @@ public final class Simulator {
         if !config.suspicionOriginOnWire, case .swim(let swim) = message { message = .swim(Self.withoutOrigins(swim)) }
         queue.push(.deliver(Envelope(from: node.index, fromGeneration: node.generation, fromInstance: node.instance,
                                      to: target, message: message, connection: connection)), at: at)
+    }
+
+    private static func kind(of message: SimMessage) -> String {
+        switch message {
+        case .swim(let message):
+            switch message {
+            case .ping: return "swim_ping"
+            case .pingRequest: return "swim_ping_request"
+            case .ack(0, _, _): return "swim_gossip"
+            case .ack: return "swim_ack"
+            case .nack: return "swim_nack"
+            }
+        case .replication(let message, _):
+            switch message {
+            case .digest: return "digest"
+            case .bucketDigests: return "bucket_digests"
+            case .delta(_, .push): return "push"
+            case .delta(_, .repair), .delta(_, .repairReply): return "repair"
+            case .delta(_, .sync): return "sync"
+            case .syncRequest, .syncDone: return "sync_control"
+            }
+        }
     }
 
     private func connect(_ from: Int, _ to: Int) {
@@ -510,6 +540,7 @@ public final class Simulator {
         if event == .up, let waiting = node.queued.removeValue(forKey: peer) {
             for message in waiting { send(message, from: node, to: peer) }
         }
+        if event == .down && config.shellReportsClosedConnections { node.swim.connectionClosed(to: name) }
         execute(node.replication.linkChanged(name, event, nowMillis: node.monotonic(now)), at: node)
         if event == .up { schedulePump(node) }
     }
@@ -837,6 +868,14 @@ public final class Simulator {
     }
 
     public var findings: [String] { log + violations }
+
+    /// Steady-phase bytes per node per second by message kind.
+    public var steadyTraffic: String {
+        let seconds = max(1, Double(phaseDuration[.steady] ?? 1) / 1000)
+        return steadyBytesByKind.keys.sorted().map {
+            "\($0)=\(Int(Double(steadyBytesByKind[$0] ?? 0) / seconds / Double(max(1, nodes.count))))"
+        }.joined(separator: " ")
+    }
 
     private func report() -> SimulationReport {
         let steadyMillis = max(1, phaseDuration[.steady] ?? 1)

@@ -182,6 +182,9 @@ public struct SWIMInstance: Sendable {
                       status: status, lastChangeMillis: peer.lastChange, lastHeardMillis: peer.lastHeard)
     }
 
+    /// Rumours still being piggybacked and pushed; 0 once news has settled.
+    public var pendingRumourCount: Int { rumours.count }
+
     /// Members known (alive, suspect or dead), for the caller's own bookkeeping; O(1).
     public var memberCount: Int { peers.count }
 

@@ -38,6 +38,8 @@ struct KeystoreSim: ParsableCommand {
     @Option(name: .customLong("max-pause-ms"), help: "Longest pause (SIGSTOP) of a process.") var maxPauseMillis: UInt64 = 2000
     @Flag(name: .customLong("suspicion-origin"), help: "Carry Lifeguard's suspicion origin in gossip (a future wire format).")
     var suspicionOrigin = false
+    @Flag(name: .customLong("shell-reports-closed"), help: "Model the proposed shell change: SWIM hears when a peer's connection closes.")
+    var shellReportsClosed = false
     @Flag(help: "Print phases and faults as they happen.") var verbose = false
 
     func run() throws {
@@ -54,11 +56,13 @@ struct KeystoreSim: ParsableCommand {
         config.registrationsPerSecond = registrations
         config.maxPauseMillis = maxPauseMillis
         config.suspicionOriginOnWire = suspicionOrigin
+        config.shellReportsClosedConnections = shellReportsClosed
         config.progress = verbose
         guard nodes >= 3 else { throw ValidationError("--nodes must be at least 3") }
         let simulator = try Simulator(config: config)
         let report = simulator.run()
         for finding in simulator.findings.prefix(20) { print("finding: \(finding)") }
+        print("steady traffic, bytes per node per second by kind: \(simulator.steadyTraffic)")
         if !report.passed {
             print("replay: \(config.replayCommand) --verbose")
         }
