@@ -66,6 +66,8 @@ final class SimNode {
     var applies: [(id: ApplyID, payload: StoreDelta, from: Int)] = []
     /// Certificate records persisted before acknowledging (SQLite in the real node).
     var database: [CertificateID: CertificateRecord] = [:]
+    /// Peers that asked for the full state and have not had its `syncDone` yet.
+    var streams: Set<Int> = []
     /// Messages waiting for a connection to be usable, per peer.
     var queued: [Int: [SimMessage]] = [:]
     /// Certificate ids this node has seen removed: a removal must never be undone here.

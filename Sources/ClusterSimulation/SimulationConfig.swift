@@ -42,6 +42,9 @@ public struct SimulationConfig: Sendable, Equatable {
     /// (`connectionClosed`), so a killed process is probed at once instead of in its turn.
     /// Today's `ClusterShell` does not.
     public var shellReportsClosedConnections = false
+    /// Form the cluster through the real join of N nodes starting together (O(N³) to simulate
+    /// with today's replication core) instead of the pre-seeded formation.
+    public var coldStart = false
     /// SWIM tick period of the shell.
     public var tickMillis: UInt64 = 100
     public var joinTimeoutMillis: UInt64 = 3000
@@ -65,6 +68,7 @@ public struct SimulationConfig: Sendable, Equatable {
         if maxPauseMillis != defaults.maxPauseMillis { parts.append("--max-pause-ms \(maxPauseMillis)") }
         if suspicionOriginOnWire { parts.append("--suspicion-origin") }
         if shellReportsClosedConnections { parts.append("--shell-reports-closed") }
+        if coldStart { parts.append("--cold-start") }
         return parts.joined(separator: " ")
     }
 }

@@ -408,7 +408,14 @@ public struct SWIMInstance: Sendable {
                                   state: state, lastChange: now, lastHeard: lastHeard)
         track(update.node, state)
         if update.status != .dead { toInsert.append(update.node) }
-        enqueue(update)
+        // A configured seed turning out alive is no news worth gossiping: every member has it
+        // configured and pings it itself before its seed timeout. Gossiping each start-up
+        // confirmation would be an N² rumour storm (N rumours on each of N nodes).
+        if case .unconfirmed? = known?.state, update.status == .alive, known?.instance == 0 {
+            // not enqueued
+        } else {
+            enqueue(update)
+        }
         if let member = member(update.node) { out.append(.statusChanged(member, previous: previous)) }
     }
 

@@ -40,6 +40,8 @@ struct KeystoreSim: ParsableCommand {
     var suspicionOrigin = false
     @Flag(name: .customLong("shell-reports-closed"), help: "Model the proposed shell change: SWIM hears when a peer's connection closes.")
     var shellReportsClosed = false
+    @Flag(name: .customLong("cold-start"), help: "Form the cluster through the real join of N nodes starting together (slow beyond ~200 nodes).")
+    var coldStart = false
     @Flag(help: "Print phases and faults as they happen.") var verbose = false
 
     func run() throws {
@@ -57,6 +59,7 @@ struct KeystoreSim: ParsableCommand {
         config.maxPauseMillis = maxPauseMillis
         config.suspicionOriginOnWire = suspicionOrigin
         config.shellReportsClosedConnections = shellReportsClosed
+        config.coldStart = coldStart
         config.progress = verbose
         guard nodes >= 3 else { throw ValidationError("--nodes must be at least 3") }
         let simulator = try Simulator(config: config)

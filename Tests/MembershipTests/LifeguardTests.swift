@@ -313,4 +313,24 @@ final class LifeguardTests: XCTestCase {
         XCTAssertEqual(swim.pendingSeeds, [])
         XCTAssertEqual(swim.members.filter { $0.status == .dead }.count, 20)
     }
+
+    func testConfirmedSeedsAreNotGossipedButNewcomersAndRestartsAre() {
+        var swim = SWIMInstance(myself: "a", address: "addr-a", instance: 500,
+                                seeds: [(node: "b", address: "addr-b"), (node: "c", address: "addr-c")],
+                                settings: settings, nowMillis: now)
+        _ = swim.receive(.ping(sequence: 1, gossip: []), from: "b", instance: 10, address: "addr-b", nowMillis: now)
+        _ = swim.receive(.ping(sequence: 2, gossip: [GossipUpdate(node: "c", address: "addr-c", instance: 20,
+                                                                  incarnation: 0, status: .alive)]),
+                         from: "b", instance: 10, address: "addr-b", nowMillis: now)
+        XCTAssertEqual(swim.member("c")?.status, .alive)
+        XCTAssertEqual(swim.pendingRumourCount, 0, "every member has b and c configured: no start-up rumour storm")
+        // A member nobody configured here, and a restart of a known one, are news.
+        _ = swim.receive(.ping(sequence: 3, gossip: [GossipUpdate(node: "x", address: "addr-x", instance: 5,
+                                                                  incarnation: 0, status: .alive)]),
+                         from: "b", instance: 10, address: "addr-b", nowMillis: now)
+        XCTAssertEqual(swim.pendingRumourCount, 1)
+        _ = swim.receive(.ping(sequence: 4, gossip: []), from: "c", instance: 21, address: "addr-c", nowMillis: now)
+        XCTAssertEqual(swim.member("c")?.instance, 21)
+        XCTAssertEqual(swim.pendingRumourCount, 2)
+    }
 }
