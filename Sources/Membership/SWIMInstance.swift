@@ -115,6 +115,13 @@ public struct SWIMInstance: Sendable {
     private var rumours: [NodeID: Rumour] = [:]
     /// Members with a running timer (suspect or unconfirmed), so a tick does not scan everyone.
     private var timed: Set<NodeID> = []
+    /// No timer in `timed` expires before this (0: unknown, scan at the next tick).
+    private var timersCheckedUntil: UInt64 = 0
+    /// Every member name, sorted (a member is never forgotten): the full-membership answer
+    /// walks it instead of sorting the whole view per newcomer.
+    private var sortedNames: [NodeID] = []
+    /// Configured seeds in ping order; confirmed ones are dropped as the cursor meets them.
+    private var seedOrder: [NodeID] = []
     private var deadMembers: Set<NodeID> = []
     private var deadPingCursor = 0
     private var seedPingCursor = 0
@@ -161,6 +168,8 @@ public struct SWIMInstance: Sendable {
             peers[name]?.state = .unconfirmed(deadline: deadline)
             timed.insert(name)
         }
+        sortedNames = peers.keys.sorted()
+        seedOrder = sortedNames
     }
 
     // MARK: - Views
@@ -385,6 +394,7 @@ public struct SWIMInstance: Sendable {
             if status == .suspect {
                 peers[update.node]?.state = .suspect(Suspicion(since: now, suspecters: [suspecter]))
                 heardSuspect.append(update.node)
+                timersCheckedUntil = 0
             }
             enqueue(update)
         } else {
@@ -403,6 +413,7 @@ public struct SWIMInstance: Sendable {
         case .dead: state = .dead
         }
         let known = peers[update.node]
+        if known == nil { insertSorted(update.node) }
         let address = update.address.isEmpty ? (known?.address ?? "") : update.address
         peers[update.node] = Peer(address: address, instance: update.instance, incarnation: update.incarnation,
                                   state: state, lastChange: now, lastHeard: lastHeard)
@@ -426,6 +437,7 @@ public struct SWIMInstance: Sendable {
               suspicion.confirmations < expectedConfirmations, !suspicion.suspecters.contains(suspecter) else { return }
         suspicion.suspecters.insert(suspecter)
         peers[node]?.state = .suspect(suspicion)
+        timersCheckedUntil = 0
         enqueue(GossipUpdate(node: node, address: peer.address, instance: peer.instance,
                              incarnation: peer.incarnation, status: .suspect, origin: suspecter))
     }
@@ -481,10 +493,20 @@ public struct SWIMInstance: Sendable {
         out.append(.statusChanged(member, previous: previous))
     }
 
+    private mutating func insertSorted(_ node: NodeID) {
+        var low = 0, high = sortedNames.count
+        while low < high {
+            let mid = (low + high) / 2
+            if sortedNames[mid] < node { low = mid + 1 } else { high = mid }
+        }
+        if low == sortedNames.count || sortedNames[low] != node { sortedNames.insert(node, at: low) }
+    }
+
     /// Keeps the timer and dead indexes in step with a member's state.
     private mutating func track(_ node: NodeID, _ state: State) {
         switch state {
         case .unconfirmed, .suspect:
+            timersCheckedUntil = 0
             timed.insert(node)
             deadMembers.remove(node)
         case .dead:
@@ -519,6 +541,7 @@ public struct SWIMInstance: Sendable {
         }
         nextRoundAt = now
         nextGossipAt = now
+        timersCheckedUntil = 0
     }
 
     private mutating func expireRelays(now: UInt64, into out: inout [SWIMDirective]) {
@@ -532,18 +555,22 @@ public struct SWIMInstance: Sendable {
     }
 
     private mutating func expireTimers(now: UInt64, into out: inout [SWIMDirective]) {
-        guard !timed.isEmpty else { return }
+        guard !timed.isEmpty, now >= timersCheckedUntil else { return }
+        var next = UInt64.max
         for name in timed.sorted() {
             guard let peer = peers[name] else { continue }
             switch peer.state {
-            case .suspect(let suspicion) where now >= suspicion.since &+ suspicionTimeout(suspicion):
-                setState(name, .dead, now: now, into: &out)
-            case .unconfirmed(let deadline) where now >= deadline:
-                setState(name, .dead, now: now, into: &out)
+            case .suspect(let suspicion):
+                let deadline = suspicion.since &+ suspicionTimeout(suspicion)
+                if now >= deadline { setState(name, .dead, now: now, into: &out) } else { next = min(next, deadline) }
+            case .unconfirmed(let deadline):
+                if now >= deadline { setState(name, .dead, now: now, into: &out) } else { next = min(next, deadline) }
             default:
                 break
             }
         }
+        // The scan only declares deaths; a timer added or shortened later resets this to 0.
+        timersCheckedUntil = next
     }
 
     private mutating func concludeProbes(now: UInt64, into out: inout [SWIMDirective]) {
@@ -711,16 +738,22 @@ public struct SWIMInstance: Sendable {
     }
 
     private mutating func pingUnconfirmed(into out: inout [SWIMDirective]) {
-        let pending = pendingSeeds
-        guard !pending.isEmpty else { return }
-        let count = min(pending.count, max(1, settings.maxPingsPerRoundToUnconfirmed))
-        for offset in 0..<count {
-            let name = pending[(seedPingCursor + offset) % pending.count]
-            guard let address = peers[name]?.address else { continue }
+        var picked = 0
+        var visited = 0
+        let limit = max(1, settings.maxPingsPerRoundToUnconfirmed)
+        while picked < limit && !seedOrder.isEmpty && visited < seedOrder.count {
+            if seedPingCursor >= seedOrder.count { seedPingCursor = 0 }
+            let name = seedOrder[seedPingCursor]
+            guard case .unconfirmed? = peers[name]?.state, let address = peers[name]?.address else {
+                seedOrder.remove(at: seedPingCursor)
+                continue
+            }
+            visited += 1
+            picked += 1
+            seedPingCursor += 1
             out.append(.send(.ping(sequence: takeSequence(), gossip: gossip(for: name, full: false)),
                              to: name, address: address))
         }
-        seedPingCursor = (seedPingCursor + count) % max(1, pending.count)
     }
 
     private mutating func pingDead(into out: inout [SWIMDirective]) {
@@ -766,7 +799,7 @@ public struct SWIMInstance: Sendable {
         let hint = update(for: recipient).flatMap { $0.status == .alive ? nil : $0 }
         if let hint { result.append(hint) }
         if full {
-            for name in peers.keys.sorted() where name != recipient {
+            for name in sortedNames where name != recipient {
                 guard result.count < Self.maxFullSync + 2 else { break }
                 if let known = update(for: name) { result.append(known) }
             }
