@@ -122,6 +122,7 @@ public struct SWIMInstance: Sendable {
     private var sortedNames: [NodeID] = []
     /// Configured seeds in ping order; confirmed ones are dropped as the cursor meets them.
     private var seedOrder: [NodeID] = []
+    private var configuredSeeds: Set<NodeID> = []
     private var deadMembers: Set<NodeID> = []
     private var deadPingCursor = 0
     private var seedPingCursor = 0
@@ -170,6 +171,7 @@ public struct SWIMInstance: Sendable {
         }
         sortedNames = peers.keys.sorted()
         seedOrder = sortedNames
+        configuredSeeds = Set(sortedNames)
     }
 
     // MARK: - Views
@@ -297,7 +299,10 @@ public struct SWIMInstance: Sendable {
         guard !node.isEmpty, node != myself.node, instance != 0 else { return [] }
         if let known = peers[node], known.instance != 0, instance < known.instance { return [] }
         var out: [SWIMDirective] = []
-        let firstContact = peers[node]?.instance != instance
+        // A newcomer gets the whole membership, unless it is one of our configured seeds: then
+        // it has every member configured too and confirms them by its own seed pings (a full
+        // answer per pair of a 1,000-node static cluster starting would be ~11 GB).
+        let firstContact = peers[node]?.instance != instance && !configuredSeeds.contains(node)
         for update in message.gossip.prefix(Self.maxGossipProcessed) {
             merge(update, messenger: node, now: now, into: &out)
         }
@@ -305,7 +310,7 @@ public struct SWIMInstance: Sendable {
 
         switch message {
         case .ping(let sequence, _):
-            // A newcomer gets the whole membership at once: that is the join, and rumours about
+            // That is the join for a node that knows only some seeds, and rumours about
             // long-settled members are no longer being gossiped.
             let gossip = gossip(for: node, full: firstContact)
             out.append(.send(.ack(sequence: sequence, target: myself.node, gossip: gossip), to: node, address: address))

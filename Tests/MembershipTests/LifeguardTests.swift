@@ -333,4 +333,17 @@ final class LifeguardTests: XCTestCase {
         XCTAssertEqual(swim.member("c")?.instance, 21)
         XCTAssertEqual(swim.pendingRumourCount, 2)
     }
+
+    func testAConfiguredSeedGetsNoFullMembershipAnswer() {
+        var swim = SWIMInstance(myself: "a", address: "addr-a", instance: 500,
+                                seeds: [(node: "b", address: "addr-b"), (node: "c", address: "addr-c")],
+                                settings: settings, nowMillis: now)
+        _ = swim.receive(.ping(sequence: 1, gossip: []), from: "c", instance: 20, address: "addr-c", nowMillis: now)
+        let fromSeed = swim.receive(.ping(sequence: 2, gossip: []), from: "b", instance: 10, address: "addr-b", nowMillis: now)
+        guard case .send(.ack(_, _, let seedGossip), "b", _)? = fromSeed.last else { return XCTFail("no ack: \(fromSeed)") }
+        XCTAssertEqual(seedGossip.map(\.node), ["a"], "b has every member configured: it confirms them itself")
+        let fromStranger = swim.receive(.ping(sequence: 3, gossip: []), from: "x", instance: 5, address: "addr-x", nowMillis: now)
+        guard case .send(.ack(_, _, let strangerGossip), "x", _)? = fromStranger.last else { return XCTFail("no ack") }
+        XCTAssertEqual(Set(strangerGossip.map(\.node)), ["a", "b", "c"], "a node we did not configure gets the whole view")
+    }
 }
