@@ -105,6 +105,7 @@ public final class Simulator {
     // Measurements
     private var bytesByPhase: [Phase: Int] = [:]
     private var steadyBytesByKind: [String: Int] = [:]
+    private var joinBytesByKind: [String: Int] = [:]
     private var phaseDuration: [Phase: UInt64] = [:]
     private var rotationTracks: [VersionID: RotationTrack] = [:]
     private var convergeTimes: [UInt64] = []
@@ -483,6 +484,7 @@ public final class Simulator {
         let bytes = size(of: message)
         bytesByPhase[phase, default: 0] += bytes
         if phase == .steady { steadyBytesByKind[Self.kind(of: message), default: 0] += bytes }
+        if phase == .join { joinBytesByKind[Self.kind(of: message), default: 0] += bytes }
         if config.lossRate > 0, Double.random(in: 0..<1, using: &rng) < config.lossRate {
             breakLink(node.index, target)
             return
@@ -918,6 +920,11 @@ public final class Simulator {
     }
 
     public var findings: [String] { log + violations }
+
+    /// Start-up bytes per node by message kind.
+    public var joinTraffic: String {
+        joinBytesByKind.keys.sorted().map { "\($0)=\((joinBytesByKind[$0] ?? 0) / max(1, nodes.count))" }.joined(separator: " ")
+    }
 
     /// Steady-phase bytes per node per second by message kind.
     public var steadyTraffic: String {

@@ -65,6 +65,7 @@ struct KeystoreSim: ParsableCommand {
         let simulator = try Simulator(config: config)
         let report = simulator.run()
         for finding in simulator.findings.prefix(20) { print("finding: \(finding)") }
+        print("start-up traffic, bytes per node by kind: \(simulator.joinTraffic)")
         print("steady traffic, bytes per node per second by kind: \(simulator.steadyTraffic)")
         if !report.passed {
             print("replay: \(config.replayCommand) --verbose")
