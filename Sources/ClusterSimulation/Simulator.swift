@@ -174,9 +174,10 @@ public final class Simulator {
             now = time
             if now > hardStop || phase == .done { break }
             events += 1
-            if config.progress && events % 1_000_000 == 0 {
+            if config.progress && events % 200_000 == 0 {
                 let rumours = nodes.reduce(0) { $0 + $1.swim.pendingRumourCount }
-                progress("\(events) events, \(queue.count) queued, \(rumours) rumours pending")
+                let joining = nodes.filter { $0.up && !$0.ready }.count
+                progress("\(events) events, \(queue.count) queued, \(rumours) rumours pending, \(joining) joining, \(convergeTimes.count) rotations, \(detectTimes.count) crashes measured")
             }
             handle(action)
         }
