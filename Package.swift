@@ -12,6 +12,7 @@ let package = Package(
         // Exposed for the fuzz harnesses in Fuzz/ (a separate package depending on this one).
         .library(name: "SecretMemory", targets: ["SecretMemory"]),
         .library(name: "KeystoreConfig", targets: ["KeystoreConfig"]),
+        .library(name: "KeystoreAPI", targets: ["KeystoreAPI"]),
         .library(name: "ReplicatedStore", targets: ["ReplicatedStore"]),
         .library(name: "PeerWire", targets: ["PeerWire"]),
         // The replication core, for keystore-sim and other in-process drivers.
@@ -45,8 +46,12 @@ let package = Package(
 
         // Secret bytes in locked, guarded, zero-on-free libsodium memory.
         .target(name: "SecretMemory", dependencies: ["CSodium", "CSystemShims"]),
+        // A strict JSON reader (duplicate keys, exact positions, depth limit) and strict body decoding.
+        .target(name: "KeystoreJSON", dependencies: []),
+        // The local API contract shared by server, client and CLI: routes, permissions, Codable bodies.
+        .target(name: "KeystoreAPI", dependencies: ["KeystoreJSON"]),
         // The v1 cluster.json schema: parsing, {node} substitution, validation, PSK files.
-        .target(name: "KeystoreConfig", dependencies: []),
+        .target(name: "KeystoreConfig", dependencies: ["KeystoreJSON", "KeystoreAPI"]),
         // Replicated key/registry state: HLC, deterministic merge, digests (pure, no I/O).
         .target(name: "ReplicatedStore", dependencies: []),
         // SWIM-style membership state machine (pure, no I/O).
@@ -55,6 +60,10 @@ let package = Package(
         .target(name: "Replication", dependencies: ["ReplicatedStore", "Membership"]),
         // X.509 parsing (OpenSSL), JIDs, and the XEP-0257 append/verify rules (pure).
         .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims"]),
+        // MongooseIM mod_auth_token token bodies: build and take apart (pure: no keys, no clock).
+        .target(name: "TokenFormat", dependencies: []),
+        // HMAC with keys in protected memory (system OpenSSL), constant-time verification (libsodium).
+        .target(name: "KeyCrypto", dependencies: ["COpenSSL", "CSodium", "SecretMemory"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.
         .target(name: "RegistryDatabase", dependencies: ["CSQLite"]),
         // Mutual TLS 1.3 between peers over system OpenSSL, as a NIO ChannelHandler.
@@ -68,10 +77,10 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         // Blocking HTTP/1.1-over-Unix-socket client for the local API (CLI and tests).
-        .target(name: "KeystoreClient", dependencies: []),
+        .target(name: "KeystoreClient", dependencies: ["KeystoreAPI", "KeystoreJSON"]),
         // The local HTTP/1.1 + JSON API on a Unix socket with SO_PEERCRED ACLs.
         .target(name: "LocalAPI", dependencies: [
-            "KeystoreConfig", "CSystemShims",
+            "KeystoreConfig", "KeystoreAPI", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -80,7 +89,7 @@ let package = Package(
         // One keystored node: key vault, API handlers, cluster shell.
         .target(name: "KeystoreNode", dependencies: [
             "SecretMemory", "KeystoreConfig", "ReplicatedStore", "Membership", "Replication", "PeerTLS", "PeerWire", "LocalAPI",
-            "CertificateRegistry", "RegistryDatabase",
+            "CertificateRegistry", "RegistryDatabase", "KeystoreAPI", "KeystoreJSON",
             "CSodium", "CSystemShims",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -91,7 +100,7 @@ let package = Package(
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "keystored", dependencies: [
-            "KeystoreNode",
+            "KeystoreNode", "KeystoreAPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
@@ -115,15 +124,19 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "keystorectl", dependencies: [
-            "KeystoreClient",
+            "KeystoreClient", "KeystoreAPI", "KeystoreJSON",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .testTarget(name: "SecretMemoryTests", dependencies: ["SecretMemory"]),
-        .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig"]),
+        .testTarget(name: "KeystoreConfigTests", dependencies: ["KeystoreConfig", "KeystoreAPI", "KeystoreJSON"]),
+        .testTarget(name: "KeystoreAPITests", dependencies: ["KeystoreAPI", "KeystoreJSON"]),
         .testTarget(name: "RegistryDatabaseTests", dependencies: ["RegistryDatabase"]),
         .testTarget(name: "CertificateRegistryTests", dependencies: ["CertificateRegistry", "COpenSSL"]),
         .testTarget(name: "ReplicatedStoreTests", dependencies: ["ReplicatedStore"]),
+        .testTarget(name: "KeyCryptoTests", dependencies: ["KeyCrypto", "SecretMemory"]),
+        // Cross-checks tokens with an independent implementation (Debian's /usr/bin/python3).
+        .testTarget(name: "TokenFormatTests", dependencies: ["TokenFormat", "KeyCrypto", "SecretMemory"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
         // A few seeds of the cluster simulation at 100 nodes (CI), judged by its invariants.
         .testTarget(name: "SimulationTests", dependencies: ["ClusterSimulation"]),
@@ -139,13 +152,17 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "LocalAPITests", dependencies: [
-            "LocalAPI", "KeystoreNode", "KeystoreClient",
+            "LocalAPI", "KeystoreNode", "KeystoreClient", "KeystoreAPI", "RegistryDatabase", "PeerWire",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
-        .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "keystorectl"]),
+        .testTarget(name: "KeystoreClientTests", dependencies: ["KeystoreClient", "KeystoreAPI", "KeystoreJSON", "keystorectl"]),
         // Spawns real keystored processes (single node and clusters) and talks to their sockets.
-        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["KeystoreClient", "KeystoreAPI", "keystored", "keystorectl"]),
+        // End to end with Debian's Prosody running integrations/prosody and slixmpp clients, against
+        // real keystored nodes. NodeHarness.swift and UserCertificates.swift are symlinks to the
+        // IntegrationTests files (one harness, compiled into both targets).
+        .testTarget(name: "ProsodyIntegrationTests", dependencies: ["KeystoreClient", "keystored", "keystorectl"]),
     ]
 )

@@ -26,6 +26,7 @@ let package = Package(
         .executableTarget(name: "FuzzPeerFrames", dependencies: [
             "FuzzSupport",
             .product(name: "PeerWire", package: "keystore"),
+            .product(name: "Replication", package: "keystore"),
             .product(name: "SecretMemory", package: "keystore"),
             .product(name: "NIOCore", package: "swift-nio"),
         ], swiftSettings: harness),

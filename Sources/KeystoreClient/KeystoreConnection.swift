@@ -25,15 +25,6 @@ public struct HTTPResponse: Sendable {
         let wanted = name.lowercased()
         return headers.first { $0.0.lowercased() == wanted }?.1
     }
-
-    /// The body as JSONSerialization objects (fragments allowed).
-    public func json() throws -> Any {
-        do {
-            return try JSONSerialization.jsonObject(with: Data(body), options: [.fragmentsAllowed])
-        } catch {
-            throw KeystoreClientError.malformedResponse("HTTP \(status) body is not valid JSON")
-        }
-    }
 }
 
 /// Limits that keep a broken or hostile peer from making the client allocate without bound.

@@ -1,3 +1,4 @@
+import KeystoreAPI
 /// Decides what a local caller (identified by SO_PEERCRED) may do. Pure and immutable so the
 /// API can share one instance across event loops and swap it atomically on reload.
 public struct AccessControl: Sendable {

@@ -1,3 +1,4 @@
+import KeystoreAPI
 /// Every way a cluster config can be rejected. `description` is the single line keystored
 /// prints before exiting, so each message names the offending field (as a path such as
 /// `domains["first.com"].keys[1].path`) and says how to fix it. Values echoed back are
@@ -15,6 +16,8 @@ public enum ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
     case noNodes(field: String)
     case unknownNode(name: String, configured: [String])
     case badNodeName(field: String, name: String)
+    case badClusterName(field: String, name: String)
+    case badEnumValue(field: String, value: String, allowed: [String])
     case badPeer(field: String, value: String, reason: String)
     case portOutOfRange(field: String, value: String)
     case socketPathTooLong(field: String, path: String, bytes: Int)
@@ -65,6 +68,10 @@ public enum ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
             return "\(field): at least one node is required; add an entry like \"node1\": {\"peer\": ..., \"socket\": ..., \"data_dir\": ...}"
         case let .unknownNode(name, configured):
             return "unknown node name \(q(name)); configured: \(configured.joined(separator: ", ")); pass one of them to --node"
+        case let .badEnumValue(field, value, allowed):
+            return "\(field): \(q(value)) is not one of \(allowed.joined(separator: ", "))"
+        case let .badClusterName(field, name):
+            return "\(field): bad cluster name \(q(name)) (\(name.utf8.count) bytes); use 1-64 characters from [A-Za-z0-9._-] starting with a letter or digit: every node sends it to its peers and they must compare equal"
         case let .badNodeName(field, name):
             return "\(field): bad node name \(q(name)); use a lowercase DNS label ([a-z0-9], inner '-', 1-63 chars) matching the DNS: name in its certificate"
         case let .badPeer(field, value, reason):

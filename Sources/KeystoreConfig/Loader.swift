@@ -1,3 +1,5 @@
+import KeystoreAPI
+import KeystoreJSON
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -30,7 +32,7 @@ extension ClusterConfig {
         let file = configFile.map { PathUtil.absolute($0, relativeTo: directory) } ?? directory
         let document: JSONValue
         do {
-            document = try JSONReader.parse(json)
+            document = try JSONReader.parse(json, allowComments: true)
         } catch {
             throw ConfigError.syntax(file: file, line: error.line, column: error.column, message: error.message)
         }
@@ -185,7 +187,7 @@ struct Loader {
     let configFile: String
 
     static let topLevelFields = ["cluster", "tls", "join_timeout_ms", "grace_period_s", "ram_key_size",
-                                 "nodes", "domains", "clients"]
+                                 "log_level", "nodes", "domains", "clients"]
     static let tlsFields = ["ca", "cert", "key"]
     static let nodeFields = ["peer", "socket", "socket_mode", "socket_group", "data_dir", "metrics"]
     static let domainFields = ["ram_key_size", "keys"]
@@ -204,10 +206,18 @@ struct Loader {
         let top = try ObjectFields(document, path: "", allowed: Self.topLevelFields)
 
         let cluster = try nonEmpty(top.string("cluster", required: true) ?? "", path: top.path("cluster"))
+        guard Syntax.isClusterName(cluster) else { throw .badClusterName(field: top.path("cluster"), name: cluster) }
         let tls = try loadTLS(top.required("tls"), path: top.path("tls"))
         let joinTimeout = try top.integer("join_timeout_ms", default: 3000, range: Self.joinTimeoutRange)
         let grace = try top.integer("grace_period_s", default: 3600, range: Self.gracePeriodRange)
         let ramKeySize = try top.integer("ram_key_size", default: 2048, range: Self.ramKeySizeRange)
+        var logLevel: LogLevelSetting?
+        if let raw = try top.string("log_level", required: false) {
+            guard let level = LogLevelSetting(rawValue: raw) else {
+                throw .badEnumValue(field: top.path("log_level"), value: raw, allowed: LogLevelSetting.allCases.map(\.rawValue))
+            }
+            logLevel = level
+        }
 
         let nodes = try loadNodes(top.required("nodes"), path: top.path("nodes"))
         guard nodes.contains(where: { $0.name == nodeName }) else {
@@ -236,9 +246,11 @@ struct Loader {
         for node in nodes { nodeMap[node.name] = node.config }
         var domainMap: [String: DomainConfig] = [:]
         for domain in domains { domainMap[domain.name] = domain.config }
-        return ClusterConfig(cluster: cluster, configFile: configFile, tls: tls, joinTimeoutMillis: joinTimeout,
-                             gracePeriodSeconds: grace, ramKeySize: ramKeySize, nodes: nodeMap,
-                             domains: domainMap, clients: clients, nodeName: nodeName)
+        var config = ClusterConfig(cluster: cluster, configFile: configFile, tls: tls, joinTimeoutMillis: joinTimeout,
+                                   gracePeriodSeconds: grace, ramKeySize: ramKeySize, nodes: nodeMap,
+                                   domains: domainMap, clients: clients, nodeName: nodeName)
+        config.logLevel = logLevel
+        return config
     }
 
     // MARK: strings and paths

@@ -1,3 +1,4 @@
+import KeystoreAPI
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -22,6 +23,8 @@ public struct ClusterConfig: Sendable {
     public var domains: [String: DomainConfig]
     /// Empty when `clients` is absent: then only the daemon's own uid gets access.
     public var clients: [ClientRule]
+    /// `log_level`: applied at start (unless `--log-level` is given) and on every reload.
+    public var logLevel: LogLevelSetting?
     /// The `--node` this config was loaded for; `{node}` outside `nodes` was replaced by it.
     public let nodeName: String
 
@@ -150,15 +153,7 @@ public struct ClientRule: Sendable, Equatable {
     }
 }
 
-public enum Permission: String, Sendable, CaseIterable, Hashable {
-    case all = "*"
-    case keysRead = "keys:read"
-    case keysRotate = "keys:rotate"
-    case certsRead = "certs:read"
-    case certsWrite = "certs:write"
-    case certsVerify = "certs:verify"
-    case clusterRead = "cluster:read"
-    case eventsRead = "events:read"
-    /// Reload (SIGHUP equivalent) and other node-wide operations.
-    case admin = "admin"
+/// The `log_level` values (swift-log's levels, by name).
+public enum LogLevelSetting: String, Sendable, CaseIterable, Equatable {
+    case trace, debug, info, notice, warning, error, critical
 }

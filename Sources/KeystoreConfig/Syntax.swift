@@ -43,6 +43,14 @@ enum Syntax {
         }
     }
 
+    /// `[A-Za-z0-9][A-Za-z0-9_.-]{0,63}`: the cluster name travels in every peer hello and must
+    /// arrive exactly as configured (no control characters, nothing a frame would have to cut).
+    static func isClusterName(_ s: String) -> Bool {
+        let bytes = Array(s.utf8)
+        guard let first = bytes.first, bytes.count <= 64, first != 0x2E, first != 0x2D, first != 0x5F else { return false }
+        return isKeyName(s)
+    }
+
     /// Octal permission string of 3 or 4 digits, at most 0777 (no setuid/sticky bits on a socket).
     static func parseMode(_ s: String) -> UInt32? {
         let bytes = Array(s.utf8)

@@ -1,58 +1,55 @@
-import KeystoreConfig
-import LocalAPI
-import Logging
 import CertificateRegistry
 import Dispatch
 import Foundation
+import KeystoreAPI
+import KeystoreConfig
+import KeystoreJSON
+import LocalAPI
+import Logging
 import NIOCore
 import NIOHTTP1
 import ReplicatedStore
 import SecretMemory
 
-/// What the router needs from the rest of the node.
-public protocol NodeServices: AnyObject, Sendable {
-    var state: NodeState { get }
-    /// Locally created versions to push to peers.
-    func publish(_ delta: StoreDelta)
+/// What the router needs to know about the running node besides its operations.
+public protocol NodeEnvironment: AnyObject, Sendable {
     func clusterStatus() -> ClusterStatus
-    /// Reread PSK files; returns the keys whose content changed.
-    func reload() throws -> [KeyRef]
     /// Whether secret memory is locked (else health shows a warning).
     var memoryLocked: Bool { get }
-    var events: EventHub { get }
-    var metrics: NodeMetrics { get }
-    var certificates: CertificateService { get }
-    var logger: Logger { get }
 }
 
-public let keystoreVersion = "0.2.0"
-
-/// Routes local API requests (DESIGN.md "HTTP routes"), enforcing the per-domain ACL first so
-/// a caller learns nothing about domains it may not use.
+/// The local API's edge: matches a request against the contract's route table, enforces the
+/// route's permission before anything else (a caller learns nothing about domains it may not
+/// use), decodes the body strictly, calls one operation or query, and encodes the answer with
+/// the contract's types. Node errors become HTTP errors here and nowhere else.
 public final class APIRouter: APIResponder {
-    let services: NodeServices
-    let acl: AccessControl
-    let domains: [String: DomainConfig]
+    let node: NodeOperations
+    let environment: NodeEnvironment
+    /// The daemon's own uid, always allowed (the ACL rules come from the current config).
+    let daemonUID: UInt32
 
-    public init(services: NodeServices, acl: AccessControl) {
-        self.services = services
-        self.acl = acl
-        self.domains = services.state.config.domains
+    init(node: NodeOperations, environment: NodeEnvironment, daemonUID: UInt32) {
+        self.node = node
+        self.environment = environment
+        self.daemonUID = daemonUID
     }
+
+    /// The ACL and domains of the config in force (a reload swaps them between requests).
+    private var acl: AccessControl { node.state.config.accessControl(daemonUID: daemonUID) }
+    private var domains: [String: DomainConfig] { node.state.config.domains }
+
+    private var logger: Logger { node.logger }
 
     public func handle(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) -> APIResult {
         let started = DispatchTime.now().uptimeNanoseconds
-        var label = "unknown"
+        var label = "other"
         let result: APIResult
         do {
             result = try route(request, allocator: allocator, eventLoop: eventLoop, label: &label)
-        } catch let error as APIError {
-            result = .response(.error(error, allocator: allocator))
         } catch {
-            services.logger.error("request \(request.requestID) failed: \(error)")
-            result = .response(.error(APIError(.internalError, "internal error; see the node's log (request \(request.requestID))"), allocator: allocator))
+            result = .response(.error(error, allocator: allocator))
         }
-        let metrics = services.metrics
+        let metrics = node.metrics
         let routeLabel = label
         switch result {
         case .response(let response):
@@ -72,166 +69,156 @@ public final class APIRouter: APIResponder {
         return result
     }
 
-    private func require(_ permission: Permission, domain: String?, _ request: APIRequest) throws(APIError) {
-        let caller = request.caller
-        guard acl.permits(uid: caller.uid, gids: [caller.gid], permission: permission, domain: domain) else {
-            services.logger.notice("request \(request.requestID): uid \(caller.uid) gid \(caller.gid) denied \(permission.rawValue) on \(domain ?? "*")")
-            let scope = domain.map { "domain \($0)" } ?? "this node"
-            throw APIError(.forbidden, "uid \(caller.uid) (gid \(caller.gid)) is not allowed \(permission.rawValue) on \(scope); add a clients rule to the config")
-        }
-    }
-
-    private func requireMethod(_ request: APIRequest, _ allowed: HTTPMethod) throws(APIError) {
-        guard request.method == allowed else {
-            throw APIError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(request.uri); use \(allowed.rawValue)")
-        }
-    }
-
-    private func domain(_ name: String) throws(APIError) -> DomainConfig {
-        guard let domain = domains[name] else { throw APIError(.notFound, "no domain \(name) on this node") }
-        return domain
-    }
+    // MARK: Dispatch
 
     /// `label` receives the route template (low cardinality, no user data) for metrics.
-    private func route(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop, label: inout String) throws -> APIResult {
-        guard let path = request.pathSegments else {
+    private func route(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop,
+                       label: inout String) throws(APIError) -> APIResult {
+        guard let segments = request.pathSegments else {
             throw APIError(.badRequest, "request path is not valid percent-encoded UTF-8")
         }
-        label = APIRouter.routeLabel(path)
-        switch path.count {
-        case 1 where path[0] == "metrics":
-            try requireMethod(request, .GET)
-            return .response(metricsResponse(services.metrics, allocator))
-        case 2 where path[0] == "v1" && path[1] == "health":
-            try requireMethod(request, .GET)
-            return .response(health(allocator))
-        case 2 where path[0] == "v1" && path[1] == "cluster":
-            try requireMethod(request, .GET)
-            try require(.clusterRead, domain: nil, request)
-            return .response(cluster(allocator))
-        case 2 where path[0] == "v1" && path[1] == "reload":
-            try requireMethod(request, .POST)
-            try require(.admin, domain: nil, request)
-            let changed: [KeyRef]
-            do {
-                changed = try services.reload()
-            } catch let error as ConfigError {
-                throw APIError(.conflict, "reload refused, previous keys kept: \(error.description)")
-            }
-            var json = JSONWriter(allocator: allocator)
-            json.beginObject()
-            json.key("reloaded"); json.bool(true)
-            json.key("changed"); json.beginArray()
-            for ref in changed { json.string("\(ref.domain)/\(ref.name)") }
-            json.endArray()
-            json.endObject(); json.newline()
-            return .response(APIResponse(body: json.buffer))
-        case 2 where path[0] == "v1" && path[1] == "events":
-            try requireMethod(request, .GET)
-            let caller = request.caller
-            let all = domains.keys.sorted()
-            let visible = acl.visibleDomains(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, allDomains: all)
-            let nodeWide = acl.permits(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, domain: nil)
-            if !nodeWide && visible.isEmpty { try require(.eventsRead, domain: nil, request) }
-            let subscription = services.events.subscribe(domains: nodeWide ? nil : Set(visible), nodeWide: nodeWide)
-            return .stream(status: .ok, subscription)
-        case 4 where path[0] == "v1" && path[1] == "domains" && path[3] == "keys":
-            try requireMethod(request, .GET)
-            try require(.keysRead, domain: path[2], request)
-            return .response(listKeys(try domain(path[2]), allocator))
-        case 5 where path[0] == "v1" && path[1] == "domains" && path[3] == "keys":
-            try requireMethod(request, .GET)
-            try require(.keysRead, domain: path[2], request)
-            return .response(try getKey(try domain(path[2]), name: path[4], allocator))
-        case 6 where path[0] == "v1" && path[1] == "domains" && path[3] == "keys" && path[5] == "rotate":
-            try requireMethod(request, .POST)
-            try require(.keysRotate, domain: path[2], request)
-            return .response(try rotate(try domain(path[2]), name: path[4], request, allocator))
-        case 6 where path[0] == "v1" && path[1] == "domains" && path[3] == "users" && path[5] == "certs":
-            try require(request.method == .GET ? .certsRead : .certsWrite, domain: path[2], request)
-            let domain = try domain(path[2]).name
-            let user = try userJID(path[4], domain: domain)
-            if request.method == .GET {
-                try requireReady()
-                let all = request.uri.contains("all=1") || request.uri.contains("all=true")
-                return .response(listCertificates(services.certificates.list(domain: domain, user: user, includeRemoved: all), user: user, allocator))
-            }
-            try requireMethod(request, .POST)
+        let endpoint: Endpoint
+        let parameters: RouteParameters
+        let match = RouteTable.match(method: request.method.rawValue, segments: segments)
+        label = Self.metricLabel(match)
+        switch match {
+        case .notFound:
+            throw APIError(.notFound, "no route \(request.method.rawValue) \(request.uri); see docs/api.md for the v1 routes")
+        case .methodNotAllowed(let allowed):
+            throw APIError(.methodNotAllowed, "\(request.method.rawValue) is not allowed on \(request.uri); use \(allowed.map(\.rawValue).joined(separator: " or "))")
+        case .matched(let found, let values):
+            endpoint = found
+            parameters = values
+        }
+        let spec = endpoint.spec
+        switch spec.access {
+        case .open, .filtered: break
+        case .node(let permission): try require(permission, domain: nil, request)
+        case .domain(let permission): try require(permission, domain: parameters.domain, request)
+        }
+        let query: QueryParameters
+        do { query = try QueryParameters(parsing: request.query, allowed: spec.query) } catch {
+            throw APIError(.badRequest, error.description)
+        }
+
+        switch endpoint {
+        case .health:
+            return .response(try encode(health(), allocator))
+        case .metrics:
+            return .response(metricsResponse(node.metrics, allocator))
+        case .cluster:
+            return .response(try encode(cluster(), allocator))
+        case .reload:
+            let (changed, changes) = try mapped { () throws(NodeError) in try node.reload() }
+            return .response(try encode(ReloadResponse(reloaded: true, changed: changed.map(\.description), config: changes.summary), allocator))
+        case .events:
+            return try events(request, since: query["since"])
+        case .listKeys:
+            return .response(try encode(listKeys(try domain(parameters)), allocator))
+        case .getKey:
+            return .response(try getKey(KeyRef(domain: try domain(parameters).name, name: parameters.key!), allocator))
+        case .rotateKey:
+            let ref = KeyRef(domain: try domain(parameters).name, name: parameters.key!)
+            let views = try mapped { () throws(NodeError) in try node.rotate(ref, requestID: request.requestID) }
+            return .response(try encode(KeyResponse(domain: ref.domain, name: ref.name, type: .ram, versions: views.map { Self.info($0, key: nil) }), allocator))
+        case .signHMAC, .verifyHMAC, .issueToken, .verifyToken, .revokeTokens:
+            throw APIError(.notFound, "\(spec.template) is not available in this build")
+        case .listCerts:
+            let (domain, user) = try account(parameters)
             try requireReady()
-            let body = try jsonBody(request)
-            guard let name = body["name"] as? String else { throw APIError(.badRequest, "body needs \"name\": a string naming the certificate") }
-            guard let certificate = body["certificate"] as? String else {
-                throw APIError(.badRequest, "body needs \"certificate\": the certificate as PEM or base64 DER")
-            }
-            let noCertManagement: Bool
-            switch body["no_cert_management"] {
-            case nil: noCertManagement = false
-            case let flag as Bool: noCertManagement = flag
-            default: throw APIError(.badRequest, "\"no_cert_management\" must be true or false")
-            }
-            let future = try services.certificates.append(domain: domain, user: user, name: name, certificateText: certificate,
-                                                          noCertManagement: noCertManagement, eventLoop: eventLoop)
-            let services = self.services
-            return .deferred(future.map { record in
-                services.publish(StoreDelta(certificates: [record]))
-                services.logger.info("request \(request.requestID): uid \(request.caller.uid) registered certificate '\(name)' for \(user)")
-                var json = JSONWriter(allocator: allocator)
-                APIRouter.writeCertificate(record, into: &json)
-                json.newline()
-                return APIResponse(status: .created, body: json.buffer)
-            })
-        case 8 where path[0] == "v1" && path[1] == "domains" && path[3] == "users" && path[5] == "certs"
-                     && (path[7] == "disable" || path[7] == "revoke"):
-            try requireMethod(request, .POST)
-            try require(.certsWrite, domain: path[2], request)
-            let domain = try domain(path[2]).name
+            guard let all = query.flag("all") else { throw APIError(.badRequest, "query parameter 'all' must be 1, 0, true or false") }
+            let records = node.certificates(domain: domain, user: user, includeRemoved: all)
+            return .response(try encode(CertificateListResponse(user: user.description, certs: records.compactMap(Self.entry)), allocator))
+        case .addCert:
+            let (domain, user) = try account(parameters)
             try requireReady()
-            let user = try userJID(path[4], domain: domain)
-            let kind: RemovalKind = path[7] == "revoke" ? .revoked : .disabled
-            let name = path[6]
-            let future = try services.certificates.remove(domain: domain, user: user, name: name, kind: kind, eventLoop: eventLoop)
-            let services = self.services
-            return .deferred(future.map { record in
-                services.publish(StoreDelta(certificates: [record]))
-                services.logger.info("request \(request.requestID): uid \(request.caller.uid) \(path[7] == "revoke" ? "revoked" : "disabled") certificate '\(name)' of \(user)")
-                var json = JSONWriter(allocator: allocator)
-                APIRouter.writeCertificate(record, into: &json)
-                json.newline()
-                return APIResponse(body: json.buffer)
-            })
-        case 4 where path[0] == "v1" && path[1] == "domains" && path[3] == "sasl-external":
-            try requireMethod(request, .POST)
-            try require(.certsVerify, domain: path[2], request)
-            let domain = try domain(path[2]).name
+            let body = try decode(AddCertificateRequest.self, request)
+            let future = node.appendCertificate(domain: domain, user: user, name: body.name, certificate: body.certificate,
+                                                noCertManagement: body.noCertManagement ?? false, requestID: request.requestID)
+            return deferred(future, allocator) { record in (Self.entry(record), .created) }
+        case .disableCert, .revokeCert:
+            let (domain, user) = try account(parameters)
             try requireReady()
-            let body = try jsonBody(request)
-            guard let certificate = body["certificate"] as? String else {
-                throw APIError(.badRequest, "body needs \"certificate\": the client certificate as PEM or base64 DER")
+            let kind: RemovalKind = endpoint == .revokeCert ? .revoked : .disabled
+            let future = node.removeCertificates(domain: domain, user: user, name: parameters.name!, kind: kind, requestID: request.requestID)
+            return deferred(future, allocator) { records in (CertificateRemovalResponse(certs: records.compactMap(Self.entry)), .ok) }
+        case .revokeAllCerts:
+            let (domain, user) = try account(parameters)
+            try requireReady()
+            let future = node.removeCertificates(domain: domain, user: user, name: nil, kind: .revoked, requestID: request.requestID)
+            return deferred(future, allocator) { records in (CertificateListResponse(user: user.description, certs: records.compactMap(Self.entry)), .ok) }
+        case .certStatus:
+            let domain = try domain(parameters).name
+            try requireReady()
+            let body = try decode(CertificateStatusRequest.self, request)
+            guard body.certs.count <= CertificateStatusRequest.maxCertificates else {
+                throw APIError(.badRequest, "\"certs\" lists \(body.certs.count) certificates; ask for at most \(CertificateStatusRequest.maxCertificates) at a time")
             }
+            var refs: [(user: JID, sha256: [UInt8])] = []
+            for (index, item) in body.certs.enumerated() {
+                let user = try userJID(item.user, domain: domain)
+                guard let sha256 = Self.parseFingerprint(item.fingerprintSHA256) else {
+                    throw APIError(.badRequest, "certs[\(index)].fingerprint_sha256 must be 64 hex digits (the certificate's SHA-256)")
+                }
+                refs.append((user, sha256))
+            }
+            let states = node.certificateStatus(domain: domain, of: refs)
+            let entries = zip(refs, states).map { CertificateStatusEntry(user: $0.0.user.description, fingerprintSHA256: hexString($0.0.sha256), state: $0.1) }
+            return .response(try encode(CertificateStatusResponse(certs: entries), allocator))
+        case .saslExternal:
+            let domain = try domain(parameters).name
+            try requireReady()
+            let body = try decode(SASLExternalRequest.self, request)
             var authzid: JID?
-            if let raw = body["authzid"] {
-                guard let text = raw as? String, let jid = JID(text) else {
+            if let text = body.authzid {
+                guard let jid = JID(text) else {
                     throw APIError(.badRequest, "\"authzid\" must be a JID such as user@\(domain) or user@\(domain)/resource")
                 }
                 authzid = jid
             }
-            let jid = try services.certificates.verify(domain: domain, certificateText: certificate, authzid: authzid)
-            var json = JSONWriter(allocator: allocator)
-            json.beginObject()
-            json.key("jid"); json.string(jid.description)
-            json.endObject(); json.newline()
-            return .response(APIResponse(body: json.buffer))
-        default:
-            throw APIError(.notFound, "no route \(request.method.rawValue) \(request.uri); see DESIGN.md for the v1 routes")
+            let (jid, record) = try mapped { () throws(NodeError) in try node.verifyCertificate(domain: domain, certificate: body.certificate, authzid: authzid) }
+            let content = record.content!
+            return .response(try encode(SASLExternalResponse(jid: jid.description, name: content.name, fingerprintSHA256: hexString(record.id.sha256),
+                                                             noCertManagement: content.noCertManagement,
+                                                             notAfter: iso8601(millis: UInt64(max(0, content.notAfterMillis)))), allocator))
+        }
+    }
+
+    /// The route template, or "other" for anything that is not a route, so clients cannot
+    /// mint metric series (or memory) with made-up paths.
+    static func metricLabel(_ match: RouteMatch) -> String {
+        if case .matched(let endpoint, _) = match { return endpoint.spec.template }
+        return "other"
+    }
+
+    // MARK: Access
+
+    private func require(_ permission: Permission, domain: String?, _ request: APIRequest) throws(APIError) {
+        let caller = request.caller
+        guard acl.permits(uid: caller.uid, gids: [caller.gid], permission: permission, domain: domain) else {
+            logger.notice("request \(request.requestID): uid \(caller.uid) gid \(caller.gid) denied \(permission.rawValue) on \(domain ?? "*")")
+            let scope = domain.map { "domain \($0)" } ?? "this node"
+            throw APIError(.forbidden, "uid \(caller.uid) (gid \(caller.gid)) is not allowed \(permission.rawValue) on \(scope); add a clients rule to the config")
         }
     }
 
     /// Registry answers wait for the join: a restarted node's database may still hold a
     /// certificate that peers revoked while it was down.
     private func requireReady() throws(APIError) {
-        guard services.state.isReady else {
+        guard node.isReady else {
             throw APIError(.notReady, "this node is still catching up with the cluster; retry shortly")
         }
+    }
+
+    private func domain(_ parameters: RouteParameters) throws(APIError) -> DomainConfig {
+        let name = parameters.domain ?? ""
+        guard let domain = domains[name] else { throw APIError(.notFound, "no domain \(name) on this node") }
+        return domain
+    }
+
+    private func account(_ parameters: RouteParameters) throws(APIError) -> (domain: String, user: JID) {
+        let domain = try domain(parameters).name
+        return (domain, try userJID(parameters.user ?? "", domain: domain))
     }
 
     /// `{u}` is the account's localpart (or the bare JID `local@domain`).
@@ -246,159 +233,176 @@ public final class APIRouter: APIResponder {
         return jid
     }
 
-    private func jsonBody(_ request: APIRequest) throws(APIError) -> [String: Any] {
+    // MARK: Bodies and answers
+
+    private func decode<T: StrictlyDecodable>(_ type: T.Type, _ request: APIRequest) throws(APIError) -> T {
         guard request.body.readableBytes > 0 else { throw APIError(.badRequest, "this route needs a JSON object body") }
-        let data = Data(request.body.readableBytesView)
-        guard let object = try? JSONSerialization.jsonObject(with: data), let dictionary = object as? [String: Any] else {
-            throw APIError(.badRequest, "request body is not a JSON object")
+        do {
+            return try StrictJSON.decode(type, from: Array(request.body.readableBytesView))
+        } catch {
+            throw APIError(.badRequest, error.description)
         }
-        return dictionary
     }
 
-    private func listCertificates(_ records: [CertificateRecord], user: JID, _ allocator: ByteBufferAllocator) -> APIResponse {
-        var json = JSONWriter(allocator: allocator, capacity: 256 + 256 * records.count)
-        json.beginObject()
-        json.key("user"); json.string(user.description)
-        json.key("certs"); json.beginArray()
-        for record in records where record.content != nil { APIRouter.writeCertificate(record, into: &json) }
-        json.endArray()
-        json.endObject(); json.newline()
-        return APIResponse(body: json.buffer)
+    private static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
+
+    private func encode<T: Encodable>(_ value: T, _ allocator: ByteBufferAllocator, status: HTTPResponseStatus = .ok) throws(APIError) -> APIResponse {
+        do {
+            var data = try Self.encoder.encode(value)
+            data.append(0x0A)
+            var buffer = allocator.buffer(capacity: data.count)
+            buffer.writeBytes(data)
+            return APIResponse(status: status, body: buffer)
+        } catch {
+            throw APIError(.internalError, "cannot encode the answer: \(error)")
+        }
     }
 
-    static func writeCertificate(_ record: CertificateRecord, into json: inout JSONWriter) {
-        json.beginObject()
-        if let content = record.content {
-            json.key("name"); json.string(content.name)
+    /// An operation that completes later: its value is encoded, its `NodeError` mapped.
+    private func deferred<T, Body: Encodable & Sendable>(_ future: EventLoopFuture<T>, _ allocator: ByteBufferAllocator,
+                                             _ answer: @escaping @Sendable (T) -> (Body, HTTPResponseStatus)) -> APIResult {
+        .deferred(future.flatMapErrorThrowing { error in
+            throw (error as? NodeError).map(Self.apiError) ?? APIError(.internalError, "request failed: \(error)")
+        }.flatMapThrowing { value in
+            let (body, status) = answer(value)
+            return try self.encode(body, allocator, status: status)
+        })
+    }
+
+    /// Runs a synchronous operation, mapping its error.
+    private func mapped<R>(_ body: () throws(NodeError) -> R) throws(APIError) -> R {
+        do { return try body() } catch { throw Self.apiError(error) }
+    }
+
+    /// The one place node errors become HTTP errors.
+    static func apiError(_ error: NodeError) -> APIError {
+        switch error {
+        case .unknownDomain, .unknownKey, .noSuchCertificate: return APIError(.notFound, error.description)
+        case .notRAMKey, .invalidUser, .invalidArgument: return APIError(.badRequest, error.description)
+        case .notReady: return APIError(.notReady, error.description)
+        case .unparsableCertificate: return APIError(.invalidCertificate, error.description)
+        case .registry(let rule):
+            switch rule {
+            case .nameInUse, .alreadyRegistered, .previouslyRemoved: return APIError(.conflict, error.description)
+            case .badName, .userNotBare: return APIError(.badRequest, error.description)
+            default: return APIError(.invalidCertificate, error.description)
+            }
+        case .verification: return APIError(.forbidden, error.description)
+        case .reloadRefused: return APIError(.conflict, error.description)
+        case .notPersisted, .secretMemory: return APIError(.internalError, error.description)
         }
-        json.key("fingerprint_sha256"); json.string(record.id.sha256.map(byteHex).joined())
-        if let content = record.content {
-            json.key("not_before"); json.string(iso8601(millis: UInt64(max(0, content.notBeforeMillis))))
-            json.key("not_after"); json.string(iso8601(millis: UInt64(max(0, content.notAfterMillis))))
-            json.key("jids"); json.strings(content.jids)
-            json.key("no_cert_management"); json.bool(content.noCertManagement)
-            json.key("added"); json.string(iso8601(millis: content.added.wallMillis))
-        }
-        json.key("state")
+    }
+
+    static func entry(_ record: CertificateRecord) -> CertificateEntry? {
+        guard let content = record.content else { return nil }
+        let state: CertificateState
         switch record.removal?.kind {
-        case nil: json.string("active")
-        case .disabled: json.string("disabled")
-        case .revoked: json.string("revoked")
+        case nil: state = .active
+        case .disabled?: state = .disabled
+        case .revoked?: state = .revoked
         }
-        json.endObject()
+        return CertificateEntry(name: content.name, fingerprintSHA256: hexString(record.id.sha256),
+                                notBefore: iso8601(millis: UInt64(max(0, content.notBeforeMillis))),
+                                notAfter: iso8601(millis: UInt64(max(0, content.notAfterMillis))),
+                                jids: content.jids, noCertManagement: content.noCertManagement,
+                                added: iso8601(millis: content.added.wallMillis), state: state,
+                                certificate: state == .active && !content.der.isEmpty ? Data(content.der).base64EncodedString() : nil)
     }
 
-    /// The route template of a path, e.g. `/v1/domains/{d}/keys/{k}`; anything that is not a
-    /// route is "other", so clients cannot mint metric series (or memory) with made-up paths.
-    static func routeLabel(_ path: [String]) -> String {
-        if path == ["metrics"] { return "/metrics" }
-        guard path.first == "v1" else { return "other" }
-        switch path.count {
-        case 2 where ["health", "cluster", "reload", "events"].contains(path[1]):
-            return "/v1/" + path[1]
-        case 4 where path[1] == "domains" && path[3] == "keys": return "/v1/domains/{d}/keys"
-        case 4 where path[1] == "domains" && path[3] == "sasl-external": return "/v1/domains/{d}/sasl-external"
-        case 5 where path[1] == "domains" && path[3] == "keys": return "/v1/domains/{d}/keys/{k}"
-        case 6 where path[1] == "domains" && path[3] == "keys" && path[5] == "rotate": return "/v1/domains/{d}/keys/{k}/rotate"
-        case 6 where path[1] == "domains" && path[3] == "users" && path[5] == "certs": return "/v1/domains/{d}/users/{u}/certs"
-        case 8 where path[1] == "domains" && path[3] == "users" && path[5] == "certs" && path[7] == "disable":
-            return "/v1/domains/{d}/users/{u}/certs/{name}/disable"
-        case 8 where path[1] == "domains" && path[3] == "users" && path[5] == "certs" && path[7] == "revoke":
-            return "/v1/domains/{d}/users/{u}/certs/{name}/revoke"
-        default: return "other"
+    static func parseFingerprint(_ text: String) -> [UInt8]? {
+        let hex = text.replacingOccurrences(of: ":", with: "").lowercased()
+        guard hex.utf8.count == 64 else { return nil }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(32)
+        var index = hex.startIndex
+        while index < hex.endIndex {
+            let next = hex.index(index, offsetBy: 2)
+            guard let byte = UInt8(hex[index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        return bytes
+    }
+
+    static func info(_ view: KeyVersionView, key: String?) -> KeyVersionInfo {
+        KeyVersionInfo(id: view.version.id.description, key: key, primary: view.isPrimary,
+                       created: iso8601(millis: view.version.id.created.wallMillis),
+                       expires: view.expiresAtMillis.map { iso8601(millis: $0) })
+    }
+
+    // MARK: Node-wide routes
+
+    private func health() -> HealthResponse {
+        let status = environment.clusterStatus()
+        var problems: [String] = node.state.pskMismatches(among: status.aliveNodes.union([node.nodeName])).map { m in
+            "PSK \(m.key.domain)/\(m.key.name) differs between nodes \(m.fingerprintsByNode.keys.sorted().joined(separator: ", "))"
+        }
+        let failures = node.registry.failures.withLock { $0 }
+        if failures.pendingRecords > 0, let error = failures.lastError, let since = failures.sinceMillis {
+            problems.append("registry database \(node.registry.path): \(failures.pendingRecords) records from peers could not be written since \(iso8601(millis: since)) (\(error)); they are applied once a write succeeds (peers resend them)")
+        }
+        if !environment.memoryLocked {
+            problems.append("secret memory is not locked (mlock failed): raise LimitMEMLOCK for the service")
+        }
+        return HealthResponse(status: problems.isEmpty ? .ok : .degraded, ready: node.isReady, node: node.nodeName,
+                              cluster: node.clusterName, version: keystoreVersion, memoryLocked: environment.memoryLocked,
+                              problems: problems)
+    }
+
+    private func cluster() -> ClusterResponse {
+        let status = environment.clusterStatus()
+        let mismatches = node.state.pskMismatches(among: status.aliveNodes.union([node.nodeName]))
+        let members = status.members.map { member in
+            ClusterMemberInfo(node: member.node, address: member.address, state: MemberState(rawValue: member.state) ?? .joining,
+                              lastContact: member.lastContactMillis.map { iso8601(millis: $0) }, version: member.version,
+                              sync: member.sync)
+        }
+        let psk = mismatches.map { m in
+            PSKMismatchInfo(domain: m.key.domain, name: m.key.name, nodes: m.fingerprintsByNode.keys.sorted(),
+                            fingerprints: m.fingerprintsByNode.mapValues { hexString(Array($0.prefix(8))) })
+        }
+        return ClusterResponse(node: node.nodeName, cluster: node.clusterName, ready: node.isReady, members: members, pskMismatches: psk)
+    }
+
+    private func events(_ request: APIRequest, since: String?) throws(APIError) -> APIResult {
+        let caller = request.caller
+        let acl = self.acl
+        let visible = acl.visibleDomains(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, allDomains: domains.keys.sorted())
+        let nodeWide = acl.permits(uid: caller.uid, gids: [caller.gid], permission: .eventsRead, domain: nil)
+        if !nodeWide && visible.isEmpty { try require(.eventsRead, domain: nil, request) }
+        do {
+            let subscription = try node.events.subscribe(domains: nodeWide ? nil : Set(visible), nodeWide: nodeWide, since: since)
+            return .stream(status: .ok, subscription)
+        } catch {
+            throw APIError(.badRequest, "query parameter 'since' must be a cursor from an earlier event (\"<process>.<seq>\")")
         }
     }
 
-    private func health(_ allocator: ByteBufferAllocator) -> APIResponse {
-        let state = services.state
-        let status = services.clusterStatus()
-        let mismatches = state.pskMismatches(among: status.aliveNodes.union([state.nodeName]))
-        var json = JSONWriter(allocator: allocator)
-        json.beginObject()
-        json.key("status"); json.string(mismatches.isEmpty ? "ok" : "degraded")
-        json.key("ready"); json.bool(state.isReady)
-        json.key("node"); json.string(state.nodeName)
-        json.key("cluster"); json.string(state.config.cluster)
-        json.key("version"); json.string(keystoreVersion)
-        json.key("memory_locked"); json.bool(services.memoryLocked)
-        if !mismatches.isEmpty {
-            json.key("problems"); json.beginArray()
-            for m in mismatches {
-                json.string("PSK \(m.key.domain)/\(m.key.name) differs between nodes \(m.fingerprintsByNode.keys.sorted().joined(separator: ", "))")
-            }
-            json.endArray()
-        }
-        json.endObject(); json.newline()
-        return APIResponse(body: json.buffer)
-    }
+    // MARK: Keys
 
-    private func cluster(_ allocator: ByteBufferAllocator) -> APIResponse {
-        let state = services.state
-        let status = services.clusterStatus()
-        let mismatches = state.pskMismatches(among: status.aliveNodes.union([state.nodeName]))
-        var json = JSONWriter(allocator: allocator, capacity: 512)
-        json.beginObject()
-        json.key("node"); json.string(state.nodeName)
-        json.key("cluster"); json.string(state.config.cluster)
-        json.key("ready"); json.bool(state.isReady)
-        json.key("members"); json.beginArray()
-        for member in status.members {
-            json.beginObject()
-            json.key("node"); json.string(member.node)
-            json.key("address"); json.string(member.address)
-            json.key("state"); json.string(member.state)
-            if let last = member.lastContactMillis { json.key("last_contact"); json.string(iso8601(millis: last)) }
-            if let version = member.version { json.key("version"); json.string(version) }
-            if let sync = member.sync { json.key("sync"); json.string(sync.rawValue) }
-            json.endObject()
-        }
-        json.endArray()
-        json.key("psk_mismatches"); json.beginArray()
-        for m in mismatches {
-            json.beginObject()
-            json.key("domain"); json.string(m.key.domain)
-            json.key("name"); json.string(m.key.name)
-            json.key("nodes"); json.strings(m.fingerprintsByNode.keys.sorted())
-            json.key("fingerprints"); json.beginObject()
-            for (node, fp) in m.fingerprintsByNode.sorted(by: { $0.key < $1.key }) {
-                json.key(node); json.string(fp.prefix(8).map(byteHex).joined())
-            }
-            json.endObject()
-            json.endObject()
-        }
-        json.endArray()
-        json.endObject(); json.newline()
-        return APIResponse(body: json.buffer)
-    }
-
-    private func listKeys(_ domain: DomainConfig, _ allocator: ByteBufferAllocator) -> APIResponse {
-        var json = JSONWriter(allocator: allocator)
-        json.beginObject()
-        json.key("domain"); json.string(domain.name)
-        json.key("keys"); json.beginArray()
-        for key in domain.keys {
-            json.beginObject()
-            json.key("name"); json.string(key.name)
+    private func listKeys(_ domain: DomainConfig) -> KeyListResponse {
+        KeyListResponse(domain: domain.name, keys: domain.keys.map { key in
+            let type: KeyType
             switch key.kind {
-            case .ram: json.key("type"); json.string("ram")
-            case .file: json.key("type"); json.string("file")
+            case .ram: type = .ram
+            case .file: type = .file
             }
-            json.key("versions")
-            if let count = services.state.versionCount(KeyRef(domain: domain.name, name: key.name)) { json.int(count) } else { json.null() }
-            json.endObject()
-        }
-        json.endArray()
-        json.endObject(); json.newline()
-        return APIResponse(body: json.buffer)
+            return KeySummary(name: key.name, type: type, versions: node.state.versionCount(KeyRef(domain: domain.name, name: key.name)))
+        })
     }
 
-    private func getKey(_ domain: DomainConfig, name: String, _ allocator: ByteBufferAllocator) throws(APIError) -> APIResponse {
-        let ref = KeyRef(domain: domain.name, name: name)
-        switch services.state.lookup(ref) {
+    /// Written by hand, not with `JSONEncoder`: the base64 key material goes straight from
+    /// protected memory into the response buffer and never exists as a Swift `String`.
+    private func getKey(_ ref: KeyRef, _ allocator: ByteBufferAllocator) throws(APIError) -> APIResponse {
+        switch node.state.lookup(ref) {
         case .notFound:
-            throw APIError(.notFound, "no key named \(name) in domain \(domain.name)")
+            throw APIError(.notFound, NodeError.unknownKey(ref).description)
         case .notReady:
-            throw APIError(.notReady, "this node is still joining the cluster and cannot serve ram key \(name) yet; retry shortly", status: .serviceUnavailable)
+            throw APIError(.notReady, NodeError.notReady("ram key \(ref.name)").description)
         case .file(let fileKey):
             var json = keyHeader(ref, type: "file", capacity: SecretBytes.base64Length(fileKey.secret.count) + 256, allocator)
             json.beginObject()
@@ -439,36 +443,22 @@ public final class APIRouter: APIResponder {
         json.endObject(); json.newline()
         return APIResponse(body: json.buffer, extraHeaders: [("cache-control", "no-store")])
     }
+}
 
-    private func rotate(_ domain: DomainConfig, name: String, _ request: APIRequest, _ allocator: ByteBufferAllocator) throws -> APIResponse {
-        let ref = KeyRef(domain: domain.name, name: name)
-        let version: KeyVersion
-        let delta: StoreDelta
-        do {
-            (version, delta) = try services.state.rotate(ref)
-        } catch NodeStateError.unknownKey {
-            throw APIError(.notFound, "no key named \(name) in domain \(domain.name)")
-        } catch NodeStateError.notRAMKey(let key) {
-            throw APIError(.badRequest, NodeStateError.notRAMKey(key).description)
-        } catch NodeStateError.notReady {
-            throw APIError(.notReady, NodeStateError.notReady.description)
+/// Serves `GET /metrics` only: the optional TCP listener for Prometheus.
+struct MetricsResponder: APIResponder {
+    let metrics: NodeMetrics
+    func handle(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) -> APIResult {
+        guard request.method == .GET, request.pathSegments == ["metrics"] else {
+            return .response(.error(APIError(.notFound, "only GET /metrics is served on this listener"), allocator: allocator))
         }
-        services.publish(delta)
-        services.logger.info("request \(request.requestID): uid \(request.caller.uid) rotated \(domain.name)/\(name); new primary \(version.id)")
-        services.events.publish(NodeEvent(kind: .keyRotated, domain: domain.name, fields: [("name", name), ("primary", version.id.description)]))
-        // The new metadata: the GET shape without key material.
-        guard case .ram(let versions) = services.state.lookup(ref) else {
-            throw APIError(.notReady, NodeStateError.notReady.description)
-        }
-        var json = keyHeader(ref, type: "ram", capacity: 128 * versions.count + 128, allocator)
-        for (view, _) in versions {
-            json.beginObject()
-            json.key("id"); json.string(view.version.id.description)
-            json.key("primary"); json.bool(view.isPrimary)
-            json.key("created"); json.string(iso8601(millis: view.version.id.created.wallMillis))
-            if let expires = view.expiresAtMillis { json.key("expires"); json.string(iso8601(millis: expires)) }
-            json.endObject()
-        }
-        return keyFooter(&json)
+        return .response(metricsResponse(metrics, allocator))
     }
+}
+
+func metricsResponse(_ metrics: NodeMetrics, _ allocator: ByteBufferAllocator) -> APIResponse {
+    let bytes = metrics.exposition()
+    var buffer = allocator.buffer(capacity: bytes.count)
+    buffer.writeBytes(bytes)
+    return APIResponse(contentType: "text/plain; version=0.0.4", body: buffer)
 }

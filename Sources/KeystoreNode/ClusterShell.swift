@@ -1,3 +1,4 @@
+import KeystoreAPI
 import KeystoreConfig
 import Logging
 import Membership
@@ -178,6 +179,7 @@ final class ClusterLoop {
     private var joinPromise: EventLoopPromise<JoinOutcome?>?
     private var pumpScheduled = false
     private var stopped = false
+    private var lastTick: UInt64?
 
     init(config: ClusterConfig, replica: ClusterReplica, tls: PeerTLSContext, loop: EventLoop, logger: Logger, metrics: NodeMetrics,
          settings: ClusterShell.Settings, snapshot: StatusSnapshot) {
@@ -283,7 +285,7 @@ final class ClusterLoop {
         let id = ObjectIdentifier(channel)
         slots.leave(id)
         unadmitted[id] = nil
-        if hello.answersOnDialedConnection {
+        if identity.features.answersOnDialedConnection {
             // Gated on the dialer's version: a 0.1.0 dialer closes a dialed connection on which
             // anything arrives, so it keeps getting our messages over our own dial (rolling
             // upgrades from 0.1.0 keep working).
@@ -298,8 +300,9 @@ final class ClusterLoop {
         let id = ObjectIdentifier(channel)
         slots.leave(id)
         unadmitted[id] = nil
-        guard let node = admitted?.node, links[node]?.inbound === channel else { return }
-        links[node]?.inbound = nil
+        guard let node = admitted?.node else { return }
+        if links[node]?.inbound === channel { links[node]?.inbound = nil }
+        // Also when a newer connection from the peer replaced it as `inbound`.
         lostPath(channel, for: node)
     }
 
@@ -316,7 +319,8 @@ final class ClusterLoop {
             logger.warning("peer \(hello.node): \(error); closing")
             return nil
         }
-        let identity = PeerIdentity(node: hello.node, instance: hello.instance, address: hello.address, softwareVersion: hello.softwareVersion)
+        let identity = PeerIdentity(node: hello.node, instance: hello.instance, address: hello.address, softwareVersion: hello.softwareVersion,
+                                    features: PeerWireFeatures(peerSoftwareVersion: hello.softwareVersion))
         if identities[hello.node]?.instance != hello.instance {
             logger.info("peer \(hello.node) connected (instance \(hello.instance), version \(hello.softwareVersion))")
         }
@@ -389,10 +393,10 @@ final class ClusterLoop {
     }
 
     func outboundClosed(node: String, channel: Channel, tlsDone: Bool, tlsFailure: PeerTLSError?, answered: Bool) {
+        lostPath(channel, for: node)
         guard links[node]?.outbound === channel else { return }
         links[node]?.outbound = nil
         links[node]?.outboundUsable = false
-        lostPath(channel, for: node)
         if !answered, let failure = tlsFailure, Self.isRefusal(failure) {
             // The peer's TLS took part and refused us (or we refused its certificate): that peer
             // cannot serve this node, however long it waits.
@@ -452,16 +456,18 @@ final class ClusterLoop {
 
     // MARK: Sending
 
-    private func encode(_ message: PeerMessage) -> ByteBuffer {
+    /// `features`: what the receiving peer decodes; until its hello says, what 0.1.0 does
+    /// (sending an older peer less is safe, anti-entropy fills in the rest later).
+    private func encode(_ message: PeerMessage, for features: PeerWireFeatures = .version0_1) -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: 256)
-        PeerFrameCodec.encode(message, into: &buffer)
+        PeerFrameCodec.encode(message, into: &buffer, for: features)
         return buffer
     }
 
     /// Sends on the path to `node`, or queues (bounded in bytes) and dials.
     private func send(_ message: PeerMessage, to node: String) {
         guard !stopped, peers[node] != nil else { return }
-        let frame = encode(message)
+        let frame = encode(message, for: identities[node]?.features ?? .version0_1)
         metrics.gossip(direction: "out", type: message.kindLabel, bytes: frame.readableBytes)
         var link = links[node] ?? PeerLinks()
         if let path = link.path {
@@ -495,6 +501,7 @@ final class ClusterLoop {
                 logger.warning("ignoring a message from \(peer.node): \(error)")
                 return
             }
+            if case .syncRequest = message { logger.debug("\(peer.node) asks for the cluster state") }
             execute(replication.receive(message, from: peer.node, nowMillis: now, replica: content))
         }
     }
@@ -505,6 +512,11 @@ final class ClusterLoop {
         for directive in directives {
             switch directive {
             case .send(let message, let node):
+                switch message {
+                case .syncRequest: logger.debug("asking \(node) for the cluster state")
+                case .syncDone(let ready): logger.debug("sent \(ready ? "the whole state" : "\"not ready\"") to \(node)")
+                default: break
+                }
                 send(.replication(message, stamp: replica.stamp()), to: node)
             case .connect(let node):
                 dialIfNeeded(node, now: monotonicMillis())
@@ -520,7 +532,7 @@ final class ClusterLoop {
                 joinPromise = nil
             }
         }
-        if !replication.streamingTo.isEmpty { schedulePump() }
+        if !replication.streamingTo.isEmpty { schedulePump(nextTurn: true) }
     }
 
     private func execute(_ directives: [SWIMDirective]) {
@@ -566,20 +578,27 @@ final class ClusterLoop {
         }
     }
 
-    /// Full-state answers go out one chunk at a time, each when the connection has drained the
-    /// previous one, so a large registry neither holds the loop nor piles up in memory.
-    private func schedulePump() {
+    /// Full-state answers go out one chunk per loop turn, and only while the connection has
+    /// drained what it was given (`isWritable`), so a large registry neither holds the loop nor
+    /// piles up in memory; a connection that is not writable is looked at again 1 ms later.
+    private func schedulePump(nextTurn: Bool = false) {
         guard !pumpScheduled, !stopped else { return }
         pumpScheduled = true
         let bound = self.bound
-        loop.scheduleTask(in: .milliseconds(1)) { bound.value.pump() }
+        if nextTurn {
+            loop.execute { bound.value.pump() }
+        } else {
+            loop.scheduleTask(in: .milliseconds(1)) { bound.value.pump() }
+        }
     }
 
     private func pump() {
-        pumpScheduled = false
         guard !stopped else { return }
         let links = self.links
-        execute(replication.pump { links[$0]?.path?.isWritable ?? false })
+        let directives = replication.pump { links[$0]?.path?.isWritable ?? false }
+        execute(directives) // still marked scheduled: the next pump is chosen below
+        pumpScheduled = false
+        if !replication.streamingTo.isEmpty { schedulePump(nextTurn: !directives.isEmpty) }
     }
 
     // MARK: Timers
@@ -587,6 +606,12 @@ final class ClusterLoop {
     private func tick() {
         guard !stopped else { return }
         let now = monotonicMillis()
+        if let last = lastTick, now - last > 1000 {
+            // Peers will have suspected us meanwhile; worth knowing why (CPU starvation, a
+            // blocking call on the loop, a paused process).
+            logger.warning("the cluster loop ran no timer for \(now - last) ms")
+        }
+        lastTick = now
         execute(swim.tick(nowMillis: now, random: &random))
         // The node's becomeReady (keys generated) happens outside the shell; notice it here.
         if !replication.isReady && replica.isReady {
@@ -603,7 +628,7 @@ final class ClusterLoop {
         func wall(_ mono: UInt64) -> UInt64 { wallNow - min(wallNow, monoNow - min(monoNow, mono)) }
         var members = [ClusterStatus.Member(node: replica.nodeName, address: me.peerAddress, state: "alive",
                                             lastContactMillis: wallNow, version: keystoreVersion,
-                                            sync: replication.localSyncState)]
+                                            sync: replication.isReady ? .ready : .joining)]
         var alive: Set<String> = [replica.nodeName]
         var listed = Set<String>()
         for member in swim.members {
@@ -612,7 +637,7 @@ final class ClusterLoop {
                 .compactMap { $0 }.max()
             members.append(ClusterStatus.Member(node: member.node, address: member.address, state: member.status.rawValue,
                                                 lastContactMillis: contact.map(wall), version: identities[member.node]?.softwareVersion,
-                                                sync: replication.syncState(with: member.node)))
+                                                sync: syncState(with: member.node)))
             if member.status == .alive { alive.insert(member.node) }
         }
         for node in peers.keys where !listed.contains(node) {
@@ -624,6 +649,17 @@ final class ClusterLoop {
         for member in members { counts[member.state, default: 0] += 1 }
         for (state, count) in counts { metrics.gauge("keystore_members", [("state", state)], Double(count)) }
         snapshot.value = ClusterStatus(members: members, aliveNodes: alive, joinProblem: replication.joinProblem?.description)
+    }
+}
+
+extension ClusterLoop {
+    /// The replication core's view of a peer, in the API's vocabulary.
+    private func syncState(with node: String) -> SyncState {
+        switch replication.repairState(with: node) {
+        case .inSync?: return .inSync
+        case .repairing?: return .repairing
+        case nil: return .unknown
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-import Replication
+import KeystoreAPI
 
 /// A snapshot of cluster membership for `/v1/cluster` and health.
 public struct ClusterStatus: Sendable {

@@ -1,31 +1,12 @@
+import Foundation
+import KeystoreAPI
 import LocalAPI
 import Logging
 import NIOCore
 import Synchronization
 
-/// Something an XMPP server on any node may need to react to: a revoked certificate (close the
-/// streams that used it), a rotated key, a member that came or went.
-public struct NodeEvent: Sendable {
-    public enum Kind: String, Sendable {
-        case keyRotated = "key_rotated"
-        case certificateRevoked = "cert_revoked"
-        case certificateDisabled = "cert_disabled"
-        case member = "member"
-    }
-    public var kind: Kind
-    /// nil for node-wide events (membership), visible only to callers allowed every domain.
-    public var domain: String?
-    /// Extra string fields, written in order.
-    public var fields: [(String, String)]
-
-    public init(kind: Kind, domain: String?, fields: [(String, String)]) {
-        self.kind = kind
-        self.domain = domain
-        self.fields = fields
-    }
-}
-
-/// Fans events out to `/v1/events` streams.
+/// Fans events out to `/v1/events` streams, and keeps the most recent ones so a consumer that
+/// reconnects with `?since=<cursor>` gets what it missed instead of silently losing it.
 ///
 /// Each subscriber writes on its own connection's event loop; a consumer whose unsent backlog
 /// passes `maxBacklogBytes` is sent a final `overflow` event and disconnected, so a stuck reader
@@ -34,46 +15,119 @@ public final class EventHub: Sendable {
     let nodeName: String
     let maxBacklogBytes: Int
     let logger: Logger
-    private let subscribers = Mutex<[ObjectIdentifier: EventSubscription]>([:])
-    private let sequence = Atomic<UInt64>(0)
+    /// Names this process's cursor space: a cursor from before a restart cannot be replayed
+    /// (the buffer is in memory), and the consumer is told so with `resync`.
+    let instance: String
+    /// How many recent events are kept for replay.
+    let replayCapacity: Int
 
-    public init(nodeName: String, maxBacklogBytes: Int = 1 << 20, logger: Logger) {
-        self.nodeName = nodeName
-        self.maxBacklogBytes = maxBacklogBytes
-        self.logger = logger
+    private struct Published: Sendable {
+        var seq: UInt64
+        var domain: String?
+        var line: ByteBuffer
     }
 
-    var subscriberCount: Int { subscribers.withLock { $0.count } }
+    private struct State: Sendable {
+        var seq: UInt64 = 0
+        var recent: [Published] = []
+        var recentStart = 0
+        var subscribers: [ObjectIdentifier: EventSubscription] = [:]
+    }
 
-    public func publish(_ event: NodeEvent) {
-        let seq = sequence.add(1, ordering: .relaxed).newValue
-        var json = JSONWriter(allocator: ByteBufferAllocator(), capacity: 256)
-        json.beginObject()
-        json.key("type"); json.string(event.kind.rawValue)
-        json.key("seq"); json.int(seq)
-        json.key("time"); json.string(iso8601(millis: wallClockMillis()))
-        json.key("node"); json.string(nodeName)
-        if let domain = event.domain { json.key("domain"); json.string(domain) }
-        for (name, value) in event.fields { json.key(name); json.string(value) }
-        json.endObject()
-        json.newline()
-        let line = json.buffer
-        let targets = subscribers.withLock { Array($0.values) }
-        for subscriber in targets where subscriber.wants(event) {
-            subscriber.deliver(line)
+    private let state = Mutex(State())
+
+    public init(nodeName: String, maxBacklogBytes: Int = 1 << 20, replayCapacity: Int = 4096, logger: Logger) {
+        self.nodeName = nodeName
+        self.maxBacklogBytes = maxBacklogBytes
+        self.replayCapacity = max(1, replayCapacity)
+        self.logger = logger
+        self.instance = String(UInt64.random(in: 1...UInt64.max), radix: 16)
+    }
+
+    var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+
+    private static let encoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.withoutEscapingSlashes]
+        return encoder
+    }()
+
+    static func line(_ event: Event) -> ByteBuffer {
+        var data = (try? encoder.encode(event)) ?? Data(#"{"type":"internal"}"#.utf8)
+        data.append(0x0A)
+        return ByteBuffer(bytes: data)
+    }
+
+    func cursor(_ seq: UInt64) -> String { "\(instance).\(seq)" }
+
+    /// Stamps `event` (sequence, cursor, time, node) and delivers it to every subscriber that
+    /// may see its domain. Membership events (no domain) go only to node-wide subscribers.
+    public func publish(_ event: Event) {
+        var event = event
+        let targets: [EventSubscription] = state.withLock { state in
+            state.seq += 1
+            event.seq = Int(state.seq)
+            event.cursor = cursor(state.seq)
+            event.time = iso8601(millis: wallClockMillis())
+            event.node = nodeName
+            let published = Published(seq: state.seq, domain: event.domain, line: Self.line(event))
+            if state.recent.count < replayCapacity {
+                state.recent.append(published)
+            } else {
+                state.recent[state.recentStart] = published
+                state.recentStart = (state.recentStart + 1) % replayCapacity
+            }
+            // Delivered under the lock so a subscriber registering concurrently sees each
+            // event exactly once: either in its replay or live, never both, never neither.
+            let line = published.line
+            let targets = state.subscribers.values.filter { $0.wants(domain: event.domain) }
+            for subscriber in targets { subscriber.deliver(line) }
+            return targets
+        }
+        _ = targets
+    }
+
+    /// Why `?since=` cannot be honoured by a replay.
+    enum CursorProblem: Error {
+        case malformed
+    }
+
+    func subscribe(domains: Set<String>?, nodeWide: Bool, since: String?) throws(CursorProblem) -> EventSubscription {
+        var resumeAfter: (instance: Substring, seq: UInt64)?
+        if let since {
+            let parts = since.split(separator: ".", maxSplits: 1)
+            guard parts.count == 2, let seq = UInt64(parts[1]), !parts[0].isEmpty else { throw .malformed }
+            resumeAfter = (parts[0], seq)
+        }
+        return EventSubscription(hub: self, domains: domains, nodeWide: nodeWide, resumeAfter: resumeAfter.map { ($0.instance == instance[...], $0.seq) })
+    }
+
+    /// Registers `subscription` and returns, atomically with that, what it must be sent first:
+    /// the current cursor, and either the missed events or the reason they cannot be replayed.
+    fileprivate func register(_ subscription: EventSubscription, resumeAfter: (sameProcess: Bool, seq: UInt64)?)
+        -> (cursor: String, replay: [ByteBuffer], resync: String?) {
+        state.withLock { state in
+            state.subscribers[ObjectIdentifier(subscription)] = subscription
+            let current = cursor(state.seq)
+            guard let resumeAfter else { return (current, [], nil) }
+            guard resumeAfter.sameProcess else {
+                return (current, [], "the cursor is from an earlier run of this node (it restarted); events may have been missed")
+            }
+            guard resumeAfter.seq <= state.seq else {
+                return (current, [], "the cursor is ahead of this node's events (it belongs to another node?)")
+            }
+            let ordered = state.recent[state.recentStart...] + state.recent[..<state.recentStart]
+            let oldest = ordered.first?.seq ?? state.seq + 1
+            guard resumeAfter.seq + 1 >= oldest else {
+                return (current, [], "more than \(replayCapacity) events happened since the cursor; they are no longer kept")
+            }
+            let missed = ordered.filter { $0.seq > resumeAfter.seq && subscription.wants(domain: $0.domain) }.map(\.line)
+            return (current, missed, nil)
         }
     }
 
-    func subscribe(domains: Set<String>?, nodeWide: Bool) -> EventSubscription {
-        EventSubscription(hub: self, domains: domains, nodeWide: nodeWide)
-    }
-
-    fileprivate func register(_ subscription: EventSubscription) {
-        subscribers.withLock { $0[ObjectIdentifier(subscription)] = subscription }
-    }
-
     fileprivate func unregister(_ subscription: EventSubscription) {
-        subscribers.withLock { $0[ObjectIdentifier(subscription)] = nil }
+        state.withLock { _ = $0.subscribers.removeValue(forKey: ObjectIdentifier(subscription)) }
     }
 }
 
@@ -83,35 +137,42 @@ final class EventSubscription: APIEventStream {
     /// nil = every domain.
     let domains: Set<String>?
     let nodeWide: Bool
+    private let resumeAfter: (sameProcess: Bool, seq: UInt64)?
     private let sink = Mutex<APIStreamSink?>(nil)
     private let heartbeat = Mutex<RepeatedTask?>(nil)
 
-    init(hub: EventHub, domains: Set<String>?, nodeWide: Bool) {
+    init(hub: EventHub, domains: Set<String>?, nodeWide: Bool, resumeAfter: (sameProcess: Bool, seq: UInt64)?) {
         self.hub = hub
         self.domains = domains
         self.nodeWide = nodeWide
+        self.resumeAfter = resumeAfter
     }
 
-    func wants(_ event: NodeEvent) -> Bool {
-        guard let domain = event.domain else { return nodeWide }
+    func wants(domain: String?) -> Bool {
+        guard let domain else { return nodeWide }
         return domains?.contains(domain) ?? true
     }
 
     func start(sink: APIStreamSink) {
         self.sink.withLock { $0 = sink }
-        hub.register(self)
-        var hello = JSONWriter(allocator: ByteBufferAllocator(), capacity: 96)
-        hello.beginObject()
-        hello.key("type"); hello.string("hello")
-        hello.key("node"); hello.string(hub.nodeName)
-        hello.key("time"); hello.string(iso8601(millis: wallClockMillis()))
-        hello.endObject(); hello.newline()
-        sink.write(hello.buffer)
+        let (cursor, replay, resync) = hub.register(self, resumeAfter: resumeAfter)
+        var hello = Event(type: EventType.hello.rawValue)
+        hello.node = hub.nodeName
+        hello.time = iso8601(millis: wallClockMillis())
+        hello.cursor = cursor
+        sink.write(EventHub.line(hello))
+        if let resync {
+            var event = Event(type: EventType.resync.rawValue)
+            event.reason = resync
+            event.cursor = cursor
+            sink.write(EventHub.line(event))
+        }
+        for line in replay { sink.write(line) }
         // Lets consumers (and the daemon, via failed writes) notice a dead connection.
         let task = sink.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(30), delay: .seconds(30)) { [weak self] _ in
-            var beat = JSONWriter(allocator: ByteBufferAllocator(), capacity: 64)
-            beat.beginObject(); beat.key("type"); beat.string("heartbeat"); beat.key("time"); beat.string(iso8601(millis: wallClockMillis())); beat.endObject(); beat.newline()
-            self?.deliver(beat.buffer)
+            var beat = Event(type: EventType.heartbeat.rawValue)
+            beat.time = iso8601(millis: wallClockMillis())
+            self?.deliver(EventHub.line(beat))
         }
         heartbeat.withLock { $0 = task }
     }
@@ -121,13 +182,10 @@ final class EventSubscription: APIEventStream {
         let limit = hub.maxBacklogBytes
         sink.eventLoop.execute { [self] in
             if sink.pendingBytes + line.readableBytes > limit {
-                var last = JSONWriter(allocator: ByteBufferAllocator(), capacity: 160)
-                last.beginObject()
-                last.key("type"); last.string("overflow")
-                last.key("message"); last.string("this consumer fell more than \(limit) bytes behind; reconnect and re-read state")
-                last.endObject(); last.newline()
+                var last = Event(type: EventType.overflow.rawValue)
+                last.message = "this consumer fell more than \(limit) bytes behind; reconnect with ?since=<last cursor>"
                 hub.logger.warning("events consumer fell behind by more than \(limit) bytes; disconnecting it")
-                sink.write(last.buffer)
+                sink.write(EventHub.line(last))
                 sink.finish()
                 cancel()
                 return

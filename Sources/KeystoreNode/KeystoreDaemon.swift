@@ -32,29 +32,30 @@ public enum DaemonError: Error, CustomStringConvertible {
 
 /// One running node: owns the event loops, the local API, the cluster shell and the state.
 /// Runs as a swift-service-lifecycle `Service`: SIGTERM/SIGINT trigger a graceful shutdown
-/// (stop accepting, close peers, remove the socket); SIGHUP rereads the PSK files.
-public final class KeystoreDaemon: NodeServices, Service {
-    public let state: NodeState
+/// (stop accepting, close peers, remove the socket); SIGHUP reloads the config and PSK files.
+public final class KeystoreDaemon: NodeEnvironment, Service {
+    let state: NodeState
     public let logger: Logger
-    public let events: EventHub
+    let events: EventHub
     public let metrics: NodeMetrics
     let group: MultiThreadedEventLoopGroup
     let arena: SecretArena
     let cluster: ClusterShell
-    let replica: NodeReplica
-    public let certificates: CertificateService
+    let operations: NodeOperations
 
     private init(state: NodeState, arena: SecretArena, logger: Logger, group: MultiThreadedEventLoopGroup, tls: PeerTLSContext,
-                 metrics: NodeMetrics, database: RegistryDatabase, eventsMaxBacklog: Int) {
+                 metrics: NodeMetrics, database: sending RegistryDatabase, eventsMaxBacklog: Int) {
         self.state = state
         self.arena = arena
         self.logger = logger
         self.group = group
         self.metrics = metrics
         self.events = EventHub(nodeName: state.nodeName, maxBacklogBytes: eventsMaxBacklog, logger: logger)
-        self.certificates = CertificateService(state: state, database: database, logger: logger, events: events)
-        self.replica = NodeReplica(state: state, certificates: certificates, events: events, logger: logger)
-        self.cluster = ClusterShell(config: state.config, replica: replica, tls: tls, loop: group.next(), logger: logger, metrics: metrics)
+        let operations = NodeOperations(state: state, registry: RegistryWriter(database: database), events: events, logger: logger, metrics: metrics)
+        self.operations = operations
+        let cluster = ClusterShell(config: state.config, replica: operations, tls: tls, loop: group.next(), logger: logger, metrics: metrics)
+        self.cluster = cluster
+        operations.attachPublisher { wire in cluster.publish(wire) }
     }
 
     public var memoryLocked: Bool { arena.statistics.lockFailures == 0 }
@@ -62,12 +63,15 @@ public final class KeystoreDaemon: NodeServices, Service {
     /// Loads and checks everything that can be wrong in the config before anything starts,
     /// so a bad deploy fails at once with one line.
     public static func load(configPath: String, node: String, logger: Logger, metrics: NodeMetrics = NodeMetrics(registry: nil),
-                            eventsMaxBacklog: Int = 1 << 20) throws -> KeystoreDaemon {
+                            eventsMaxBacklog: Int = 1 << 20, logLevel: LogLevelControl? = nil) throws -> KeystoreDaemon {
         let config: ClusterConfig
         do {
             config = try ClusterConfig.load(path: configPath, node: node)
         } catch {
             throw DaemonError.config(error.description)
+        }
+        if let logLevel, !logLevel.pinned, let level = config.logLevel.flatMap({ Logger.Level(rawValue: $0.rawValue) }) {
+            logLevel.set(level)
         }
         var logger = logger
         logger[metadataKey: "node"] = "\(node)"
@@ -75,7 +79,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         let arena = try SecretArena { message in warningLogger.critical("\(message)") }
         let state = NodeState(config: config, arena: arena)
         do {
-            try state.loadFileKeys()
+            _ = try state.loadFileKeys()
         } catch let error as ConfigError {
             throw DaemonError.config(error.description)
         }
@@ -93,14 +97,21 @@ public final class KeystoreDaemon: NodeServices, Service {
         let database: RegistryDatabase
         do {
             database = try RegistryDatabase(directory: config.me.dataDir)
-            let count = try CertificateService.loadPersisted(database, into: state)
+            let count = try NodeOperations.loadPersisted(database, into: state)
             logger.info("loaded \(count) certificate records from \(database.path)")
-        } catch let error as RegistryDatabaseError {
+        } catch {
             throw DaemonError.startup("nodes.\(node).data_dir: \(error.description)")
         }
         let threads = min(System.coreCount, 4)
-        return KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads),
+        let daemon = KeystoreDaemon(state: state, arena: arena, logger: logger, group: MultiThreadedEventLoopGroup(numberOfThreads: threads),
                               tls: tls, metrics: metrics, database: database, eventsMaxBacklog: eventsMaxBacklog)
+        if let logLevel {
+            daemon.operations.onReconfiguration { config, changes in
+                guard changes.logLevelChanged, !logLevel.pinned, let level = config.logLevel.flatMap({ Logger.Level(rawValue: $0.rawValue) }) else { return }
+                logLevel.set(level)
+            }
+        }
+        return daemon
     }
 
     /// Serves until graceful shutdown is requested (SIGTERM/SIGINT via the ServiceGroup).
@@ -112,8 +123,7 @@ public final class KeystoreDaemon: NodeServices, Service {
             else if let entry = getgrnam(name) { groupID = entry.pointee.gr_gid }
             else { throw DaemonError.socketGroup(name) }
         }
-        let acl = state.config.accessControl(daemonUID: getuid())
-        let router = APIRouter(services: self, acl: acl)
+        let router = APIRouter(node: operations, environment: self, daemonUID: getuid())
         var limits = LocalAPILimits()
         limits.uncappedUID = getuid()
         let server = try await LocalAPIServer.start(
@@ -145,15 +155,14 @@ public final class KeystoreDaemon: NodeServices, Service {
         guard let outcome = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis) else {
             for s in servers { await s.close() }
             await cluster.shutdown()
-            certificates.close()
+            await operations.registry.close()
             try? await group.shutdownGracefully()
             logger.info("stopped")
             return
         }
-        let created = try state.becomeReady()
-        publish(created)
+        let generated: Int
+        do { generated = try operations.becomeReady() } catch { throw DaemonError.startup(error.description) }
         metrics.joinDuration(milliseconds: monotonicMillis() - started)
-        let generated = created.keyVersions.count
         switch outcome {
         case .adopted(let peer):
             logger.info("ready after \(monotonicMillis() - started) ms: adopted the cluster's keys from \(peer); generated \(generated) missing ram keys")
@@ -166,7 +175,8 @@ public final class KeystoreDaemon: NodeServices, Service {
         }
 
         let housekeeping = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
-            for (ref, id) in state.expire() { logger.info("version \(id) of \(ref) expired after its grace period") }
+            operations.expireVersions()
+            operations.retryPendingPeerRecords()
             recordGauges()
         }
         recordGauges()
@@ -177,7 +187,7 @@ public final class KeystoreDaemon: NodeServices, Service {
         logger.info("shutting down")
         for s in servers { await s.close() }
         await cluster.shutdown()
-        certificates.close()
+        await operations.registry.close()
         try? await group.shutdownGracefully()
         logger.info("stopped")
     }
@@ -187,62 +197,33 @@ public final class KeystoreDaemon: NodeServices, Service {
         metrics.gauge("keystore_secret_memory_locked_bytes", [], Double(stats.lockedBytes))
         metrics.gauge("keystore_secret_memory_reserved_bytes", [], Double(stats.reservedBytes))
         metrics.gauge("keystore_ready", [], state.isReady ? 1 : 0)
-        metrics.gauge("keystore_keys", [("type", "ram")], Double(state.ramKeys.count))
-        metrics.gauge("keystore_keys", [("type", "file")], Double(state.fileKeyPaths.count))
-        metrics.gauge("keystore_key_versions", [], Double(state.withStore { $0.ramSecrets.count }))
+        let counts = state.counts()
+        metrics.gauge("keystore_keys", [("type", "ram")], Double(counts.ramKeys))
+        metrics.gauge("keystore_keys", [("type", "file")], Double(counts.fileKeys))
+        metrics.gauge("keystore_key_versions", [], Double(counts.ramVersions))
         metrics.gauge("keystore_event_subscribers", [], Double(events.subscriberCount))
-        let (live, removed) = state.withStore { $0.store.certificateCounts() }
+        let (live, removed) = counts.certificates
+        metrics.gauge("keystore_registry_pending_records", [], Double(operations.registry.failures.withLock { $0.pendingRecords }))
         metrics.gauge("keystore_certificates", [("state", "registered")], Double(live))
         metrics.gauge("keystore_certificates", [("state", "removed")], Double(removed))
     }
 
-    /// SIGHUP rereads the PSK files (signals are taken by `ProcessSignals`; see keystored's main).
+    /// SIGHUP reloads (signals are taken by `ProcessSignals`; see keystored main).
     private func installReloadHandler() {
         ProcessSignals.on(SIGHUP) { [weak self] in
             guard let self else { return }
             do {
-                let changed = try self.reload()
-                self.logger.info("SIGHUP: reloaded file keys; changed: \(changed.isEmpty ? "none" : changed.map(\.description).joined(separator: ", "))")
+                let (changed, changes) = try self.operations.reload()
+                self.logger.info("SIGHUP: reloaded; file keys changed: \(changed.isEmpty ? "none" : changed.map(\.description).joined(separator: ", ")); config changes: \(changes.summary.isEmpty ? "none" : changes.summary.joined(separator: "; "))")
             } catch {
-                self.logger.error("SIGHUP: reload failed, previous keys kept: \(error)")
+                self.logger.error("SIGHUP: \(error)")
             }
         }
     }
 
-    // MARK: NodeServices
-
-    public func publish(_ delta: StoreDelta) {
-        guard !delta.isEmpty else { return }
-        cluster.publish(state.wireDelta(for: delta))
-    }
+    // MARK: NodeEnvironment
 
     public func clusterStatus() -> ClusterStatus {
         cluster.status
     }
-
-    public func reload() throws -> [KeyRef] {
-        let changed = try state.loadFileKeys()
-        // New PSK fingerprints go out at once so mismatches show up cluster-wide.
-        let mine = state.withStore { $0.store.pskFingerprints().filter { $0.node == state.nodeName && changed.contains($0.key) } }
-        publish(StoreDelta(pskFingerprints: mine))
-        return changed
-    }
-}
-
-/// Serves `GET /metrics` only: the optional TCP listener for Prometheus.
-struct MetricsResponder: APIResponder {
-    let metrics: NodeMetrics
-    func handle(_ request: APIRequest, allocator: ByteBufferAllocator, eventLoop: EventLoop) -> APIResult {
-        guard request.method == .GET, request.pathSegments == ["metrics"] else {
-            return .response(.error(APIError(.notFound, "only GET /metrics is served on this listener"), allocator: allocator))
-        }
-        return .response(metricsResponse(metrics, allocator))
-    }
-}
-
-func metricsResponse(_ metrics: NodeMetrics, _ allocator: ByteBufferAllocator) -> APIResponse {
-    let bytes = metrics.exposition()
-    var buffer = allocator.buffer(capacity: bytes.count)
-    buffer.writeBytes(bytes)
-    return APIResponse(contentType: "text/plain; version=0.0.4", body: buffer)
 }

@@ -14,6 +14,7 @@ public final class NodeMetrics: Sendable {
     private let requestTimers = Mutex<[String: Metrics.Timer]>([:])
     private let gossipCounters = Mutex<[String: Metrics.Counter]>([:])
     private let gauges = Mutex<[String: Metrics.Gauge]>([:])
+    fileprivate let counters = Mutex<[String: Metrics.Counter]>([:])
 
     /// - Parameter registry: the registry the process bootstrapped `MetricsSystem` with, for
     ///   `GET /metrics`; nil when metrics are not exported (tests).
@@ -72,5 +73,19 @@ public final class NodeMetrics: Sendable {
     /// Prometheus text exposition.
     func exposition() -> [UInt8] {
         registry?.emitToBuffer() ?? Array("# metrics are not enabled in this process\n".utf8)
+    }
+}
+
+extension NodeMetrics {
+    /// A counter by label set (cached like the others).
+    func counter(_ label: String, _ dimensions: [(String, String)] = [], by amount: Int = 1) {
+        let counter = counters.withLock { cache in
+            let key = label + dimensions.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
+            if let c = cache[key] { return c }
+            let c = Metrics.Counter(label: label, dimensions: dimensions)
+            cache[key] = c
+            return c
+        }
+        counter.increment(by: Int64(amount))
     }
 }

@@ -1,3 +1,4 @@
+import CertificateRegistry
 import KeystoreConfig
 import PeerWire
 import ReplicatedStore
@@ -19,6 +20,8 @@ func byteHex(_ b: UInt8) -> String {
     return String([digits[Int(b >> 4)], digits[Int(b & 0xF)]])
 }
 
+func hexString(_ bytes: [UInt8]) -> String { bytes.map(byteHex).joined() }
+
 /// What a key lookup found, with references to the secrets so the JSON can be written
 /// outside the lock.
 enum KeyLookup {
@@ -28,18 +31,23 @@ enum KeyLookup {
     case notFound
 }
 
-public enum NodeStateError: Error, CustomStringConvertible {
-    case notRAMKey(KeyRef)
-    case unknownKey(KeyRef)
-    case notReady
-    case memory(SecretMemoryError)
+/// Which keys this node's config declares (changes on reload).
+struct KeyLayout: Sendable {
+    var config: ClusterConfig
+    /// The RAM keys this node's config declares, with their sizes.
+    var ramKeys: [KeyRef: Int] = [:]
+    var fileKeyPaths: [KeyRef: String] = [:]
 
-    public var description: String {
-        switch self {
-        case .notRAMKey(let key): return "\(key.name) in \(key.domain) is a file key; only ram keys can be rotated (replace the PSK file and reload instead)"
-        case .unknownKey(let key): return "no key named \(key.name) in domain \(key.domain)"
-        case .notReady: return "this node is still joining the cluster; retry shortly"
-        case .memory(let error): return error.description
+    init(_ config: ClusterConfig) {
+        self.config = config
+        for (domainName, domain) in config.domains {
+            for key in domain.keys {
+                let ref = KeyRef(domain: domainName, name: key.name)
+                switch key.kind {
+                case .ram: ramKeys[ref] = domain.ramKeySize
+                case .file(let path): fileKeyPaths[ref] = path
+                }
+            }
         }
     }
 }
@@ -48,9 +56,19 @@ public enum NodeStateError: Error, CustomStringConvertible {
 ///
 /// The pure `ReplicatedStore` never sees key bytes; they live here, indexed by version id,
 /// in the secret arena, and are dropped (zeroed) exactly when the store prunes a version.
-public final class NodeState: Sendable {
+/// Only `NodeOperations` changes it (the one change path); everything else reads.
+///
+/// Key declarations: every node announces each key its config declares, in the replicated
+/// per-(node, key) records that also carry PSK fingerprints: a file key with its keyed
+/// fingerprint, a RAM key with the marker `ramDeclaration`, a key removed from the config with
+/// an empty record. A node keeps the versions of every RAM key some member declares (so a node
+/// that adds the key by reload later adopts the cluster's value instead of minting a second one)
+/// and serves only the keys it declares itself; once no member declares a key, every node
+/// forgets its versions and zeroes their secrets.
+final class NodeState: Sendable {
     struct Inner {
         var store: ReplicatedStore
+        var layout: KeyLayout
         var clock = HybridLogicalClock()
         var ramSecrets: [VersionID: SecretBytes] = [:]
         var fileKeys: [KeyRef: FileKey] = [:]
@@ -62,80 +80,149 @@ public final class NodeState: Sendable {
     /// difference costs the bucket digests (8 bytes each) plus that bucket's entries, so more
     /// buckets trade a bigger digest list for a smaller repair; 1024 keeps both small up to
     /// ~100k entries (see the codec's anti-entropy cost test).
-    public static let antiEntropyBuckets = 1024
+    static let antiEntropyBuckets = 1024
 
-    public let config: ClusterConfig
-    public let nodeName: String
+    /// The declaration record's "fingerprint" for a RAM key: 3 bytes, so it can never equal a
+    /// PSK's 32-byte keyed fingerprint.
+    static let ramDeclaration: [UInt8] = Array("ram".utf8)
+
+    let nodeName: String
+    let clusterName: String
     let arena: SecretArena
-    /// The RAM keys this node's config declares, with their sizes.
-    let ramKeys: [KeyRef: Int]
-    let fileKeyPaths: [KeyRef: String]
     private let inner: Mutex<Inner>
 
-    public init(config: ClusterConfig, arena: SecretArena) {
-        self.config = config
+    init(config: ClusterConfig, arena: SecretArena) {
         self.nodeName = config.nodeName
+        self.clusterName = config.cluster
         self.arena = arena
-        var ram: [KeyRef: Int] = [:]
-        var files: [KeyRef: String] = [:]
-        for (domainName, domain) in config.domains {
-            for key in domain.keys {
-                let ref = KeyRef(domain: domainName, name: key.name)
-                switch key.kind {
-                case .ram: ram[ref] = domain.ramKeySize
-                case .file(let path): files[ref] = path
-                }
-            }
-        }
-        self.ramKeys = ram
-        self.fileKeyPaths = files
         self.inner = Mutex(Inner(store: ReplicatedStore(graceMillis: UInt64(config.gracePeriodSeconds) * 1000,
-                                                        bucketCount: NodeState.antiEntropyBuckets)))
+                                                        bucketCount: NodeState.antiEntropyBuckets),
+                                 layout: KeyLayout(config)))
     }
 
+    /// The config currently applied (reload replaces it).
+    var config: ClusterConfig { inner.withLock { $0.layout.config } }
+
     var isReady: Bool { inner.withLock { $0.ready } }
+
+    // MARK: Keys
 
     /// The key used to fingerprint PSKs: public (every node derives the same one) but specific
     /// to the cluster and key, so fingerprints cannot be compared across clusters or keys.
     func fingerprintKey(for ref: KeyRef) -> [UInt8] {
-        blake2b(Array("keystore psk fingerprint v1\u{0}\(config.cluster)\u{0}\(ref.domain)\u{0}\(ref.name)".utf8))
+        blake2b(Array("keystore psk fingerprint v1\u{0}\(clusterName)\u{0}\(ref.domain)\u{0}\(ref.name)".utf8))
     }
 
-    /// (Re)reads every PSK file. All files are read before anything changes, so a bad file
-    /// leaves the previous keys in place and the error names it.
-    @discardableResult
-    public func loadFileKeys() throws -> [KeyRef] {
+    /// Reads every PSK file of `layout` (default: the current one) without changing anything,
+    /// so a bad file leaves the previous keys in place and the error names it.
+    func readFileKeys(for layout: KeyLayout? = nil) throws -> [KeyRef: FileKey] {
+        let paths = layout?.fileKeyPaths ?? inner.withLock { $0.layout.fileKeyPaths }
         var loaded: [KeyRef: FileKey] = [:]
         let now = wallClockMillis()
-        for (ref, path) in fileKeyPaths.sorted(by: { $0.key < $1.key }) {
+        for (ref, path) in paths.sorted(by: { $0.key < $1.key }) {
             let field = "domains[\"\(ref.domain)\"].keys[\"\(ref.name)\"].path"
             let secret = try PSKFile.withTrimmedContents(path: path, field: field) { bytes in
                 try SecretBytes.copy(of: bytes, in: arena)
             }
             loaded[ref] = FileKey(secret: secret, fingerprint: secret.keyedFingerprint(key: fingerprintKey(for: ref)), loadedAtMillis: now)
         }
+        return loaded
+    }
+
+    /// (Re)reads every PSK file and installs what changed. Returns the keys whose content
+    /// changed and this node's new declaration records (for peers).
+    func loadFileKeys() throws -> (changed: [KeyRef], declarations: [PSKFingerprint]) {
+        let loaded = try readFileKeys()
         return inner.withLock { state in
-            var changed: [KeyRef] = []
-            for (ref, new) in loaded {
-                if let old = state.fileKeys[ref], old.fingerprint == new.fingerprint {
-                    continue // keep the original load time for an unchanged file
-                }
-                state.fileKeys[ref] = new
-                changed.append(ref)
-                let stamp = state.clock.now(wallMillis: now)
-                _ = state.store.setLocalPSKFingerprint(PSKFingerprint(node: nodeName, key: ref, fingerprint: new.fingerprint, stamp: stamp))
+            let (changed, records) = Self.install(fileKeys: loaded, into: &state, nodeName: nodeName)
+            return (changed, records + Self.declareRAMKeys(&state, nodeName: nodeName))
+        }
+    }
+
+    /// Replaces the file keys (keeping the original load time of an unchanged file).
+    private static func install(fileKeys loaded: [KeyRef: FileKey], into state: inout Inner, nodeName: String)
+        -> (changed: [KeyRef], declarations: [PSKFingerprint]) {
+        var changed: [KeyRef] = []
+        var records: [PSKFingerprint] = []
+        let now = wallClockMillis()
+        for (ref, new) in loaded.sorted(by: { $0.key < $1.key }) {
+            if let old = state.fileKeys[ref], old.fingerprint == new.fingerprint { continue }
+            state.fileKeys[ref] = new
+            changed.append(ref)
+            let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: new.fingerprint, stamp: state.clock.now(wallMillis: now))
+            if state.store.setLocalPSKFingerprint(record) { records.append(record) }
+        }
+        return (changed, records)
+    }
+
+    /// Declares every RAM key of the layout that this node has not declared yet.
+    private static func declareRAMKeys(_ state: inout Inner, nodeName: String) -> [PSKFingerprint] {
+        let now = wallClockMillis()
+        var records: [PSKFingerprint] = []
+        let declared = state.store.keys(withFingerprint: ramDeclaration, from: nodeName)
+        for ref in state.layout.ramKeys.keys.sorted() where !declared.contains(ref) {
+            let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: ramDeclaration, stamp: state.clock.now(wallMillis: now))
+            if state.store.setLocalPSKFingerprint(record) { records.append(record) }
+        }
+        return records
+    }
+
+    /// The RAM keys some member (this node included) declares.
+    private static func declaredRAMKeys(in state: Inner) -> Set<KeyRef> {
+        state.store.keys(withFingerprint: ramDeclaration).union(state.layout.ramKeys.keys)
+    }
+
+    /// Forgets RAM keys no member declares any more, zeroing their secrets.
+    private static func forgetUndeclaredKeys(_ state: inout Inner) -> [KeyRef] {
+        var forgotten: [KeyRef] = []
+        let declared = declaredRAMKeys(in: state)
+        for ref in state.store.keyRefs() where !declared.contains(ref) {
+            for id in state.store.forgetKey(ref) { state.ramSecrets[id] = nil }
+            forgotten.append(ref)
+        }
+        return forgotten
+    }
+
+    /// What a reload applied to the state.
+    struct Reconfiguration {
+        var changedFileKeys: [KeyRef] = []
+        /// Declarations (and PSK fingerprints) to push to peers.
+        var declarations: [PSKFingerprint] = []
+        /// RAM keys no member declares any more, whose secrets were zeroed.
+        var forgotten: [KeyRef] = []
+    }
+
+    /// Switches to a new config (reload): file keys already read by `readFileKeys(for:)`,
+    /// declarations for added and removed keys, the grace period. New RAM keys are minted by
+    /// `mintMissingKeys` afterwards (only once the node is ready).
+    func reconfigure(to layout: KeyLayout, fileKeys: [KeyRef: FileKey]) -> Reconfiguration {
+        let now = wallClockMillis()
+        return inner.withLock { state in
+            let before = state.layout
+            state.layout = layout
+            state.store.graceMillis = UInt64(layout.config.gracePeriodSeconds) * 1000
+            var result = Reconfiguration()
+            // Keys this node no longer declares: an empty record tells the cluster.
+            let declaredBefore = Set(before.ramKeys.keys).union(before.fileKeyPaths.keys)
+            let declaredNow = Set(layout.ramKeys.keys).union(layout.fileKeyPaths.keys)
+            for ref in declaredBefore.subtracting(declaredNow).sorted() {
+                let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: [], stamp: state.clock.now(wallMillis: now))
+                if state.store.setLocalPSKFingerprint(record) { result.declarations.append(record) }
             }
-            return changed.sorted()
+            for ref in state.fileKeys.keys where layout.fileKeyPaths[ref] == nil { state.fileKeys[ref] = nil }
+            let (changed, records) = Self.install(fileKeys: fileKeys, into: &state, nodeName: nodeName)
+            result.changedFileKeys = changed
+            result.declarations += records + Self.declareRAMKeys(&state, nodeName: nodeName)
+            result.forgotten = Self.forgetUndeclaredKeys(&state)
+            return result
         }
     }
 
     func lookup(_ ref: KeyRef) -> KeyLookup {
-        if fileKeyPaths[ref] != nil {
-            return inner.withLock { state in state.fileKeys[ref].map(KeyLookup.file) ?? .notFound }
-        }
-        guard ramKeys[ref] != nil else { return .notFound }
         let now = wallClockMillis()
         return inner.withLock { state in
+            if state.layout.fileKeyPaths[ref] != nil { return state.fileKeys[ref].map(KeyLookup.file) ?? .notFound }
+            guard state.layout.ramKeys[ref] != nil else { return .notFound }
             guard state.ready else { return .notReady }
             let views = state.store.versions(of: ref, nowMillis: now)
             var result: [(view: KeyVersionView, secret: SecretBytes)] = []
@@ -147,28 +234,42 @@ public final class NodeState: Sendable {
         }
     }
 
+    /// Version metadata without key material (rotate's answer), primary first.
+    func versionViews(_ ref: KeyRef) -> [KeyVersionView] {
+        let now = wallClockMillis()
+        return inner.withLock { $0.store.versions(of: ref, nowMillis: now) }
+    }
+
     /// Number of live versions (for listings), nil when unknown / not ready.
     func versionCount(_ ref: KeyRef) -> Int? {
-        if fileKeyPaths[ref] != nil { return inner.withLock { $0.fileKeys[ref] == nil ? 0 : 1 } }
         let now = wallClockMillis()
         return inner.withLock { state in
-            state.ready ? state.store.versions(of: ref, nowMillis: now).count : nil
+            if state.layout.fileKeyPaths[ref] != nil { return state.fileKeys[ref] == nil ? 0 : 1 }
+            return state.ready ? state.store.versions(of: ref, nowMillis: now).count : nil
         }
     }
 
     /// After the join decision: generate every configured RAM key the cluster did not give us,
     /// then serve. Returns the versions this node created (to be pushed to peers).
-    func becomeReady() throws(NodeStateError) -> StoreDelta {
+    func becomeReady() throws(NodeError) -> StoreDelta {
+        try mintMissingKeys(andBecomeReady: true)
+    }
+
+    /// Generates a first version for every declared RAM key that has none (none from the
+    /// cluster either): at the end of the join, and after a reload added keys.
+    func mintMissingKeys(andBecomeReady: Bool = false) throws(NodeError) -> StoreDelta {
         let now = wallClockMillis()
         // Generate outside the lock: randombytes for thousands of keys takes a while.
-        let missing = inner.withLock { state in ramKeys.keys.filter { !state.store.hasVersions($0) } }
+        let missing = inner.withLock { state in
+            state.layout.ramKeys.filter { !state.store.hasVersions($0.key) }
+        }
         var fresh: [KeyRef: SecretBytes] = [:]
-        for ref in missing {
-            do { fresh[ref] = try SecretBytes.random(count: ramKeys[ref]!, in: arena) } catch { throw .memory(error) }
+        for (ref, size) in missing {
+            do { fresh[ref] = try SecretBytes.random(count: size, in: arena) } catch { throw .secretMemory(error) }
         }
         return inner.withLock { state in
             var delta = StoreDelta()
-            for ref in missing.sorted() {
+            for ref in missing.keys.sorted() where state.layout.ramKeys[ref] != nil {
                 let id = VersionID(created: state.clock.now(wallMillis: now), origin: nodeName)
                 // A peer may have delivered this key while we were generating: then keep theirs.
                 if let version = state.store.createInitialVersion(of: ref, id: id), let secret = fresh[ref] {
@@ -176,20 +277,22 @@ public final class NodeState: Sendable {
                     delta.keyVersions[ref, default: []].append(version)
                 }
             }
-            state.ready = true
+            if andBecomeReady { state.ready = true }
             return delta
         }
     }
 
     /// A new primary version for a RAM key (DESIGN.md RAM keys 5).
-    func rotate(_ ref: KeyRef) throws(NodeStateError) -> (KeyVersion, StoreDelta) {
-        if fileKeyPaths[ref] != nil { throw .notRAMKey(ref) }
-        guard let size = ramKeys[ref] else { throw .unknownKey(ref) }
+    func rotate(_ ref: KeyRef) throws(NodeError) -> (KeyVersion, StoreDelta) {
+        let kind: (ram: Int?, file: Bool) = inner.withLock { ($0.layout.ramKeys[ref], $0.layout.fileKeyPaths[ref] != nil) }
+        if kind.file { throw .notRAMKey(ref) }
+        guard let size = kind.ram else { throw .unknownKey(ref) }
         let secret: SecretBytes
-        do { secret = try SecretBytes.random(count: size, in: arena) } catch { throw .memory(error) }
+        do { secret = try SecretBytes.random(count: size, in: arena) } catch { throw .secretMemory(error) }
         let now = wallClockMillis()
-        return try inner.withLock { state throws(NodeStateError) in
-            guard state.ready else { throw .notReady }
+        return try inner.withLock { state throws(NodeError) in
+            guard state.ready else { throw .notReady("ram key \(ref.name)") }
+            guard state.layout.ramKeys[ref] != nil else { throw .unknownKey(ref) }
             let id = VersionID(created: state.clock.now(wallMillis: now), origin: nodeName)
             let version = state.store.rotate(ref, id: id)
             state.ramSecrets[id] = secret
@@ -213,86 +316,167 @@ public final class NodeState: Sendable {
         }
     }
 
-    func withStore<R>(_ body: (inout Inner) throws -> R) rethrows -> R {
-        try inner.withLock { try body(&$0) }
-    }
-
     /// PSK keys whose fingerprints differ among `nodes`.
     func pskMismatches(among nodes: Set<String>) -> [PSKMismatch] {
         inner.withLock { $0.store.pskMismatches(among: nodes) }
     }
-}
 
-// MARK: Replication
+    /// Gauges: declared keys, live RAM key versions and certificate records by state.
+    func counts() -> (ramKeys: Int, fileKeys: Int, ramVersions: Int, certificates: (registered: Int, removed: Int)) {
+        inner.withLock { ($0.layout.ramKeys.count, $0.layout.fileKeyPaths.count, $0.ramSecrets.count, $0.store.certificateCounts()) }
+    }
 
+    // MARK: Replication
 
-
-extension NodeState {
     /// Attaches the secrets to locally known versions (versions whose secret is gone are
     /// left out: they were pruned meanwhile).
     func wireDelta(for delta: StoreDelta) -> WireDelta {
-        withStore { state in
-            var wire = WireDelta(pskFingerprints: delta.pskFingerprints, certificates: delta.certificates)
-            for (ref, versions) in delta.keyVersions.sorted(by: { $0.key < $1.key }) {
-                for version in versions {
-                    if let secret = state.ramSecrets[version.id] {
-                        wire.versions.append(WireKeyVersion(key: ref, version: version, secret: secret))
-                    }
+        inner.withLock { Self.wire(for: delta, secrets: $0.ramSecrets) }
+    }
+
+    private static func wire(for delta: StoreDelta, secrets: [VersionID: SecretBytes]) -> WireDelta {
+        var wire = WireDelta(pskFingerprints: delta.pskFingerprints, certificates: delta.certificates)
+        for (ref, versions) in delta.keyVersions.sorted(by: { $0.key < $1.key }) {
+            for version in versions {
+                if let secret = secrets[version.id] {
+                    wire.versions.append(WireKeyVersion(key: ref, version: version, secret: secret))
                 }
             }
-            return wire
         }
+        return wire
     }
 
     func fullWireDelta() -> WireDelta {
-        wireDelta(for: withStore { $0.store.fullDelta() })
+        inner.withLock { Self.wire(for: $0.store.fullDelta(), secrets: $0.ramSecrets) }
     }
 
     func wireDelta(forBuckets buckets: [Int]) -> WireDelta {
-        wireDelta(for: withStore { $0.store.delta(forBuckets: buckets) })
+        inner.withLock { Self.wire(for: $0.store.delta(forBuckets: buckets), secrets: $0.ramSecrets) }
     }
 
-    var rootDigest: UInt64 { withStore { $0.store.rootDigest() } }
-    var bucketDigests: [UInt64] { withStore { $0.store.bucketDigests() } }
-
-    func differingBuckets(theirs: [UInt64]) -> [Int] {
-        withStore { $0.store.differingBuckets(mine: $0.store.bucketDigests(), theirs: theirs) }
-    }
+    var rootDigest: UInt64 { inner.withLock { $0.store.rootDigest() } }
+    var bucketDigests: [UInt64] { inner.withLock { $0.store.bucketDigests() } }
 
     /// Current HLC reading for outgoing messages.
     func stamp() -> HLCTimestamp {
         let now = wallClockMillis()
-        return withStore { $0.clock.now(wallMillis: now) }
+        return inner.withLock { $0.clock.now(wallMillis: now) }
     }
 
     /// Advances our clock past a peer's; refuses stamps from a clock far in the future.
     func observe(_ stamp: HLCTimestamp) throws(ClockError) {
         let now = wallClockMillis()
-        let result: Result<HLCTimestamp, ClockError> = withStore { state in
+        let result: Result<HLCTimestamp, ClockError> = inner.withLock { state in
             do throws(ClockError) { return .success(try state.clock.observe(stamp, wallMillis: now)) } catch { return .failure(error) }
         }
         _ = try result.get()
     }
 
-    /// Merges a peer's entries. Only RAM keys this node's config declares are admitted; the
+    /// Merges a peer's key versions and key declarations (never persisted: they live in memory
+    /// only). Declarations go first, then versions of RAM keys some member declares; the
     /// secrets of admitted versions move into the vault, the rest are dropped (zeroed).
-    func mergeRemote(_ wire: WireDelta) -> MergeOutcome {
-        var secrets: [VersionID: SecretBytes] = [:]
-        var delta = StoreDelta(pskFingerprints: wire.pskFingerprints)
-        // Registrations for domains this node does not serve are still kept: they cost little and
-        // keep every replica's digest equal, so anti-entropy does not loop on them.
-        delta.certificates = wire.certificates
-        for item in wire.versions {
-            guard ramKeys[item.key] != nil else { continue }
-            secrets[item.version.id] = item.secret
-            delta.keyVersions[item.key, default: []].append(item.version)
-        }
+    func mergeRemoteKeys(_ wire: WireDelta) -> (outcome: MergeOutcome, forgotten: [KeyRef]) {
+        guard !wire.versions.isEmpty || !wire.pskFingerprints.isEmpty else { return (MergeOutcome(), []) }
         let now = wallClockMillis()
-        return withStore { state in
-            let outcome = state.store.merge(delta, nowMillis: now)
-            for (_, version) in outcome.added { state.ramSecrets[version.id] = secrets[version.id] }
-            for (_, id) in outcome.pruned { state.ramSecrets[id] = nil }
-            return outcome
+        return inner.withLock { state in
+            var outcome = state.store.merge(StoreDelta(pskFingerprints: wire.pskFingerprints), nowMillis: now)
+            let forgotten = outcome.pskChanged ? Self.forgetUndeclaredKeys(&state) : []
+            let declared = wire.versions.isEmpty ? [] : Self.declaredRAMKeys(in: state)
+            var secrets: [VersionID: SecretBytes] = [:]
+            var delta = StoreDelta()
+            for item in wire.versions where declared.contains(item.key) {
+                secrets[item.version.id] = item.secret
+                delta.keyVersions[item.key, default: []].append(item.version)
+            }
+            guard !delta.isEmpty else { return (outcome, forgotten) }
+            let versions = state.store.merge(delta, nowMillis: now)
+            for (_, version) in versions.added { state.ramSecrets[version.id] = secrets[version.id] }
+            for (_, id) in versions.pruned { state.ramSecrets[id] = nil }
+            outcome.added += versions.added
+            outcome.pruned += versions.pruned
+            outcome.primaryChanged += versions.primaryChanged
+            outcome.forwardable.keyVersions = versions.forwardable.keyVersions
+            return (outcome, forgotten)
         }
+    }
+
+    // MARK: Registry (reads)
+
+    /// Every record of the user, removed ones included.
+    func certificates(domain: String, user: JID) -> [CertificateRecord] {
+        inner.withLock { $0.store.certificates(domain: domain, user: user.description) }
+    }
+
+    func liveCertificates(domain: String, user: JID) -> [CertificateRecord] {
+        inner.withLock { $0.store.liveCertificates(domain: domain, user: user.description) }
+    }
+
+    /// What the XEP-0257 rules see: live records plus removed ones (a tombstone beats any copy).
+    func registrations(domain: String, user: JID) -> [RegisteredCertificate] {
+        inner.withLock { state in
+            state.store.certificates(domain: domain, user: user.description).compactMap { $0.registered(user: user) }
+        }
+    }
+
+    // MARK: Registry (the writer's primitives; call only from `RegistryWriter`)
+
+    /// The record an `append` would store, or the rule it breaks. Does not change anything.
+    func planAppend(domain: String, user: JID, name: String, certificate parsed: ParsedCertificate,
+                    noCertManagement: Bool) throws(NodeError) -> CertificateRecord {
+        let now = wallClockMillis()
+        let result: Result<CertificateRecord, NodeError> = inner.withLock { state in
+            let existing = state.store.certificates(domain: domain, user: user.description).compactMap { $0.registered(user: user) }
+            do throws(RegistryError) {
+                try CertificateRules.checkAppend(parsed, name: name, user: user, existing: existing, nowMillis: Int64(now))
+            } catch {
+                return .failure(.registry(error))
+            }
+            let id = CertificateID(domain: domain, user: user.description, sha256: parsed.sha256)
+            let content = CertificateContent(name: name, der: parsed.der, notBeforeMillis: parsed.notBeforeMillis,
+                                             notAfterMillis: parsed.notAfterMillis, jids: parsed.xmppAddrs.map(\.description),
+                                             noCertManagement: noCertManagement, added: state.clock.now(wallMillis: now), origin: nodeName)
+            return .success(CertificateRecord(id: id, content: content, removal: nil))
+        }
+        return try result.get()
+    }
+
+    /// The records a disable/revoke would store: every live certificate of the user with that
+    /// name (two nodes may have accepted one name concurrently), or all of them (`name == nil`,
+    /// revoke-all also covers disabled ones, upgrading them to revoked). Changes nothing.
+    func planRemoval(domain: String, user: JID, name: String?, kind: RemovalKind) -> [CertificateRecord] {
+        let now = wallClockMillis()
+        return inner.withLock { state in
+            let targets = state.store.certificates(domain: domain, user: user.description).filter { record in
+                guard let content = record.content else { return false }
+                if let name { return record.removal == nil && content.name == name }
+                return record.removal == nil || (kind == .revoked && record.removal?.kind == .disabled)
+            }
+            let stamp = state.clock.now(wallMillis: now)
+            return targets.map { record in
+                record.merged(with: CertificateRecord(id: record.id, content: nil,
+                                                      removal: CertificateRemoval(kind: kind, stamp: stamp, origin: nodeName)))
+            }
+        }
+    }
+
+    /// The merged value of every incoming record that would change this replica (what must
+    /// be persisted before `applyCertificates`). Changes nothing.
+    func certificateChanges(_ incoming: [CertificateRecord]) -> [CertificateRecord] {
+        inner.withLock { $0.store.certificateChanges(incoming) }
+    }
+
+    func certificateRecord(_ id: CertificateID) -> CertificateRecord? {
+        inner.withLock { $0.store.certificateRecord(id) }
+    }
+
+    /// Joins records into the store (after they were persisted).
+    func applyCertificates(_ records: [CertificateRecord]) -> MergeOutcome {
+        let now = wallClockMillis()
+        return inner.withLock { $0.store.merge(StoreDelta(certificates: records), nowMillis: now) }
+    }
+
+    /// Start-up: the records read from the local database.
+    func loadPersisted(_ records: [CertificateRecord]) {
+        inner.withLock { $0.store.loadCertificates(records) }
     }
 }

@@ -65,12 +65,27 @@ final class PeerConnectionHandler: ChannelInboundHandler {
                 logger.warning("peer connection from \(loopBound.value.remoteAddress?.description ?? "?") sent no valid hello within \(ClusterLoop.admissionTimeout); closing")
                 loopBound.value.close(promise: nil)
             }
-        case .outbound(let node):
+        case .outbound:
+            // Started once TCP is up (`channelActive`): until then the connect timeout applies.
+            break
+        }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        if case .outbound(let node) = direction, !tlsDone {
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            let logger = self.logger
             handshakeDeadline = context.eventLoop.scheduleTask(in: ClusterLoop.admissionTimeout) {
                 logger.notice("peer \(node) accepted the connection but did not complete TLS within \(ClusterLoop.admissionTimeout); closing")
                 loopBound.value.close(promise: nil)
             }
         }
+        context.fireChannelActive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        handshakeDeadline?.cancel()
+        handshakeDeadline = nil
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -92,36 +107,40 @@ final class PeerConnectionHandler: ChannelInboundHandler {
             shell.receive(message, from: peer)
             return
         }
+        guard let identity = greet(message, on: context) else {
+            context.close(promise: nil)
+            return
+        }
+        peer = identity
+        handshakeDeadline?.cancel()
+        handshakeDeadline = nil
+    }
+
+    /// The first message must be a hello from the node the certificate names (inbound) or from
+    /// the node we dialled (outbound); the shell then admits it. Nil: close the connection.
+    private func greet(_ message: PeerMessage, on context: ChannelHandlerContext) -> PeerIdentity? {
+        guard case .hello(let hello) = message else {
+            switch direction {
+            case .inbound:
+                logger.warning("peer connection from \(context.remoteAddress?.description ?? "?") did not start with hello; closing")
+            case .outbound(let node):
+                logger.warning("peer \(node) sent data before its hello on a connection we dialed; closing it")
+            }
+            return nil
+        }
         switch direction {
         case .inbound:
-            guard case .hello(let hello) = message else {
-                logger.warning("peer connection from \(context.remoteAddress?.description ?? "?") did not start with hello; closing")
-                context.close(promise: nil)
-                return
-            }
             guard let names = certificateNames, names.contains(hello.node) else {
                 logger.warning("peer claims to be \(hello.node) but its certificate names \(certificateNames ?? []); closing")
-                context.close(promise: nil)
-                return
+                return nil
             }
-            guard let identity = shell.admit(hello, on: context.channel) else {
-                context.close(promise: nil)
-                return
-            }
-            peer = identity
-            handshakeDeadline?.cancel()
-            handshakeDeadline = nil
+            return shell.admit(hello, on: context.channel)
         case .outbound(let node):
-            guard case .hello(let hello) = message, hello.node == node else {
-                logger.warning("peer \(node) sent data before its hello on a connection we dialed; closing it")
-                context.close(promise: nil)
-                return
+            guard hello.node == node else {
+                logger.warning("peer \(node) answered with a hello naming \(hello.node); closing")
+                return nil
             }
-            guard let identity = shell.answered(hello, on: context.channel) else {
-                context.close(promise: nil)
-                return
-            }
-            peer = identity
+            return shell.answered(hello, on: context.channel)
         }
     }
 
@@ -155,4 +174,6 @@ struct PeerIdentity: Sendable {
     var instance: UInt64
     var address: String
     var softwareVersion: String
+    /// What its decoder understands and whether it takes answers on its own dial.
+    var features: PeerWireFeatures
 }

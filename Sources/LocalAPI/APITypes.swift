@@ -1,3 +1,4 @@
+import KeystoreAPI
 import NIOCore
 import NIOHTTP1
 
@@ -26,6 +27,13 @@ public struct APIRequest: Sendable {
     public var caller: PeerCredentials
     /// Per-node sequence number, for log correlation.
     public var requestID: UInt64
+
+    /// What follows '?' in the target (without a fragment); empty when there is no query.
+    public var query: Substring {
+        guard let mark = uri.firstIndex(of: "?") else { return "" }
+        let rest = uri[uri.index(after: mark)...]
+        return rest.firstIndex(of: "#").map { rest[..<$0] } ?? rest
+    }
 
     public init(method: HTTPMethod, uri: String, headers: HTTPHeaders, body: ByteBuffer, caller: PeerCredentials, requestID: UInt64) {
         self.method = method
@@ -86,31 +94,9 @@ public struct APIRequest: Sendable {
     }
 }
 
-/// The stable error codes of DESIGN.md ("Error codes").
-public enum APIErrorCode: String, Sendable {
-    case badRequest = "bad_request"
-    case notFound = "not_found"
-    case forbidden = "forbidden"
-    case conflict = "conflict"
-    case notReady = "not_ready"
-    case invalidCertificate = "invalid_certificate"
-    case payloadTooLarge = "payload_too_large"
-    case methodNotAllowed = "method_not_allowed"
-    case internalError = "internal"
-
-    public var status: HTTPResponseStatus {
-        switch self {
-        case .badRequest: return .badRequest
-        case .notFound: return .notFound
-        case .forbidden: return .forbidden
-        case .conflict: return .conflict
-        case .notReady: return .serviceUnavailable
-        case .invalidCertificate: return .unprocessableEntity
-        case .payloadTooLarge: return .payloadTooLarge
-        case .methodNotAllowed: return .methodNotAllowed
-        case .internalError: return .internalServerError
-        }
-    }
+extension APIErrorCode {
+    /// The code's HTTP status (fixed in the contract, `APIErrorCode.httpStatus`).
+    public var status: HTTPResponseStatus { HTTPResponseStatus(statusCode: httpStatus) }
 }
 
 /// An API failure: the code is for programs, the message tells a person what to fix.

@@ -60,7 +60,9 @@ public enum PeerFrameCodec {
         return buffer.readSlice(length: Int(length))
     }
 
-    public static func encode(_ message: PeerMessage, into out: inout ByteBuffer) {
+    /// `features`: what the receiving peer decodes (`PeerWireFeatures(peerSoftwareVersion:)` of its
+    /// hello); deltas leave out or downgrade what an older peer would refuse.
+    public static func encode(_ message: PeerMessage, into out: inout ByteBuffer, for features: PeerWireFeatures = .current) {
         let start = out.writerIndex
         out.writeInteger(UInt32(0))
         out.writeInteger(version)
@@ -77,7 +79,7 @@ public enum PeerFrameCodec {
             out.writeInteger(MessageType.swim.rawValue)
             writeSWIM(swim, &out)
         case .replication(let message, let stamp):
-            writeReplication(message, stamp: stamp, &out)
+            writeReplication(message, stamp: stamp, features, &out)
         }
         out.setInteger(UInt32(out.writerIndex - start - 4), at: start)
     }
@@ -87,6 +89,16 @@ public enum PeerFrameCodec {
         var result: [WireDelta] = []
         var current = WireDelta(pskFingerprints: delta.pskFingerprints)
         var size = 0
+        for floor in delta.tokenSequenceFloors {
+            let cost = floor.domain.utf8.count + floor.user.utf8.count + floor.origin.utf8.count + 32
+            if size + cost > limit && !current.isEmpty {
+                result.append(current)
+                current = WireDelta()
+                size = 0
+            }
+            current.tokenSequenceFloors.append(floor)
+            size += cost
+        }
         for v in delta.versions {
             let cost = v.secret.count + 128
             if size + cost > limit && !current.isEmpty {
@@ -139,7 +151,8 @@ public enum PeerFrameCodec {
 
     // MARK: Replication
 
-    private static func writeReplication(_ message: ReplicationMessage<WireDelta>, stamp: HLCTimestamp, _ out: inout ByteBuffer) {
+    private static func writeReplication(_ message: ReplicationMessage<WireDelta>, stamp: HLCTimestamp, _ features: PeerWireFeatures,
+                                         _ out: inout ByteBuffer) {
         switch message {
         case .digest(let root):
             out.writeInteger(MessageType.digest.rawValue)
@@ -181,7 +194,8 @@ public enum PeerFrameCodec {
                 writeStamp(fp.stamp, &out)
             }
             out.writeInteger(UInt32(delta.certificates.count))
-            for record in delta.certificates { writeCertificate(record, &out) }
+            for record in delta.certificates { writeCertificate(record, features, &out) }
+            writeDeltaSections(delta, features, &out)
         case .syncRequest:
             out.writeInteger(MessageType.syncRequest.rawValue)
             writeStamp(stamp, &out)
@@ -256,6 +270,7 @@ public enum PeerFrameCodec {
             }
             let certCount = try readCount(&b, minimumElementBytes: 2 + 2 + 1 + 1 + 1, "certificate records")
             for _ in 0..<certCount { delta.certificates.append(try readCertificate(&b)) }
+            try readDeltaSections(&b, into: &delta)
             return .replication(.delta(delta, purpose: purpose), stamp: stamp)
         case .syncRequest:
             return .replication(.syncRequest, stamp: try readStamp(&b))
@@ -342,12 +357,14 @@ public enum PeerFrameCodec {
 
     static let maxCertificateDER = 64 * 1024
 
-    private static func writeCertificate(_ record: CertificateRecord, _ out: inout ByteBuffer) {
+    private static func writeCertificate(_ record: CertificateRecord, _ features: PeerWireFeatures, _ out: inout ByteBuffer) {
         writeString(record.id.domain, &out)
         writeString(record.id.user, &out)
         out.writeInteger(UInt8(record.id.sha256.count))
         out.writeBytes(record.id.sha256)
-        if let content = record.content {
+        // 0.1.0 refuses a certificate of length 0, which is what a compacted (revoked) record
+        // holds: it gets the record as a bare tombstone, which it decodes and joins correctly.
+        if let content = record.content, !content.der.isEmpty || features.compactedCertificates {
             out.writeInteger(UInt8(1))
             writeString(content.name, &out)
             out.writeInteger(UInt32(content.der.count))
@@ -385,7 +402,8 @@ public enum PeerFrameCodec {
         case 1:
             let name = try readString(&b, "certificate name")
             let derLength: UInt32 = try read(&b, "certificate length")
-            guard derLength > 0, Int(derLength) <= maxCertificateDER else { throw .invalidField("certificate length \(derLength)") }
+            // 0 only for a compacted record, checked against its removal below.
+            guard Int(derLength) <= maxCertificateDER else { throw .invalidField("certificate length \(derLength)") }
             guard let der = b.readBytes(length: Int(derLength)) else { throw .truncated("a certificate") }
             let notBefore: Int64 = try read(&b, "not-before")
             let notAfter: Int64 = try read(&b, "not-after")
@@ -410,7 +428,58 @@ public enum PeerFrameCodec {
             let origin = try readString(&b, "removal origin")
             removal = CertificateRemoval(kind: kind, stamp: stamp, origin: origin)
         }
+        if let content, content.der.isEmpty, removal?.kind != .revoked {
+            throw .invalidField("certificate length 0 (only a revoked record drops its certificate)")
+        }
         return CertificateRecord(id: id, content: content, removal: removal)
+    }
+
+    // MARK: Delta sections
+
+    /// Optional parts of a delta after the certificate list, each `u8 tag | u32 count | entries`,
+    /// present only when non-empty and only for a peer whose `features` decode them: a delta
+    /// without them is byte for byte the 0.1.0 format (whose decoder refuses trailing bytes).
+    enum DeltaSection: UInt8 {
+        case tokenSequenceFloors = 1
+    }
+
+    private static func writeDeltaSections(_ delta: WireDelta, _ features: PeerWireFeatures, _ out: inout ByteBuffer) {
+        if features.tokenSequenceFloors && !delta.tokenSequenceFloors.isEmpty {
+            out.writeInteger(DeltaSection.tokenSequenceFloors.rawValue)
+            out.writeInteger(UInt32(delta.tokenSequenceFloors.count))
+            for floor in delta.tokenSequenceFloors {
+                writeString(floor.domain, &out)
+                writeString(floor.user, &out)
+                out.writeInteger(floor.floor)
+                writeStamp(floor.stamp, &out)
+                writeString(floor.origin, &out)
+            }
+        }
+    }
+
+    /// Strict like the rest of the codec: an unknown or repeated section is refused (a newer
+    /// peer must leave out what this version did not announce).
+    private static func readDeltaSections(_ b: inout ByteBuffer, into delta: inout WireDelta) throws(PeerWireError) {
+        var seen: Set<UInt8> = []
+        while b.readableBytes > 0 {
+            let tag: UInt8 = try read(&b, "delta section")
+            guard let section = DeltaSection(rawValue: tag) else { throw .invalidField("delta section \(tag)") }
+            guard seen.insert(tag).inserted else { throw .invalidField("repeated delta section \(tag)") }
+            switch section {
+            case .tokenSequenceFloors:
+                let count = try readCount(&b, minimumElementBytes: 2 + 2 + 8 + 12 + 2, "token sequence floors")
+                guard count > 0 else { throw .invalidField("empty token sequence floor section") }
+                for _ in 0..<count {
+                    let domain = try readString(&b, "floor domain")
+                    let user = try readString(&b, "floor user")
+                    let floor: UInt64 = try read(&b, "floor")
+                    let stamp = try readStamp(&b)
+                    let origin = try readString(&b, "floor origin")
+                    delta.tokenSequenceFloors.append(TokenSequenceFloor(domain: domain, user: user, floor: floor,
+                                                                        stamp: stamp, origin: origin))
+                }
+            }
+        }
     }
 
     // MARK: Primitives

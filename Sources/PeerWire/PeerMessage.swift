@@ -6,7 +6,7 @@ import SecretMemory
 
 /// First frame on every peer connection. The dialer sends it first; an accepting node from 0.2
 /// on answers a dialer that understands it with its own hello on the same connection
-/// (`answersOnDialedConnection`), after which messages travel both ways on that connection.
+/// (`PeerWireFeatures.answersOnDialedConnection`), after which messages travel both ways on it.
 public struct PeerHello: Sendable, Equatable {
     public var cluster: String
     public var node: String
@@ -24,23 +24,6 @@ public struct PeerHello: Sendable, Equatable {
         self.address = address
         self.softwareVersion = softwareVersion
         self.stamp = stamp
-    }
-
-    /// Whether the sender, as a dialer, takes its peer's hello and messages back on the
-    /// connection it opened. 0.1.0 nodes do not: they close a dialed connection on which anything
-    /// arrives, so an accepting node answers them over its own connection instead, and a rolling
-    /// upgrade from 0.1.0 keeps working. Decided by the software version (0.2 and later): the
-    /// hello's fields are fixed, and a 0.1.0 node refuses any extra byte in it.
-    public var answersOnDialedConnection: Bool {
-        Self.version(softwareVersion, isAtLeast: (0, 2))
-    }
-
-    /// Compares the leading "major.minor" of a version string; anything unparsable is old.
-    static func version(_ version: String, isAtLeast minimum: (Int, Int)) -> Bool {
-        let release = version.prefix { $0 != "-" && $0 != "+" }
-        let numbers = release.split(separator: ".", omittingEmptySubsequences: false).prefix(2).map { Int($0) }
-        guard numbers.count == 2, let major = numbers[0], let minor = numbers[1] else { return false }
-        return (major, minor) >= minimum
     }
 }
 
@@ -62,17 +45,22 @@ public struct WireDelta: Sendable {
     public var pskFingerprints: [PSKFingerprint]
     /// Certificate registrations and their tombstones (public data: no secrets).
     public var certificates: [CertificateRecord]
-    public init(versions: [WireKeyVersion] = [], pskFingerprints: [PSKFingerprint] = [], certificates: [CertificateRecord] = []) {
+    /// Refresh-token sequence floors (public data). Not sent to 0.1.0 peers (`PeerWireFeatures`).
+    public var tokenSequenceFloors: [TokenSequenceFloor]
+    public init(versions: [WireKeyVersion] = [], pskFingerprints: [PSKFingerprint] = [], certificates: [CertificateRecord] = [],
+                tokenSequenceFloors: [TokenSequenceFloor] = []) {
         self.versions = versions
         self.pskFingerprints = pskFingerprints
         self.certificates = certificates
+        self.tokenSequenceFloors = tokenSequenceFloors
     }
-    public var isEmpty: Bool { versions.isEmpty && pskFingerprints.isEmpty && certificates.isEmpty }
+    public var isEmpty: Bool { versions.isEmpty && pskFingerprints.isEmpty && certificates.isEmpty && tokenSequenceFloors.isEmpty }
 
     /// The metadata part, for `ReplicatedStore.merge`.
     public var storeDelta: StoreDelta {
         var delta = StoreDelta(pskFingerprints: pskFingerprints)
         delta.certificates = certificates
+        delta.tokenSequenceFloors = tokenSequenceFloors
         for v in versions { delta.keyVersions[v.key, default: []].append(v.version) }
         return delta
     }

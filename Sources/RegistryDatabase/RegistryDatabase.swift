@@ -9,11 +9,13 @@ import Musl
 import Darwin
 #endif
 
-/// The node's durable copy of the certificate registry (DESIGN.md "Certificate registry" 5 and 6).
+/// The node's durable copy of the replicated registry (DESIGN.md "Certificate registry" 5 and 6):
+/// certificate records with their tombstones, and the users' refresh-token sequence floors.
 ///
-/// Registrations and removal tombstones must survive a full-cluster restart, so `upsert` returns only
-/// after SQLite has committed and fsynced (WAL with `synchronous=FULL`); the API acknowledges a request
-/// only after that. RAM keys never come here: the record type has no field that could hold one.
+/// Registrations, removal tombstones and floors must survive a full-cluster restart, so `write` (and
+/// `upsert`) return only after SQLite has committed and fsynced (WAL with `synchronous=FULL`); the API
+/// acknowledges a request only after that. RAM keys never come here: no record type has a field that
+/// could hold one.
 ///
 /// Plain system libsqlite3 through a tiny module map instead of GRDB: for one table and three
 /// statements, GRDB's build time on our 2-core builders costs far more than these few hundred lines.
@@ -22,7 +24,7 @@ import Darwin
 /// time, so the owner confines the instance to one actor/thread (the connection is opened NOMUTEX).
 public final class RegistryDatabase {
     /// The schema this build writes and understands; `migrate` upgrades anything older to it.
-    public static let schemaVersion: Int32 = 1
+    public static let schemaVersion: Int32 = 2
 
     /// Path of the SQLite file, used in every error so the operator knows which node's file is meant.
     public let path: String
@@ -79,16 +81,24 @@ public final class RegistryDatabase {
     deinit { close() }
 
     /// Writes `records` in ONE transaction, replacing any row with the same (domain, user, sha256).
-    ///
-    /// The caller passes already-merged records; the database does not merge. Returns only after the
-    /// commit is on disk, so acknowledging the request afterwards is safe. On error nothing is stored.
+    /// The same as `write(RegistryWrite(certificates: records))`.
     public func upsert(_ records: [StoredCertificate]) throws(RegistryDatabaseError) {
+        try write(RegistryWrite(certificates: records))
+    }
+
+    /// Applies one batch in ONE transaction: certificate rows are replaced by (domain, user, sha256),
+    /// forgotten certificates deleted, floor rows replaced by (domain, user).
+    ///
+    /// The caller passes already-merged records (one merge outcome, or one local operation); the
+    /// database does not merge. Returns only after the commit is on disk, so acknowledging the
+    /// request afterwards is safe. On error nothing of the batch is stored.
+    public func write(_ batch: RegistryWrite) throws(RegistryDatabaseError) {
         guard let db, let statements else { throw .writeFailed(reason: "registry database \(path) is closed") }
-        if records.isEmpty { return }
+        if batch.isEmpty { return }
         // Encode first so a bad record cannot leave a transaction half-written.
         var encodedJIDs: [String] = []
-        encodedJIDs.reserveCapacity(records.count)
-        for record in records {
+        encodedJIDs.reserveCapacity(batch.certificates.count)
+        for record in batch.certificates {
             guard let json = encodeJIDs(record.jids) else {
                 throw .writeFailed(reason: "\(path): the jids of \(record.user)@\(record.domain) cannot be encoded")
             }
@@ -97,9 +107,17 @@ public final class RegistryDatabase {
 
         try runWrite(statements.begin, what: "begin transaction")
         do throws(RegistryDatabaseError) {
-            for (record, jids) in zip(records, encodedJIDs) {
+            for key in batch.deletedCertificates {
+                try bind(key, to: statements.deleteCertificate)
+                try runWrite(statements.deleteCertificate, what: "delete \(key.user)@\(key.domain)")
+            }
+            for (record, jids) in zip(batch.certificates, encodedJIDs) {
                 try bind(record, jids: jids, to: statements.upsert)
                 try runWrite(statements.upsert, what: "write \(record.user)@\(record.domain)")
+            }
+            for floor in batch.tokenSequenceFloors {
+                try bind(floor, to: statements.upsertFloor)
+                try runWrite(statements.upsertFloor, what: "write the token floor of \(floor.user)@\(floor.domain)")
             }
             try runWrite(statements.commit, what: "commit")
         } catch {
@@ -116,18 +134,29 @@ public final class RegistryDatabase {
 
     /// Every stored record (registrations and tombstones), ordered by (domain, user, sha256).
     public func loadAll() throws(RegistryDatabaseError) -> [StoredCertificate] {
+        try readRows(\.selectAll, what: "read records") { stmt throws(RegistryDatabaseError) in try decodeRow(stmt) }
+    }
+
+    /// Every stored refresh-token sequence floor, ordered by (domain, user).
+    public func loadTokenSequenceFloors() throws(RegistryDatabaseError) -> [StoredTokenSequenceFloor] {
+        try readRows(\.selectFloors, what: "read token floors") { stmt throws(RegistryDatabaseError) in try decodeFloorRow(stmt) }
+    }
+
+    /// Steps one prepared SELECT to the end, decoding each row.
+    private func readRows<Row>(_ statement: KeyPath<Statements, OpaquePointer>, what: String,
+                               _ decode: (OpaquePointer) throws(RegistryDatabaseError) -> Row) throws(RegistryDatabaseError) -> [Row] {
         guard db != nil, let statements else {
             throw .cannotOpen(path: path, reason: "the database was closed; open it again to read")
         }
-        let stmt = statements.selectAll
+        let stmt = statements[keyPath: statement]
         defer { sqlite3_reset(stmt) }
         sqlite3_reset(stmt)
-        var result: [StoredCertificate] = []
+        var result: [Row] = []
         while true {
             let rc = sqlite3_step(stmt)
             if rc == SQLITE_DONE { break }
-            guard rc == SQLITE_ROW else { throw readError(rc, what: "read records") }
-            result.append(try decodeRow(stmt))
+            guard rc == SQLITE_ROW else { throw readError(rc, what: what) }
+            result.append(try decode(stmt))
         }
         return result
     }
@@ -280,6 +309,20 @@ public final class RegistryDatabase {
                     PRIMARY KEY (domain, user, sha256)
                 ) WITHOUT ROWID
                 """]
+        case 2:
+            // Refresh-token sequence floors (issue 14): one row per user, the replicated maximum.
+            // floor and stamp_wall are UInt64 stored by bit pattern, like the clocks above.
+            return ["""
+                CREATE TABLE token_sequence_floors (
+                    domain TEXT NOT NULL,
+                    user TEXT NOT NULL,
+                    floor INTEGER NOT NULL,
+                    stamp_wall INTEGER NOT NULL,
+                    stamp_logical INTEGER NOT NULL,
+                    origin TEXT NOT NULL,
+                    PRIMARY KEY (domain, user)
+                ) WITHOUT ROWID
+                """]
         default:
             return []
         }
@@ -308,6 +351,9 @@ public final class RegistryDatabase {
         let rollback: OpaquePointer
         let upsert: OpaquePointer
         let selectAll: OpaquePointer
+        let deleteCertificate: OpaquePointer
+        let upsertFloor: OpaquePointer
+        let selectFloors: OpaquePointer
 
         static let columns = """
             domain, user, sha256, name, der, not_before_ms, not_after_ms, jids, no_cert_management, \
@@ -323,6 +369,9 @@ public final class RegistryDatabase {
                 "INSERT OR REPLACE INTO certificates (\(Self.columns)) "
                     + "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
                 "SELECT \(Self.columns) FROM certificates ORDER BY domain, user, sha256",
+                "DELETE FROM certificates WHERE domain = ?1 AND user = ?2 AND sha256 = ?3",
+                "INSERT OR REPLACE INTO token_sequence_floors (\(Self.floorColumns)) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "SELECT \(Self.floorColumns) FROM token_sequence_floors ORDER BY domain, user",
             ]
             for sql in sqls {
                 var stmt: OpaquePointer?
@@ -336,10 +385,15 @@ public final class RegistryDatabase {
                 prepared.append(stmt)
             }
             (begin, commit, rollback, upsert, selectAll) = (prepared[0], prepared[1], prepared[2], prepared[3], prepared[4])
+            (deleteCertificate, upsertFloor, selectFloors) = (prepared[5], prepared[6], prepared[7])
         }
 
+        static let floorColumns = "domain, user, floor, stamp_wall, stamp_logical, origin"
+
         func finalize() {
-            for stmt in [begin, commit, rollback, upsert, selectAll] { sqlite3_finalize(stmt) }
+            for stmt in [begin, commit, rollback, upsert, selectAll, deleteCertificate, upsertFloor, selectFloors] {
+                sqlite3_finalize(stmt)
+            }
         }
     }
 
@@ -406,6 +460,31 @@ public final class RegistryDatabase {
         ]
         if let bad = codes.firstIndex(where: { $0 != SQLITE_OK }) {
             throw writeError(codes[bad], what: "bind column \(bad + 1) of \(record.user)@\(record.domain)")
+        }
+    }
+
+    private func bind(_ key: StoredCertificateKey, to stmt: OpaquePointer) throws(RegistryDatabaseError) {
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+        let codes = [Self.bindText(stmt, 1, key.domain), Self.bindText(stmt, 2, key.user), Self.bindBlob(stmt, 3, key.sha256)]
+        if let bad = codes.firstIndex(where: { $0 != SQLITE_OK }) {
+            throw writeError(codes[bad], what: "bind key column \(bad + 1) of \(key.user)@\(key.domain)")
+        }
+    }
+
+    private func bind(_ floor: StoredTokenSequenceFloor, to stmt: OpaquePointer) throws(RegistryDatabaseError) {
+        sqlite3_reset(stmt)
+        sqlite3_clear_bindings(stmt)
+        let codes = [
+            Self.bindText(stmt, 1, floor.domain),
+            Self.bindText(stmt, 2, floor.user),
+            Self.bindInt(stmt, 3, Int64(bitPattern: floor.floor)),
+            Self.bindInt(stmt, 4, Int64(bitPattern: floor.stampWall)),
+            Self.bindInt(stmt, 5, Int64(floor.stampLogical)),
+            Self.bindText(stmt, 6, floor.origin),
+        ]
+        if let bad = codes.firstIndex(where: { $0 != SQLITE_OK }) {
+            throw writeError(codes[bad], what: "bind floor column \(bad + 1) of \(floor.user)@\(floor.domain)")
         }
     }
 
@@ -479,6 +558,23 @@ public final class RegistryDatabase {
             removalWall: removalWall.map { UInt64(bitPattern: $0) },
             removalLogical: removalLogical.flatMap { UInt32(exactly: $0) },
             removalOrigin: removalOrigin)
+    }
+
+    /// Strict like `decodeRow`: a floor read wrongly could un-revoke refresh tokens.
+    private func decodeFloorRow(_ stmt: OpaquePointer) throws(RegistryDatabaseError) -> StoredTokenSequenceFloor {
+        let row = RowReader(stmt: stmt)
+        guard let domain = row.text(0), let user = row.text(1) else {
+            throw .corrupt(path: path, reason: "a token floor row has no domain or user")
+        }
+        func bad(_ column: String) -> RegistryDatabaseError {
+            .corrupt(path: path, reason: "column \(column) of the token floor of \(user)@\(domain) holds an invalid value")
+        }
+        guard let floor = row.int(2) else { throw bad("floor") }
+        guard let wall = row.int(3) else { throw bad("stamp_wall") }
+        guard let logical = row.int(4), let logical32 = UInt32(exactly: logical) else { throw bad("stamp_logical") }
+        guard let origin = row.text(5) else { throw bad("origin") }
+        return StoredTokenSequenceFloor(domain: domain, user: user, floor: UInt64(bitPattern: floor),
+                                        stampWall: UInt64(bitPattern: wall), stampLogical: logical32, origin: origin)
     }
 
     private static func fits<T: FixedWidthInteger>(_ value: Int64?, _: T.Type) -> Bool {

@@ -72,8 +72,11 @@ public struct CertificateRemoval: Hashable, Sendable {
 
 /// What the user registered. Public data (a certificate and its metadata), never secret.
 public struct CertificateContent: Hashable, Sendable {
-    /// The user's label for the certificate, unique per user among live records.
+    /// The user's label for the certificate. Unique per user among the records one node
+    /// accepts, but two nodes may accept one name concurrently: then both records stay live,
+    /// told apart by fingerprint (see `ReplicatedStore.liveCertificates`).
     public var name: String
+    /// Empty once the record is revoked (see `CertificateRecord.merged(with:)`).
     public var der: [UInt8]
     public var notBeforeMillis: Int64
     public var notAfterMillis: Int64
@@ -98,15 +101,32 @@ public struct CertificateContent: Hashable, Sendable {
     /// The same certificate registered on two nodes concurrently: the earliest (added, origin)
     /// wins. Remaining fields only break ties a correct cluster never produces (one node's HLC
     /// is strictly monotonic), so that even a buggy peer cannot make replicas disagree.
+    ///
+    /// The DER is compared last on purpose: compaction empties it (`CertificateRecord`), and
+    /// with the DER last, emptying it never changes which of two contents wins except between
+    /// contents that are equal once emptied. That is what makes "compact, then join" equal
+    /// "join, then compact", whatever order records arrive in.
     public func precedes(_ other: CertificateContent) -> Bool {
         if added != other.added { return added < other.added }
         if origin != other.origin { return origin < other.origin }
         if name != other.name { return name < other.name }
-        if der != other.der { return der.lexicographicallyPrecedes(other.der) }
         if notBeforeMillis != other.notBeforeMillis { return notBeforeMillis < other.notBeforeMillis }
         if notAfterMillis != other.notAfterMillis { return notAfterMillis < other.notAfterMillis }
         if jids != other.jids { return jids.lexicographicallyPrecedes(other.jids) }
-        return !noCertManagement && other.noCertManagement
+        if noCertManagement != other.noCertManagement { return !noCertManagement }
+        return der.lexicographicallyPrecedes(other.der)
+    }
+
+    /// The instant from which the store may forget a record with this content: `not_after`
+    /// plus `ReplicatedStore.certificateRetentionAfterExpiryMillis`, saturating.
+    public var forgettableAtMillis: Int64 {
+        let (sum, overflow) = notAfterMillis.addingReportingOverflow(ReplicatedStore.certificateRetentionAfterExpiryMillis)
+        return overflow ? (notAfterMillis < 0 ? Int64.min : Int64.max) : sum
+    }
+
+    /// True when the record may be forgotten at `nowMillis` (see `forgettableAtMillis`).
+    public func isForgettable(atMillis nowMillis: UInt64) -> Bool {
+        Int64(clamping: nowMillis) >= forgettableAtMillis
     }
 }
 
@@ -124,13 +144,18 @@ public struct CertificateRecord: Hashable, Sendable {
         self.removal = removal
     }
 
-    /// Registered and not removed. Name resolution can still hide a live record (see
-    /// `ReplicatedStore.liveCertificates`).
+    /// Registered and not removed: listed and usable. Every live record is shown, also when
+    /// two share a name (see `ReplicatedStore.liveCertificates`).
     public var isLive: Bool { content != nil && removal == nil }
 
     /// Join of two states of the same certificate: commutative, associative, idempotent,
     /// and a removal once present is never lost. Records of different ids are not joined
     /// (self is returned unchanged) rather than trapping on a caller mistake.
+    ///
+    /// The result is always `compacted()`: a revoked record never carries its DER, whatever
+    /// order the add and the revocation arrive in, so every replica holds (and digests) the
+    /// same bytes. Sound because compaction only ever empties the DER of a record whose
+    /// removal is `revoked`, a removal only grows, and `precedes` compares the DER last.
     public func merged(with other: CertificateRecord) -> CertificateRecord {
         guard id == other.id else { return self }
         var result = self
@@ -148,6 +173,18 @@ public struct CertificateRecord: Hashable, Sendable {
                 result.removal = theirs
             }
         }
+        return result.compacted()
+    }
+
+    /// What a revoked certificate keeps: everything needed to refuse it again and to show it
+    /// (fingerprint, name, validity, JIDs, the removal), not the DER, which is the bulk of a
+    /// record and is never needed again. A disabled record keeps its DER: XEP-0257 still
+    /// lists disabled certificates with their certificate (the API contract shows it), and it
+    /// is forgotten at expiry anyway (`ReplicatedStore.expireCertificates`).
+    public func compacted() -> CertificateRecord {
+        guard removal?.kind == .revoked, let content, !content.der.isEmpty else { return self }
+        var result = self
+        result.content?.der = []
         return result
     }
 }

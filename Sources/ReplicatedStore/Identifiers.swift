@@ -149,16 +149,20 @@ public struct StoreDelta: Hashable, Sendable {
     public var pskFingerprints: [PSKFingerprint]
     /// Certificate registry records; several records for one id are allowed (they are joined).
     public var certificates: [CertificateRecord]
+    /// Refresh-token sequence floors; several records for one user are allowed (joined).
+    public var tokenSequenceFloors: [TokenSequenceFloor]
 
     public init(keyVersions: [KeyRef: [KeyVersion]] = [:], pskFingerprints: [PSKFingerprint] = [],
-                certificates: [CertificateRecord] = []) {
+                certificates: [CertificateRecord] = [], tokenSequenceFloors: [TokenSequenceFloor] = []) {
         self.keyVersions = keyVersions
         self.pskFingerprints = pskFingerprints
         self.certificates = certificates
+        self.tokenSequenceFloors = tokenSequenceFloors
     }
 
     public var isEmpty: Bool {
-        pskFingerprints.isEmpty && certificates.isEmpty && keyVersions.values.allSatisfy { $0.isEmpty }
+        pskFingerprints.isEmpty && certificates.isEmpty && tokenSequenceFloors.isEmpty
+            && keyVersions.values.allSatisfy { $0.isEmpty }
     }
 }
 
@@ -179,15 +183,25 @@ public struct MergeOutcome: Sendable {
     /// disabled to revoked: the records the shell emits disable/revoke events for. A removal
     /// that only lost a tie to an equal-kind earlier one is not news and is not listed.
     public var certificatesNewlyRemoved: [CertificateRecord]
+    /// Records this merge forgot (a bare tombstone or an expired record met by a record whose
+    /// certificate has already expired; see ReplicatedStore+Certificates.swift), sorted: the
+    /// shell deletes their rows. Never also in `certificatesChanged`.
+    public var certificatesForgotten: [CertificateID]
+    /// The new value of every floor this merge raised, sorted by (domain, user): the shell
+    /// persists exactly these.
+    public var tokenSequenceFloorsChanged: [TokenSequenceFloor]
     /// The part of the input that changed this replica; gossip it on (eager push). For
     /// certificates it carries the merged record (the join of the input with what was held),
-    /// which tells a peer everything the input did and never less.
+    /// which tells a peer everything the input did and never less. Forgetting is not
+    /// forwarded: every replica forgets by its own clock.
     public var forwardable: StoreDelta
 
     public init(added: [(KeyRef, KeyVersion)] = [], pruned: [(KeyRef, VersionID)] = [],
                 primaryChanged: [KeyRef] = [], pskChanged: Bool = false,
                 certificatesChanged: [CertificateRecord] = [],
                 certificatesNewlyRemoved: [CertificateRecord] = [],
+                certificatesForgotten: [CertificateID] = [],
+                tokenSequenceFloorsChanged: [TokenSequenceFloor] = [],
                 forwardable: StoreDelta = StoreDelta()) {
         self.added = added
         self.pruned = pruned
@@ -195,6 +209,8 @@ public struct MergeOutcome: Sendable {
         self.pskChanged = pskChanged
         self.certificatesChanged = certificatesChanged
         self.certificatesNewlyRemoved = certificatesNewlyRemoved
+        self.certificatesForgotten = certificatesForgotten
+        self.tokenSequenceFloorsChanged = tokenSequenceFloorsChanged
         self.forwardable = forwardable
     }
 }

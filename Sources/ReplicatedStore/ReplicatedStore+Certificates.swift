@@ -4,14 +4,47 @@
 /// removal joined by strongest-then-earliest), so merges are commutative, associative and
 /// idempotent, and a removal, once seen anywhere, survives every later merge: no stale
 /// replica, restart (the shell reloads via `loadCertificates`) or full sync can undo it.
-/// Records are never deleted, so the registry grows with every registration ever made; that
-/// is the price of tombstones that cannot be outlived by a stale add.
+///
+/// Same-name registrations: two nodes may accept the same name for one user at the same time
+/// (each checked the name against what it knew). Both acknowledged registrations stay listed
+/// and usable, told apart by fingerprint; disabling or revoking by name applies to every live
+/// certificate of that name (`certificateRemovals`). Nothing is ever hidden, so an
+/// acknowledged registration never silently stops working, and a removal by name never
+/// leaves a same-named certificate usable.
+///
+/// Compaction, the rule in full (docs/replication.md repeats it):
+/// 1. A revoked record shrinks to what it takes to refuse the certificate: the DER is
+///    dropped, fingerprint, name, validity, JIDs and the removal stay. This is part of the
+///    join (`CertificateRecord.merged(with:)` always returns `compacted()`), so it does not
+///    depend on the order the add and the revocation arrive in, and every replica holds and
+///    digests the same bytes. A disabled record keeps its DER (it is still listed).
+/// 2. A record, live or removed, is forgotten once its certificate has expired:
+///    `not_after + certificateRetentionAfterExpiryMillis` (24 h) at or before now
+///    (`expireCertificates`). Forgetting can never make anything usable again: `sasl-external`
+///    and `append` refuse an expired certificate on their own, and the merge never admits a
+///    record whose certificate has expired, so a stale replica (or a node back from a long
+///    partition, or a 0.1.0 node, which never forgets) cannot bring it back. The margin covers
+///    clock skew between nodes: a node whose clock runs behind still sees the tombstone for a
+///    day after the certificate expired by its own clock.
+/// 3. A bare tombstone (a removal that arrived without its content, only ever sent by 0.1.0
+///    nodes or made of a pre-0.2 database row) has no validity, so it is kept until its content
+///    arrives: with content not yet expired the record then expires like any other; with
+///    content already expired (a 0.1.0 node still holding it) the tombstone is forgotten at
+///    once. That case, a bare tombstone meeting an already expired content, is the only one in
+///    which the merge depends on arrival order (a replica that saw the content first keeps the
+///    tombstone); all replicas still converge, and nothing either way can be used.
 extension ReplicatedStore {
+    /// How long past its `not_after` a certificate's record is kept (rule 2 above). Part of
+    /// the protocol: all nodes must agree, so it is a constant, not configuration.
+    public static let certificateRetentionAfterExpiryMillis: Int64 = 24 * 3600 * 1000
+
     // MARK: Local operations
 
     /// The last guard behind the shell's XEP-0257 checks: refuses any id the store already
     /// knows, live or removed (a removed certificate may never be re-registered, or a stale
-    /// replica's copy of the old add would be indistinguishable from the new one).
+    /// replica's copy of the old add would be indistinguishable from the new one). An id
+    /// forgotten after expiry is unknown again, but its certificate is expired, which the
+    /// shell's rules refuse before calling this.
     public mutating func appendCertificate(_ id: CertificateID, _ content: CertificateContent) -> CertificateRecord? {
         guard certEntries[id] == nil else { return nil }
         let record = CertificateRecord(id: id, content: content, removal: nil)
@@ -19,17 +52,50 @@ extension ReplicatedStore {
         return record
     }
 
-    /// Removes the record that `liveCertificates` shows under `name`, so a hidden duplicate
-    /// can never be the target (the user cannot see it). Returns the updated record for the
-    /// shell to persist and gossip; nil when the user has no live certificate of that name.
-    public mutating func removeCertificate(domain: String, user: String, name: String, kind: RemovalKind,
-                                           stamp: HLCTimestamp, origin: NodeID) -> CertificateRecord? {
-        guard let target = liveCertificates(domain: domain, user: user).first(where: { $0.content?.name == name })
-        else { return nil }
-        let removal = CertificateRecord(id: target.id, content: nil,
-                                        removal: CertificateRemoval(kind: kind, stamp: stamp, origin: origin))
-        applyCertificate(removal)
-        return certEntries[target.id]?.record
+    /// The records that disabling or revoking `name` would store: every live certificate of
+    /// the user with that name, each joined with the new removal (and compacted), sorted like
+    /// `liveCertificates`. Empty when the user has no live certificate of that name.
+    ///
+    /// Changes nothing, so the shell can persist these first, then apply them with `merge`
+    /// (persist, apply, publish: a failed write leaves the store untouched).
+    public func certificateRemovals(domain: String, user: String, name: String, kind: RemovalKind,
+                                    stamp: HLCTimestamp, origin: NodeID) -> [CertificateRecord] {
+        let removal = CertificateRemoval(kind: kind, stamp: stamp, origin: origin)
+        return liveCertificates(domain: domain, user: user).compactMap { record in
+            guard record.content?.name == name else { return nil }
+            return record.merged(with: CertificateRecord(id: record.id, content: nil, removal: removal))
+        }
+    }
+
+    /// `certificateRemovals` applied at once. Returns the updated records for the shell to
+    /// persist and gossip; empty when the user has no live certificate of that name.
+    public mutating func removeCertificates(domain: String, user: String, name: String, kind: RemovalKind,
+                                            stamp: HLCTimestamp, origin: NodeID) -> [CertificateRecord] {
+        let records = certificateRemovals(domain: domain, user: user, name: name, kind: kind, stamp: stamp, origin: origin)
+        for record in records { applyCertificate(record) }
+        return records
+    }
+
+    /// Forgets every record whose certificate expired more than
+    /// `certificateRetentionAfterExpiryMillis` before `nowMillis` (rule 2 above) and returns
+    /// their ids, sorted, for the shell to delete from its database. Costs O(1) while nothing
+    /// can expire (the earliest instant anything can is tracked), a scan otherwise.
+    public mutating func expireCertificates(nowMillis: UInt64) -> [CertificateID] {
+        guard Int64(clamping: nowMillis) >= nextCertificateForgettableAtMillis else { return [] }
+        var forgotten: [CertificateID] = []
+        var next = Int64.max
+        for (id, entry) in certEntries {
+            guard let content = entry.record.content else { continue }
+            if content.isForgettable(atMillis: nowMillis) {
+                forgotten.append(id)
+            } else {
+                next = min(next, content.forgettableAtMillis)
+            }
+        }
+        for id in forgotten { forgetCertificate(id) }
+        nextCertificateForgettableAtMillis = next
+        forgotten.sort()
+        return forgotten
     }
 
     // MARK: Queries
@@ -42,22 +108,11 @@ extension ReplicatedStore {
         return ids.compactMap { certEntries[$0]?.record }.sorted(by: Self.listOrder)
     }
 
-    /// The records usable for listing and verification, sorted by (added, id). Two live
-    /// records of one user may share a name when two nodes accepted the same name
-    /// concurrently; only the earliest (added, origin) is shown, and since that choice depends
-    /// on the records alone every node shows the same one. If that one is removed later the
-    /// other, which its node did acknowledge, becomes visible.
+    /// The records usable for listing and verification: every record with content and no
+    /// removal, sorted by (added, id), so every replica lists them in the same order. Two of
+    /// them may share a name (see the type's comment); they differ by fingerprint.
     public func liveCertificates(domain: String, user: String) -> [CertificateRecord] {
-        var byName: [String: CertificateRecord] = [:]
-        for record in certificates(domain: domain, user: user) {
-            guard record.removal == nil, let content = record.content else { continue }
-            if let held = byName[content.name], let heldContent = held.content,
-               !Self.namePrecedence(content, record.id, over: heldContent, held.id) {
-                continue
-            }
-            byName[content.name] = record
-        }
-        return byName.values.sorted(by: Self.listOrder)
+        certificates(domain: domain, user: user).filter(\.isLive)
     }
 
     /// Every record, sorted by id: what the shell writes to its database.
@@ -75,46 +130,96 @@ extension ReplicatedStore {
 
     /// Start-up path: joins records read from the local database into the store. Same join as
     /// `merge`, but nothing is reported, since this is not news to gossip or persist again.
+    /// Rows written before compaction existed come back compacted (a revoked record with its
+    /// DER): the shell finds them with `record.compacted() != record` to rewrite them, and
+    /// leaves expired records to its first `expireCertificates` call, which reports them.
     public mutating func loadCertificates(_ records: [CertificateRecord]) {
         reserveCertificateCapacity(records.count)
         for record in records { applyCertificate(record) }
     }
 
+    /// The record held for `id` (live, removed or a bare tombstone), if any.
+    public func certificateRecord(_ id: CertificateID) -> CertificateRecord? {
+        certEntries[id]?.record
+    }
+
+    /// What `merge` would change for these records, without changing anything: the merged
+    /// (and compacted) value of each record that would differ, once per id. The node persists
+    /// exactly these before applying them (persist, then apply). With `nowMillis` (the time the
+    /// merge will use), records the merge refuses because their certificate has expired are
+    /// left out too; a held record that merge then forgets shows up in its
+    /// `certificatesForgotten`, for deleting the row after applying.
+    public func certificateChanges(_ incoming: [CertificateRecord], nowMillis: UInt64? = nil) -> [CertificateRecord] {
+        var after: [CertificateID: CertificateRecord] = [:]
+        var order: [CertificateID] = []
+        for record in incoming where record.content != nil || record.removal != nil {
+            if let nowMillis, let content = record.content, content.isForgettable(atMillis: nowMillis) { continue }
+            let current = after[record.id] ?? certEntries[record.id]?.record
+            let merged = current.map { $0.merged(with: record) } ?? record.compacted()
+            guard merged != current else { continue }
+            if after[record.id] == nil { order.append(record.id) }
+            after[record.id] = merged
+        }
+        return order.compactMap { id in
+            guard let value = after[id], value != certEntries[id]?.record else { return nil }
+            return value
+        }
+    }
+
     // MARK: Internals
 
-    mutating func mergeCertificates(_ incoming: [CertificateRecord], into outcome: inout MergeOutcome) {
+    mutating func mergeCertificates(_ incoming: [CertificateRecord], nowMillis: UInt64, into outcome: inout MergeOutcome) {
         guard !incoming.isEmpty else { return }
         reserveCertificateCapacity(incoming.count)
         // Several records for one id in a delta are reported once, with their combined effect
-        // (value before the first change, after the last), in the order of first change.
+        // (value before the first touch, value after the last), in the order of first touch.
         // Sorting 100k changed records by id cost more than the merge itself.
-        var firstChange: [CertificateID: Int] = [:]
-        var befores: [CertificateRecord?] = []
-        var changed: [CertificateRecord] = []
-        for record in incoming {
-            let result = applyCertificate(record)
-            guard let after = result.changedTo else { continue }
-            if let index = firstChange[record.id] {
-                changed[index] = after
-            } else {
-                firstChange[record.id] = changed.count
-                changed.append(after)
-                befores.append(result.before)
+        var touchedIndex: [CertificateID: Int] = [:]
+        var touched: [(id: CertificateID, before: CertificateRecord?)] = []
+        func touch(_ id: CertificateID, before: CertificateRecord?) {
+            if touchedIndex[id] == nil {
+                touchedIndex[id] = touched.count
+                touched.append((id, before))
             }
         }
-        guard !changed.isEmpty else { return }
-        // Joins only grow, so a later record for an id can never undo an earlier change: each
-        // final value really differs from its before-value.
+        for record in incoming {
+            if let content = record.content, content.isForgettable(atMillis: nowMillis) {
+                // Rule 2: never admitted. A held record of the same id is then forgotten too if
+                // it is a bare tombstone (rule 3) or expired itself; a held record with a later
+                // validity (only a faulty peer can send two validities for one DER) is kept.
+                if let held = certEntries[record.id]?.record,
+                   held.content.map({ $0.isForgettable(atMillis: nowMillis) }) ?? true {
+                    touch(record.id, before: held)
+                    forgetCertificate(record.id)
+                }
+                continue
+            }
+            let result = applyCertificate(record)
+            if result.changedTo != nil { touch(record.id, before: result.before) }
+        }
+        guard !touched.isEmpty else { return }
+        var changed: [CertificateRecord] = []
         var newlyRemoved: [CertificateRecord] = []
-        for (after, before) in zip(changed, befores) {
-            guard let removal = after.removal else { continue }
-            let old = before?.removal
-            if old == nil || (old?.kind == .disabled && removal.kind == .revoked) {
-                newlyRemoved.append(after)
+        var forgotten: [CertificateID] = []
+        for (id, before) in touched {
+            guard let after = certEntries[id]?.record else {
+                if before != nil { forgotten.append(id) }
+                continue
+            }
+            // Joins only grow, so a final value equal to its before-value can only come from a
+            // record that was forgotten and stored again within this delta.
+            guard after != before else { continue }
+            changed.append(after)
+            if let removal = after.removal {
+                let old = before?.removal
+                if old == nil || (old?.kind == .disabled && removal.kind == .revoked) {
+                    newlyRemoved.append(after)
+                }
             }
         }
         outcome.certificatesChanged = changed
         outcome.certificatesNewlyRemoved = newlyRemoved
+        outcome.certificatesForgotten = forgotten.sorted()
         outcome.forwardable.certificates = changed
     }
 
@@ -141,26 +246,41 @@ extension ReplicatedStore {
             bucketSums[current.bucket] &+= entryHash
             certEntries[incoming.id] = CertificateEntry(record: merged, bucket: current.bucket,
                                                         contentHash: contentHash, entryHash: entryHash)
+            noteForgettable(merged.content)
             return (merged, current.record)
         }
         guard incoming.content != nil || incoming.removal != nil else { return (nil, nil) }
-        let bucket = Int(StableHash.identity(incoming.id) % UInt64(bucketCount))
-        let contentHash = incoming.content.map(StableHash.content)
-        let entryHash = StableHash.entry(incoming, contentHash: contentHash)
+        let record = incoming.compacted()
+        let bucket = Int(StableHash.identity(record.id) % UInt64(bucketCount))
+        let contentHash = record.content.map(StableHash.content)
+        let entryHash = StableHash.entry(record, contentHash: contentHash)
         bucketSums[bucket] &+= entryHash
         bucketCounts[bucket] += 1
-        certEntries[incoming.id] = CertificateEntry(record: incoming, bucket: bucket,
-                                                    contentHash: contentHash, entryHash: entryHash)
-        certIDsByUser[UserRef(domain: incoming.id.domain, user: incoming.id.user), default: []].append(incoming.id)
-        return (incoming, nil)
+        certEntries[record.id] = CertificateEntry(record: record, bucket: bucket,
+                                                  contentHash: contentHash, entryHash: entryHash)
+        certIDsByUser[UserRef(domain: record.id.domain, user: record.id.user), default: []].append(record.id)
+        noteForgettable(record.content)
+        return (record, nil)
     }
 
-    /// (added, origin) as DESIGN fixes it; the id only breaks ties no correct cluster produces.
-    static func namePrecedence(_ a: CertificateContent, _ aID: CertificateID,
-                               over b: CertificateContent, _ bID: CertificateID) -> Bool {
-        if a.added != b.added { return a.added < b.added }
-        if a.origin != b.origin { return a.origin < b.origin }
-        return aID < bID
+    /// Removes a record entirely (rule 2/3 of the type's comment), keeping digests and the
+    /// per-user index in step.
+    private mutating func forgetCertificate(_ id: CertificateID) {
+        guard let entry = certEntries.removeValue(forKey: id) else { return }
+        bucketSums[entry.bucket] &-= entry.entryHash
+        bucketCounts[entry.bucket] -= 1
+        let user = UserRef(domain: id.domain, user: id.user)
+        if var ids = certIDsByUser[user], let index = ids.firstIndex(of: id) {
+            ids.remove(at: index)
+            certIDsByUser[user] = ids.isEmpty ? nil : ids
+        }
+    }
+
+    /// Keeps the earliest instant anything can be forgotten a lower bound (it may lag behind
+    /// after a content change, which only costs one extra scan).
+    private mutating func noteForgettable(_ content: CertificateContent?) {
+        guard let content else { return }
+        nextCertificateForgettableAtMillis = min(nextCertificateForgettableAtMillis, content.forgettableAtMillis)
     }
 
     static func listOrder(_ a: CertificateRecord, _ b: CertificateRecord) -> Bool {

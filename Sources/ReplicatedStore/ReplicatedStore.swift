@@ -1,5 +1,6 @@
-/// The replicated cluster state: RAM key version metadata, PSK fingerprints and the
-/// certificate registry (see ReplicatedStore+Certificates.swift).
+/// The replicated cluster state: RAM key version metadata, PSK fingerprints, the
+/// certificate registry (see ReplicatedStore+Certificates.swift) and the refresh-token
+/// sequence floors (see ReplicatedStore+TokenFloors.swift).
 ///
 /// Pure and deterministic (time is an argument) so every node computes the same merge result
 /// from the same inputs, and so it can be tested exhaustively without sockets or clocks.
@@ -13,13 +14,28 @@
 /// idempotent, commutative and associative, and a stale replica cannot resurrect a version
 /// that was pruned here.
 public struct ReplicatedStore: Sendable, Equatable {
-    public let graceMillis: UInt64
+    /// Changed only by a config reload (`grace_period_s`); nodes of one cluster should agree on
+    /// it, or a version one node already expired keeps coming back in repairs until they do.
+    /// A change recomputes each key's cached earliest expiry.
+    public var graceMillis: UInt64 {
+        didSet {
+            guard graceMillis != oldValue else { return }
+            for key in multiVersionKeys {
+                if let versions = keys[key]?.versions {
+                    keys[key]?.nextExpiryMillis = Self.nextExpiry(versions, grace: graceMillis)
+                }
+            }
+        }
+    }
     public let bucketCount: Int
 
     private struct KeyEntry: Sendable, Equatable {
         /// Sorted by rank (primary first); never empty.
         var versions: [KeyVersion]
         let bucket: Int
+        /// Earliest expiry among the non-primary versions (nil with a single version), so
+        /// `expire` skips keys where nothing can expire yet. Derived from `versions`.
+        var nextExpiryMillis: UInt64?
     }
 
     private struct PSKSlot: Hashable, Sendable {
@@ -47,10 +63,14 @@ public struct ReplicatedStore: Sendable, Equatable {
 
     private var keys: [KeyRef: KeyEntry] = [:]
     private var psk: [PSKSlot: PSKEntry] = [:]
-    /// Records are never deleted (tombstones are forever, DESIGN "Certificate registry" 5).
+    /// Records are deleted only once their certificate has expired (see the compaction rule in
+    /// ReplicatedStore+Certificates.swift).
     var certEntries: [CertificateID: CertificateEntry] = [:]
     /// Every id of a user, so per-user queries do not scan the whole registry.
     var certIDsByUser: [UserRef: [CertificateID]] = [:]
+    /// Lower bound of the earliest instant `expireCertificates` can forget anything.
+    var nextCertificateForgettableAtMillis = Int64.max
+    var tokenFloors: [UserRef: TokenFloorEntry] = [:]
     /// Only keys with a non-primary version can expire anything; `expire` scans just these.
     private var multiVersionKeys: Set<KeyRef> = []
     /// Per-bucket wrapping sum and count of entry hashes, kept incrementally so the digest
@@ -72,6 +92,7 @@ public struct ReplicatedStore: Sendable, Equatable {
     public static func == (lhs: ReplicatedStore, rhs: ReplicatedStore) -> Bool {
         lhs.graceMillis == rhs.graceMillis && lhs.bucketCount == rhs.bucketCount
             && lhs.keys == rhs.keys && lhs.psk == rhs.psk && lhs.certEntries == rhs.certEntries
+            && lhs.tokenFloors == rhs.tokenFloors
     }
 
     // MARK: - RAM key versions
@@ -85,50 +106,52 @@ public struct ReplicatedStore: Sendable, Equatable {
     public mutating func createInitialVersion(of key: KeyRef, id: VersionID) -> KeyVersion? {
         guard keys[key] == nil else { return nil }
         let version = KeyVersion(id: id, generation: 0)
-        install(key, [version], previous: [])
+        install(key, [version], added: [version], removed: [])
         return version
     }
 
     /// The new version outranks every version this replica knows (higher generation), so it is
     /// primary here immediately; concurrent rotations elsewhere tie on generation and are
     /// ordered by creation time on every node.
+    ///
+    /// Costs O(versions) (one insertion into the ranked list and one digest update), not a
+    /// re-sort: with many versions inside the grace period each rotation used to sort and
+    /// rehash the whole list, so n rotations cost O(n² log n).
     public mutating func rotate(_ key: KeyRef, id: VersionID) -> KeyVersion {
         let previous = keys[key]?.versions ?? []
-        let top = previous.map(\.generation).max()
-        // Saturate rather than trap on a (hostile) maximal generation.
-        let generation = top.map { $0 == UInt32.max ? $0 : $0 + 1 } ?? 0
+        // Rank order puts the highest generation first. Saturate rather than trap on a
+        // (hostile) maximal generation.
+        let generation = previous.first.map { $0.generation == UInt32.max ? $0.generation : $0.generation + 1 } ?? 0
         let version = KeyVersion(id: id, generation: generation)
-        install(key, Self.union(previous, [version]), previous: previous)
+        let merged = Self.union(previous, [version])
+        install(key, merged.versions, added: merged.admitted, removed: merged.displaced)
         return version
     }
 
     /// Views of the versions still valid at `nowMillis`, primary first. Computed from the
-    /// set itself, so it is right even if the shell has not called `expire` yet.
+    /// set itself, so it is right even if the shell has not called `expire` yet. O(versions).
     public func versions(of key: KeyRef, nowMillis: UInt64) -> [KeyVersionView] {
         guard let versions = keys[key]?.versions else { return [] }
-        let expiries = Self.expiries(versions, grace: graceMillis)
         var views: [KeyVersionView] = []
         views.reserveCapacity(versions.count)
-        for (index, version) in versions.enumerated() {
-            let expiresAt = expiries[index]
-            if let expiresAt, nowMillis >= expiresAt { continue }
-            views.append(KeyVersionView(version: version, isPrimary: index == 0, expiresAtMillis: expiresAt))
+        Self.forEachExpiry(versions, grace: graceMillis) { index, expiresAt in
+            if let expiresAt, nowMillis >= expiresAt { return }
+            views.append(KeyVersionView(version: versions[index], isPrimary: index == 0, expiresAtMillis: expiresAt))
         }
         return views
     }
 
     /// Removes versions whose expiry is at or before `nowMillis` (valid while now < expiry) and
-    /// returns them sorted by key then id, so the shell can zero their secret bytes.
+    /// returns them sorted by key then id, so the shell can zero their secret bytes. Keys
+    /// whose earliest expiry is still ahead are skipped without looking at their versions.
     public mutating func expire(nowMillis: UInt64) -> [(KeyRef, VersionID)] {
         var pruned: [(KeyRef, VersionID)] = []
         for key in multiVersionKeys {
-            guard let previous = keys[key]?.versions else { continue }
-            let survivors = Self.unexpired(previous, grace: graceMillis, nowMillis: nowMillis)
-            guard survivors.count != previous.count else { continue }
-            for version in Self.difference(from: previous, to: survivors).removed {
-                pruned.append((key, version.id))
-            }
-            install(key, survivors, previous: previous)
+            guard let entry = keys[key], let next = entry.nextExpiryMillis, nowMillis >= next else { continue }
+            let (survivors, expired) = Self.splitExpired(entry.versions, grace: graceMillis, nowMillis: nowMillis)
+            guard !expired.isEmpty else { continue }
+            for version in expired { pruned.append((key, version.id)) }
+            install(key, survivors, added: [], removed: expired)
         }
         pruned.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
         return pruned
@@ -139,23 +162,35 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// Admits whatever is new and not already expired against the merged set at `nowMillis`,
     /// and prunes what that set expires. Keys unknown here are admitted: filtering by config is
     /// the shell's job, done before calling, so every replica sees the same function.
+    /// Costs O(held + incoming·log incoming) per key: a one-version push into a key with many
+    /// versions no longer sorts and rehashes the held list.
     public mutating func merge(_ delta: StoreDelta, nowMillis: UInt64) -> MergeOutcome {
         var outcome = MergeOutcome()
         for (key, incoming) in delta.keyVersions where !incoming.isEmpty {
-            let previous = keys[key]?.versions ?? []
-            let survivors = Self.unexpired(Self.union(previous, incoming), grace: graceMillis, nowMillis: nowMillis)
-            guard survivors != previous else { continue }
+            let entry = keys[key]
+            let previous = entry?.versions ?? []
+            let merged = Self.union(previous, incoming)
+            // Nothing new and nothing due: the held list stands as it is.
+            if merged.admitted.isEmpty && (entry?.nextExpiryMillis.map { nowMillis < $0 } ?? true) { continue }
+            let (survivors, expired) = Self.splitExpired(merged.versions, grace: graceMillis, nowMillis: nowMillis)
+            // Incoming versions expired on arrival were never held: neither added nor pruned.
+            let expiredIDs = Set(expired.map(\.id))
+            let admitted = merged.admitted.filter { !expiredIDs.contains($0.id) }
+            let admittedIDs = Set(merged.admitted.map(\.id))
+            let expiredHeld = expired.filter { !admittedIDs.contains($0.id) }
+            guard !admitted.isEmpty || !expiredHeld.isEmpty || !merged.displaced.isEmpty else { continue }
 
-            let (removed, admitted) = Self.difference(from: previous, to: survivors)
             for version in admitted { outcome.added.append((key, version)) }
-            // A generation upgrade shows up as removed+admitted with the same id; it is not a prune.
-            let survivingIDs = Set(survivors.map(\.id))
-            for version in removed where !survivingIDs.contains(version.id) {
+            // A generation upgrade displaces the held record of an id; it is a prune only when
+            // the upgraded version did not survive either.
+            let survivingAdmitted = Set(admitted.map(\.id))
+            for version in expiredHeld { outcome.pruned.append((key, version.id)) }
+            for version in merged.displaced where !survivingAdmitted.contains(version.id) {
                 outcome.pruned.append((key, version.id))
             }
             if previous.first != survivors.first { outcome.primaryChanged.append(key) }
             if !admitted.isEmpty { outcome.forwardable.keyVersions[key] = admitted }
-            install(key, survivors, previous: previous)
+            install(key, survivors, added: admitted, removed: merged.displaced + expiredHeld)
         }
 
         var changedSlots: Set<PSKSlot> = []
@@ -170,7 +205,8 @@ public struct ReplicatedStore: Sendable, Equatable {
                 .sorted(by: Self.pskOrder)
         }
 
-        mergeCertificates(delta.certificates, into: &outcome)
+        mergeCertificates(delta.certificates, nowMillis: nowMillis, into: &outcome)
+        mergeTokenSequenceFloors(delta.tokenSequenceFloors, into: &outcome)
 
         outcome.added.sort { $0.0 != $1.0 ? $0.0 < $1.0 : KeyVersion.ranksBefore($0.1, $1.1) }
         outcome.pruned.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
@@ -178,7 +214,29 @@ public struct ReplicatedStore: Sendable, Equatable {
         return outcome
     }
 
+    /// Forgets every version of `key` (no node declares it any more) and returns their ids so
+    /// the shell can zero the secrets.
+    public mutating func forgetKey(_ key: KeyRef) -> [VersionID] {
+        guard let previous = keys[key]?.versions else { return [] }
+        install(key, [], added: [], removed: previous)
+        return previous.map(\.id)
+    }
+
     // MARK: - PSK fingerprints
+
+    /// Keys with a record carrying exactly `fingerprint` (from `node`, or from any node).
+    public func keys(withFingerprint fingerprint: [UInt8], from node: NodeID? = nil) -> Set<KeyRef> {
+        var result = Set<KeyRef>()
+        for entry in psk.values where entry.record.fingerprint == fingerprint && (node == nil || entry.record.node == node) {
+            result.insert(entry.record.key)
+        }
+        return result
+    }
+
+    /// The records of every node for one key, deletions included.
+    public func pskFingerprints(of key: KeyRef) -> [PSKFingerprint] {
+        psk.values.lazy.map(\.record).filter { $0.key == key }.sorted(by: Self.pskOrder)
+    }
 
     /// Returns true if the record changed this replica (it must win LWW against what is held).
     public mutating func setLocalPSKFingerprint(_ fp: PSKFingerprint) -> Bool {
@@ -230,14 +288,16 @@ public struct ReplicatedStore: Sendable, Equatable {
         }
         delta.pskFingerprints = psk.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.pskOrder)
         delta.certificates = certEntries.values.filter { wanted[$0.bucket] }.map(\.record).sorted { $0.id < $1.id }
+        delta.tokenSequenceFloors = tokenFloors.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.floorOrder)
         return delta
     }
 
     public func fullDelta() -> StoreDelta {
-        // Certificates unsorted: the receiver does not care, and sorting 100k records costs
-        // more than collecting them.
+        // Certificates and floors unsorted: the receiver does not care, and sorting 100k
+        // records costs more than collecting them.
         StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints(),
-                   certificates: certEntries.values.map(\.record))
+                   certificates: certEntries.values.map(\.record),
+                   tokenSequenceFloors: tokenFloors.values.map(\.record))
     }
 
     /// Bucket indices whose digests differ. If the lists have different lengths the peers use
@@ -266,76 +326,133 @@ public struct ReplicatedStore: Sendable, Equatable {
         Int(StableHash.identity(key) % UInt64(bucketCount))
     }
 
-    /// Union by id; if two records disagree on an id's generation (only a buggy or hostile
-    /// peer can cause that) the higher wins, which is still a commutative, idempotent choice.
-    private static func union(_ base: [KeyVersion], _ incoming: [KeyVersion]) -> [KeyVersion] {
-        var result = base
-        if base.count + incoming.count <= 16 {
+    /// Union by id of a rank-sorted list and any incoming versions. If two records disagree on
+    /// an id's generation (only a buggy or hostile peer can cause that) the higher wins, which
+    /// is still a commutative, idempotent choice. Returns the rank-sorted union, the incoming
+    /// versions it admitted (new ids or a raised generation, rank-sorted) and the held
+    /// versions a raised generation displaced.
+    ///
+    /// O(held·k) id comparisons for a handful of incoming versions (a push: no hashing), a
+    /// dictionary beyond that, plus one linear merge of two sorted lists: never a re-sort of
+    /// the held list.
+    static func union(_ base: [KeyVersion], _ incoming: [KeyVersion])
+        -> (versions: [KeyVersion], admitted: [KeyVersion], displaced: [KeyVersion]) {
+        // Incoming, one record per id (the highest generation).
+        var candidates: [KeyVersion] = []
+        if incoming.count <= 8 {
+            candidates.reserveCapacity(incoming.count)
             for version in incoming {
-                if let i = result.firstIndex(where: { $0.id == version.id }) {
-                    if version.generation > result[i].generation { result[i].generation = version.generation }
+                if let i = candidates.firstIndex(where: { $0.id == version.id }) {
+                    candidates[i].generation = max(candidates[i].generation, version.generation)
                 } else {
-                    result.append(version)
+                    candidates.append(version)
                 }
             }
         } else {
-            // Large inputs (hostile or bulk) would make the linear scan quadratic.
             var generations: [VersionID: UInt32] = [:]
-            for version in base + incoming {
-                generations[version.id] = max(generations[version.id] ?? 0, version.generation)
-            }
-            result = generations.map { KeyVersion(id: $0.key, generation: $0.value) }
+            for version in incoming { generations[version.id] = max(generations[version.id] ?? 0, version.generation) }
+            candidates = generations.map { KeyVersion(id: $0.key, generation: $0.value) }
         }
-        result.sort(by: KeyVersion.ranksBefore)
-        return result
+
+        // Ids already held: the held record stays unless the incoming generation is higher.
+        var dropCandidate = [Bool](repeating: false, count: candidates.count)
+        var displaced: [KeyVersion] = []
+        var kept = base
+        var displacedIndices: [Int] = []
+        func resolve(_ heldIndex: Int, _ candidateIndex: Int) {
+            if candidates[candidateIndex].generation > base[heldIndex].generation {
+                displacedIndices.append(heldIndex)
+            } else {
+                dropCandidate[candidateIndex] = true
+            }
+        }
+        if candidates.count <= 8 {
+            for (heldIndex, held) in base.enumerated() {
+                if let c = candidates.firstIndex(where: { $0.id == held.id }) { resolve(heldIndex, c) }
+            }
+        } else {
+            var candidateIndex: [VersionID: Int] = [:]
+            for (i, c) in candidates.enumerated() { candidateIndex[c.id] = i }
+            for (heldIndex, held) in base.enumerated() {
+                if let c = candidateIndex[held.id] { resolve(heldIndex, c) }
+            }
+        }
+        if !displacedIndices.isEmpty {
+            for i in displacedIndices { displaced.append(base[i]) }
+            let gone = Set(displacedIndices)
+            kept = base.enumerated().filter { !gone.contains($0.offset) }.map(\.element)
+        }
+        var admitted: [KeyVersion] = []
+        for (i, c) in candidates.enumerated() where !dropCandidate[i] { admitted.append(c) }
+        guard !admitted.isEmpty else { return (base, [], []) }
+        admitted.sort(by: KeyVersion.ranksBefore)
+
+        // Linear merge of two rank-sorted lists.
+        var result: [KeyVersion] = []
+        result.reserveCapacity(kept.count + admitted.count)
+        var i = 0, j = 0
+        while i < kept.count && j < admitted.count {
+            if KeyVersion.ranksBefore(admitted[j], kept[i]) {
+                result.append(admitted[j]); j += 1
+            } else {
+                result.append(kept[i]); i += 1
+            }
+        }
+        result.append(contentsOf: kept[i...])
+        result.append(contentsOf: admitted[j...])
+        return (result, admitted, displaced)
     }
 
-    /// Expiry instant of each version of a rank-sorted list (nil for the primary):
-    /// max(own created wall, earliest created wall ranked above) + grace, saturating.
-    private static func expiries(_ ranked: [KeyVersion], grace: UInt64) -> [UInt64?] {
-        var result: [UInt64?] = []
-        result.reserveCapacity(ranked.count)
+    /// Calls `body` with each index of a rank-sorted list and its expiry instant (nil for the
+    /// primary): max(own created wall, earliest created wall ranked above) + grace, saturating.
+    /// One pass, no allocation.
+    @inline(__always)
+    private static func forEachExpiry(_ ranked: [KeyVersion], grace: UInt64, _ body: (Int, UInt64?) -> Void) {
         var earliestAbove = UInt64.max
-        for (index, version) in ranked.enumerated() {
-            let wall = version.id.created.wallMillis
+        for index in ranked.indices {
+            let wall = ranked[index].id.created.wallMillis
             if index == 0 {
-                result.append(nil)
+                body(0, nil)
             } else {
                 let (sum, overflow) = max(wall, earliestAbove).addingReportingOverflow(grace)
-                result.append(overflow ? UInt64.max : sum)
+                body(index, overflow ? UInt64.max : sum)
             }
             earliestAbove = min(earliestAbove, wall)
         }
-        return result
     }
 
-    private static func unexpired(_ ranked: [KeyVersion], grace: UInt64, nowMillis: UInt64) -> [KeyVersion] {
-        guard ranked.count > 1 else { return ranked }
-        let expiries = expiries(ranked, grace: grace)
-        var result: [KeyVersion] = []
-        result.reserveCapacity(ranked.count)
-        for (index, version) in ranked.enumerated() {
-            if let expiresAt = expiries[index], nowMillis >= expiresAt { continue }
-            result.append(version)
+    /// The versions still valid at `nowMillis` and the expired ones, both in rank order.
+    private static func splitExpired(_ ranked: [KeyVersion], grace: UInt64, nowMillis: UInt64)
+        -> (survivors: [KeyVersion], expired: [KeyVersion]) {
+        guard ranked.count > 1 else { return (ranked, []) }
+        var survivors: [KeyVersion] = []
+        var expired: [KeyVersion] = []
+        survivors.reserveCapacity(ranked.count)
+        forEachExpiry(ranked, grace: grace) { index, expiresAt in
+            if let expiresAt, nowMillis >= expiresAt {
+                expired.append(ranked[index])
+            } else {
+                survivors.append(ranked[index])
+            }
         }
-        return result
+        return (survivors, expired)
     }
 
-    /// Exact-record difference, in the order of the inputs. Linear scans for the usual handful
-    /// of versions; sets beyond that so an oversized peer delta cannot make merges quadratic.
-    private static func difference(from old: [KeyVersion], to new: [KeyVersion])
-        -> (removed: [KeyVersion], added: [KeyVersion]) {
-        if old.count + new.count <= 16 {
-            return (old.filter { !new.contains($0) }, new.filter { !old.contains($0) })
+    private static func nextExpiry(_ ranked: [KeyVersion], grace: UInt64) -> UInt64? {
+        guard ranked.count > 1 else { return nil }
+        var next = UInt64.max
+        forEachExpiry(ranked, grace: grace) { _, expiresAt in
+            if let expiresAt { next = min(next, expiresAt) }
         }
-        let oldSet = Set(old), newSet = Set(new)
-        return (old.filter { !newSet.contains($0) }, new.filter { !oldSet.contains($0) })
+        return next
     }
 
     /// Replaces a key's version list and keeps the digest sums and the expiry index in step.
-    private mutating func install(_ key: KeyRef, _ versions: [KeyVersion], previous: [KeyVersion]) {
+    /// `added` and `removed` are exactly the records that differ between the old and the new
+    /// list (a raised generation is one removed and one added record), so the digest update
+    /// costs O(changes), not a diff of the whole list.
+    private mutating func install(_ key: KeyRef, _ versions: [KeyVersion], added: [KeyVersion], removed: [KeyVersion]) {
         let bucket = keys[key]?.bucket ?? bucket(of: key)
-        let (removed, added) = Self.difference(from: previous, to: versions)
         for version in removed {
             bucketSums[bucket] &-= StableHash.entry(key, version)
             bucketCounts[bucket] -= 1
@@ -347,7 +464,7 @@ public struct ReplicatedStore: Sendable, Equatable {
         if versions.isEmpty {
             keys[key] = nil
         } else {
-            keys[key] = KeyEntry(versions: versions, bucket: bucket)
+            keys[key] = KeyEntry(versions: versions, bucket: bucket, nextExpiryMillis: Self.nextExpiry(versions, grace: graceMillis))
         }
         if versions.count > 1 { multiVersionKeys.insert(key) } else { multiVersionKeys.remove(key) }
     }

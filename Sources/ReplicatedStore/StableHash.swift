@@ -87,6 +87,8 @@ enum EntryTag: UInt8 {
     case certificateIdentity = 6
     case certificateRecord = 7
     case certificateContent = 8
+    case tokenFloorIdentity = 9
+    case tokenFloorRecord = 10
 }
 
 enum StableHash {
@@ -155,6 +157,26 @@ enum StableHash {
         h.u64(c.added.wallMillis)
         h.u32(c.added.logical)
         h.string(c.origin)
+        return h.finalize()
+    }
+
+    static func tokenFloorIdentity(domain: String, user: String) -> UInt64 {
+        var h = StableHasher()
+        h.byte(EntryTag.tokenFloorIdentity.rawValue)
+        h.string(domain)
+        h.string(user)
+        return h.finalize()
+    }
+
+    static func entry(_ floor: TokenSequenceFloor) -> UInt64 {
+        var h = StableHasher()
+        h.byte(EntryTag.tokenFloorRecord.rawValue)
+        h.string(floor.domain)
+        h.string(floor.user)
+        h.u64(floor.floor)
+        h.u64(floor.stamp.wallMillis)
+        h.u32(floor.stamp.logical)
+        h.string(floor.origin)
         return h.finalize()
     }
 

@@ -6,7 +6,7 @@ import ReplicatedStore
 /// streaming. The caller owns I/O, time, randomness and the replica itself: every input returns
 /// directives, and the replica's content is read through `ReplicaContent` only when needed.
 ///
-/// The rules (DESIGN.md "RAM keys" 2–3, "Cluster"):
+/// The rules (docs/replication.md):
 /// - **Join.** A starting node connects to every peer and asks each for its state on every new
 ///   usable connection. It adopts the state of the first *ready* peer whose `syncDone` arrives,
 ///   but finishes only when every merge issued before that `syncDone` has completed (merges are
@@ -73,8 +73,8 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         var reach = Reach.unknown
         var alive = false
         var lastConnectAt: UInt64?
-        /// Anti-entropy verdict: `.inSync` or `.repairing` (nil: unknown).
-        var sync: SyncState?
+        /// Anti-entropy verdict (nil: unknown).
+        var sync: RepairState?
         var repairRequestedAt: UInt64?
         /// Our full-state answer to this peer, in progress.
         var stream: Stream?
@@ -83,6 +83,9 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         // Join bookkeeping (only while joining).
         var answer: Answer?
         var requestedOnLink = false
+        /// A state request on the current connection has not been answered yet: one at a time,
+        /// or every extra request still in flight when the answer starts costs a whole answer.
+        var awaitingAnswer = false
         var receiving = false
     }
 
@@ -112,9 +115,6 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     /// True once `markReady` was called: the node serves and answers state requests as ready.
     public var isReady: Bool { if case .ready = phase { return true } else { return false } }
 
-    /// `.ready` or `.joining` (a decided join is still joining until `markReady`).
-    public var localSyncState: SyncState { isReady ? .ready : .joining }
-
     /// The join's outcome once decided.
     public var joinOutcome: JoinOutcome? {
         switch phase {
@@ -124,8 +124,8 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         }
     }
 
-    /// Anti-entropy with `node`: `.inSync`, `.repairing` or `.unknown`.
-    public func syncState(with node: NodeID) -> SyncState { state[node]?.sync ?? .unknown }
+    /// Anti-entropy with `node`; nil until a digest exchange (or after the member left).
+    public func repairState(with node: NodeID) -> RepairState? { state[node]?.sync }
 
     /// Whether a usable connection to `node` was last reported.
     public func isLinked(_ node: NodeID) -> Bool { state[node]?.linkUp ?? false }
@@ -146,8 +146,8 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                                   overdueMillis: now - (started &+ join.timeoutMillis))
         for node in peers {
             guard let peer = state[node] else { continue }
-            if case .notReady = peer.answer { problem.notReady.append(node); continue }
             if peer.receiving { problem.receivingFrom.append(node); continue }
+            if case .notReady = peer.answer { problem.notReady.append(node); continue }
             if case .unreachable = peer.reach { problem.unreachable.append(node) } else { problem.notAnswering.append(node) }
         }
         return problem
@@ -213,11 +213,15 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             case .finishing:
                 state[node]?.heldSyncRequest = true
             case .ready:
+                // Asked again on the same connection while answering: the answer under way ends
+                // with its `syncDone`; starting over would never finish for a peer that re-asks.
+                guard state[node]?.stream == nil else { break }
                 startStream(to: node, replica: replica, into: &out)
             }
 
         case .syncDone(let ready):
             state[node]?.receiving = false
+            state[node]?.awaitingAnswer = false
             guard case .joining(var join) = phase, join.startedAt != nil, join.decision == nil else { break }
             if ready {
                 state[node]?.answer = .ready
@@ -245,9 +249,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                 state[node]?.sync = .inSync
                 state[node]?.repairRequestedAt = nil
             case .sync:
-                if case .joining(let join) = phase, join.decision == nil, state[node]?.answer == nil {
-                    state[node]?.receiving = true
-                }
+                if case .joining(let join) = phase, join.decision == nil { state[node]?.receiving = true }
             }
 
         case .digest(let root):
@@ -325,6 +327,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             peer.linkUp = false
             peer.reach = .lost
             peer.requestedOnLink = false
+            peer.awaitingAnswer = false
             peer.receiving = false
             // The reply to a repair asked on that connection will not come.
             peer.repairRequestedAt = nil
@@ -350,6 +353,12 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         state[member.node]?.alive = false
         state[member.node]?.sync = nil
         state[member.node]?.repairRequestedAt = nil
+        if member.status == .dead {
+            // A state answer to a process that is gone would hold a copy of everything until
+            // it came back; its next process asks anew.
+            state[member.node]?.stream = nil
+            state[member.node]?.heldSyncRequest = false
+        }
         return []
     }
 
@@ -370,11 +379,11 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                         state[node]?.lastConnectAt = now
                         out.append(.connect(node))
                     }
-                } else if case .notReady(let at) = peer.answer, now >= at &+ settings.reaskNotReadyMillis,
-                          node == starter || now >= started &+ join.timeoutMillis {
+                } else if case .notReady(let at) = peer.answer, !peer.awaitingAnswer, !peer.receiving,
+                          now >= at &+ settings.reaskNotReadyMillis, node == starter || now >= started &+ join.timeoutMillis {
                     // The starter is generating the keys, or (past the timeout, still waiting)
                     // one that was starting may be ready now: ask again.
-                    state[node]?.answer = .notReady(at: now)
+                    state[node]?.awaitingAnswer = true
                     out.append(.send(.syncRequest, to: node))
                 }
             }
@@ -408,6 +417,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
               let peer = state[node], peer.linkUp, !peer.requestedOnLink else { return }
         if case .ready? = peer.answer { return }
         state[node]?.requestedOnLink = true
+        state[node]?.awaitingAnswer = true
         out.append(.send(.syncRequest, to: node))
     }
 
@@ -476,6 +486,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             state[node]?.answer = nil
             state[node]?.receiving = false
             state[node]?.requestedOnLink = false
+            state[node]?.awaitingAnswer = false
         }
         out.append(.joinFinished(outcome))
     }

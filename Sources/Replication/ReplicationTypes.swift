@@ -90,18 +90,12 @@ public enum JoinOutcome: Sendable, Hashable {
     case alone
 }
 
-/// Anti-entropy state as shown in `/v1/cluster` ("sync"); the raw values are part of the API.
-public enum SyncState: String, Sendable, Hashable, CaseIterable {
-    /// This node: the join decision is made and the node serves RAM keys.
-    case ready
-    /// This node: still joining.
-    case joining
-    /// A peer: the last digest exchange found equal states.
-    case inSync = "in_sync"
-    /// A peer: the digests differed and a repair is in progress.
+/// Anti-entropy with one peer, as last observed (nil: not compared yet, or the peer left).
+public enum RepairState: Sendable, Hashable {
+    /// The last digest exchange found equal states.
+    case inSync
+    /// The digests differed and a repair is in progress.
     case repairing
-    /// A peer: no digest exchange yet (or the peer left and came back).
-    case unknown
 }
 
 /// Identifies one `apply` directive, so its completion can be reported back.

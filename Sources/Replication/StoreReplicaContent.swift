@@ -3,7 +3,7 @@ import ReplicatedStore
 /// `ReplicaContent` over a plain `ReplicatedStore` with `StoreDelta` payloads: what an
 /// in-process driver (the simulation tests, `keystore-sim`) replicates when no secrets travel.
 /// Chunks hold at most `maxEntriesPerChunk` entries (key versions, fingerprints, certificate
-/// records), standing in for the wire codec's byte limit.
+/// records, token floors), standing in for the wire codec's byte limit.
 public struct StoreReplicaContent: ReplicaContent {
     public typealias Payload = StoreDelta
 
@@ -45,6 +45,11 @@ public struct StoreReplicaContent: ReplicaContent {
         for record in payload.certificates {
             if count >= maxEntriesPerChunk { close() }
             current.certificates.append(record)
+            count += 1
+        }
+        for floor in payload.tokenSequenceFloors {
+            if count >= maxEntriesPerChunk { close() }
+            current.tokenSequenceFloors.append(floor)
             count += 1
         }
         close()

@@ -30,9 +30,8 @@ func startEventReaders(sockets: [String], book: ArrivalBook, domain: String, key
                 try client.eventLines(idleTimeoutSeconds: nil) { line in
                     let now = monotonicNanos()
                     guard line.contains("\"key_rotated\"") else { return true }
-                    guard let event = try? JSONValue.parse(Array(line.utf8)),
-                          event["domain"]?.stringValue == domain, event["name"]?.stringValue == key,
-                          let primary = event["primary"]?.text else { return true }
+                    guard let event = try? KeystoreClient.decode(Event.self, body: Array(line.utf8), what: "event line"),
+                          event.domain == domain, event.name == key, let primary = event.primary else { return true }
                     book.record(primary: primary, node: index, at: now)
                     return true
                 }
@@ -58,7 +57,7 @@ func waitForCluster(sockets: [String], timeout: Double) throws {
                 let health = try client.health()
                 guard health.ready else { lastProblem = "\(sockets[i]) not ready"; continue }
                 let status = try client.clusterStatus()
-                let alive = status.members.filter { $0.state == "alive" }.count
+                let alive = status.members.filter { $0.state == .alive }.count
                 if alive >= sockets.count { pending.remove(i) } else {
                     lastProblem = "\(sockets[i]) sees \(alive) alive members of \(sockets.count)"
                 }

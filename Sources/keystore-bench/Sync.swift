@@ -30,7 +30,7 @@ struct Sync: ParsableCommand {
         let ref = KeystoreClient(socketPath: reference, timeoutSeconds: 30)
         let domainList = domains.split(separator: ",").map(String.init)
         var expected = 0
-        for d in domainList { expected += try ref.listKeys(domain: d).filter { $0.type == "ram" }.count }
+        for d in domainList { expected += try ref.listKeys(domain: d).keys.filter { $0.type == .ram }.count }
 
         _ = FileManager.default.createFile(atPath: log, contents: nil)
         let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -57,7 +57,7 @@ struct Sync: ParsableCommand {
         // Ready must mean "adopted the cluster's keys": compare every RAM key's primary id.
         var same = 0, different = 0
         for d in domainList {
-            for summary in try ref.listKeys(domain: d) where summary.type == "ram" {
+            for summary in try ref.listKeys(domain: d).keys where summary.type == .ram {
                 let a = try ref.getKey(domain: d, name: summary.name).primary?.id
                 let b = try fresh.getKey(domain: d, name: summary.name).primary?.id
                 if a != nil && a == b { same += 1 } else { different += 1 }

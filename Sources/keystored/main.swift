@@ -1,4 +1,5 @@
 import ArgumentParser
+import KeystoreAPI
 import KeystoreNode
 import Logging
 import Metrics
@@ -17,7 +18,8 @@ let handledSignals: [Int32] = [SIGTERM, SIGINT, SIGHUP]
 struct Keystored: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "keystored",
-        abstract: "A keystore cluster node: serves RAM and file keys over a local Unix socket.")
+        abstract: "A keystore cluster node: serves RAM and file keys over a local Unix socket.",
+        version: keystoreVersion)
 
     @Option(name: .long, help: "Path to the cluster config (JSON).")
     var config: String
@@ -25,8 +27,8 @@ struct Keystored: AsyncParsableCommand {
     @Option(name: .long, help: "This node's name in the config's \"nodes\".")
     var node: String
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical (default: the config's log_level, else info; given here, it wins over the config, also on reload).")
+    var logLevel: String?
 
     @Option(name: .long, help: "Bytes an /v1/events consumer may fall behind before it is cut off.")
     var eventsMaxBacklog: Int = 1 << 20
@@ -37,14 +39,12 @@ struct Keystored: AsyncParsableCommand {
     func serve() async throws {
         // Before any secret exists: no core dumps, no ptrace attach (DESIGN.md RAM keys 7).
         let hardening = ProcessHardening.apply()
-        guard let level = Logger.Level(rawValue: logLevel) else {
-            fail("unknown --log-level '\(logLevel)'; use trace, debug, info, notice, warning, error or critical")
+        let level = logLevel.map { Logger.Level(rawValue: $0) } ?? .info
+        guard let level else {
+            fail("unknown --log-level '\(logLevel ?? "")'; use trace, debug, info, notice, warning, error or critical")
         }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        let logLevelControl = LogLevelControl(level, pinned: logLevel != nil)
+        LoggingSystem.bootstrap { label in LiveLevelLogHandler(label: label, control: logLevelControl) }
         let logger = Logger(label: "keystored")
         if !hardening.coreDumpsDisabled || !hardening.nonDumpable {
             logger.critical("could not disable core dumps / ptrace (core=\(hardening.coreDumpsDisabled), nondumpable=\(hardening.nonDumpable)); secrets may be exposed in a crash dump")
@@ -55,7 +55,7 @@ struct Keystored: AsyncParsableCommand {
         do {
             guard eventsMaxBacklog >= 1024 else { fail("--events-max-backlog must be at least 1024 bytes") }
             daemon = try KeystoreDaemon.load(configPath: config, node: node, logger: logger, metrics: NodeMetrics(registry: registry),
-                                             eventsMaxBacklog: eventsMaxBacklog)
+                                             eventsMaxBacklog: eventsMaxBacklog, logLevel: logLevelControl)
         } catch {
             fail("\(error)")
         }

@@ -6,36 +6,6 @@ import XCTest
 import Glibc
 #endif
 
-/// Client certificates made the way users make them: the openssl CLI with a client.cnf whose
-/// subjectAltName carries otherName id-on-xmppAddr (1.3.6.1.5.5.7.8.5) as a UTF8String.
-enum UserCertificates {
-    static func make(jids: [String], in directory: String, name: String, days: Int = 30) throws -> String {
-        var altNames = ""
-        for (i, jid) in jids.enumerated() { altNames += "otherName.\(i) = 1.3.6.1.5.5.7.8.5;FORMAT:UTF8,UTF8:\(jid)\n" }
-        let cnf = """
-        [req]
-        distinguished_name = dn
-        prompt = no
-        x509_extensions = ext
-        [dn]
-        CN = \(jids.first ?? "nobody")
-        [ext]
-        basicConstraints = CA:FALSE
-        keyUsage = digitalSignature, keyEncipherment
-        extendedKeyUsage = clientAuth
-        subjectAltName = @alt_names
-        [alt_names]
-        \(altNames)
-        """
-        let cnfPath = "\(directory)/\(name).cnf"
-        try cnf.write(toFile: cnfPath, atomically: true, encoding: .utf8)
-        try SharedCertificates.run("/usr/bin/openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                                                        "-days", String(days), "-config", cnfPath,
-                                                        "-keyout", "\(directory)/\(name).key", "-out", "\(directory)/\(name).pem"])
-        return try String(contentsOfFile: "\(directory)/\(name).pem", encoding: .utf8)
-    }
-}
-
 final class CertificateRegistryClusterTests: ClusterTestCase {
     let nodes = ["node1", "node2", "node3"]
 
@@ -49,14 +19,14 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
         try cluster.startAll()
         let phone = try UserCertificates.make(jids: ["alice@first.com"], in: cluster.scratch.path, name: "phone")
         let info = try cluster.client("node1").addCert(domain: "first.com", user: "alice", name: "phone", certificate: phone)
-        XCTAssertEqual(info?.name, "phone")
-        XCTAssertEqual(info?.jids, ["alice@first.com"])
+        XCTAssertEqual(info.name, "phone")
+        XCTAssertEqual(info.jids, ["alice@first.com"])
 
         for node in nodes {
             waitUntil("\(node) verifies the certificate registered on node1") {
-                (try? cluster.client(node).verifyCert(domain: "first.com", certificate: phone)) == "alice@first.com"
+                (try? cluster.client(node).verifyCert(domain: "first.com", certificate: phone).jid) == "alice@first.com"
             }
-            XCTAssertEqual(try cluster.client(node).listCerts(domain: "first.com", user: "alice").map(\.name), ["phone"])
+            XCTAssertEqual(try cluster.client(node).listCerts(domain: "first.com", user: "alice").certs.map(\.name), ["phone"])
         }
         // Another domain's client sees nothing of it, and the domain must match the JID.
         XCTAssertEqual(apiError { _ = try cluster.client("node2").verifyCert(domain: "second.com", certificate: phone) }?.0, 403)
@@ -71,7 +41,7 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
                 guard let error = apiError({ _ = try cluster.client(node).verifyCert(domain: "first.com", certificate: phone) }) else { return false }
                 return error.0 == 403
             }
-            XCTAssertEqual(try cluster.client(node).listCerts(domain: "first.com", user: "alice").count, 0)
+            XCTAssertEqual(try cluster.client(node).listCerts(domain: "first.com", user: "alice").certs.count, 0)
         }
         waitUntil("node3 streams the revocation made on node2") {
             events.events(ofType: "cert_revoked").contains { $0["user"] as? String == "alice@first.com" && $0["name"] as? String == "phone" }
@@ -105,16 +75,16 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
 
         // A full-JID certificate authorizes only its resource.
         try client.addCert(domain: "first.com", user: "alice", name: "laptop", certificate: alice2, noCertManagement: true)
-        XCTAssertEqual(try client.verifyCert(domain: "first.com", certificate: alice2), "alice@first.com/laptop")
-        XCTAssertEqual(try client.verifyCert(domain: "first.com", certificate: alice2, authzid: "alice@first.com/laptop"), "alice@first.com/laptop")
+        XCTAssertEqual(try client.verifyCert(domain: "first.com", certificate: alice2).jid, "alice@first.com/laptop")
+        XCTAssertEqual(try client.verifyCert(domain: "first.com", certificate: alice2, authzid: "alice@first.com/laptop").jid, "alice@first.com/laptop")
         XCTAssertEqual(apiError { _ = try client.verifyCert(domain: "first.com", certificate: alice2, authzid: "alice@first.com/phone") }?.0, 403)
         XCTAssertEqual(apiError { _ = try client.verifyCert(domain: "first.com", certificate: alice2, authzid: "alice@first.com") }?.0, 403)
-        XCTAssertEqual(try client.listCerts(domain: "first.com", user: "alice").first { $0.name == "laptop" }?.noCertManagement, true)
+        XCTAssertEqual(try client.listCerts(domain: "first.com", user: "alice").certs.first { $0.name == "laptop" }?.noCertManagement, true)
 
         // Two JIDs: no authzid is ambiguous; with one, it must be registered for that user.
         try client.addCert(domain: "first.com", user: "alice", name: "shared", certificate: two)
         XCTAssertEqual(apiError { _ = try client.verifyCert(domain: "first.com", certificate: two) }?.0, 403)
-        XCTAssertEqual(try client.verifyCert(domain: "first.com", certificate: two, authzid: "alice@first.com"), "alice@first.com")
+        XCTAssertEqual(try client.verifyCert(domain: "first.com", certificate: two, authzid: "alice@first.com").jid, "alice@first.com")
         XCTAssertEqual(apiError { _ = try client.verifyCert(domain: "first.com", certificate: two, authzid: "carol@first.com") }?.0, 403,
                        "registered for alice only")
         // An unregistered certificate.
@@ -131,7 +101,7 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
         let cert = try UserCertificates.make(jids: ["dave@first.com"], in: cluster.scratch.path, name: "dave")
         try cluster.client("node1").addCert(domain: "first.com", user: "dave", name: "tablet", certificate: cert)
         waitUntil("node3 has the registration") {
-            (try? cluster.client("node3").verifyCert(domain: "first.com", certificate: cert)) == "dave@first.com"
+            (try? cluster.client("node3").verifyCert(domain: "first.com", certificate: cert).jid) == "dave@first.com"
         }
         // Replicated records are persisted asynchronously on the receiving node; wait until
         // node3's own database holds the live record, so the restart really starts stale.
@@ -157,17 +127,17 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
         try cluster.client("node1").addCert(domain: "first.com", user: "erin", name: "keep", certificate: keep)
         try cluster.client("node2").addCert(domain: "first.com", user: "erin", name: "gone", certificate: gone)
         waitUntil("node3 learned both registrations") {
-            ((try? cluster.client("node3").listCerts(domain: "first.com", user: "erin").count) ?? 0) == 2
+            ((try? cluster.client("node3").listCerts(domain: "first.com", user: "erin").certs.count) ?? 0) == 2
         }
         try cluster.client("node3").revokeCert(domain: "first.com", user: "erin", name: "gone")
         let key = cluster.waitForAgreement()
         waitUntil("every node has the revocation before the cluster stops") {
-            nodes.allSatisfy { ((try? cluster.client($0).listCerts(domain: "first.com", user: "erin").count) ?? 0) == 1 }
+            nodes.allSatisfy { ((try? cluster.client($0).listCerts(domain: "first.com", user: "erin").certs.count) ?? 0) == 1 }
         }
         for node in nodes { cluster.processes[node]!.stop() }
         try cluster.startAll()
         for node in nodes {
-            XCTAssertEqual(try cluster.client(node).verifyCert(domain: "first.com", certificate: keep), "erin@first.com")
+            XCTAssertEqual(try cluster.client(node).verifyCert(domain: "first.com", certificate: keep).jid, "erin@first.com")
             XCTAssertEqual(apiError { _ = try cluster.client(node).verifyCert(domain: "first.com", certificate: gone) }?.0, 403)
         }
         XCTAssertNotEqual(cluster.waitForAgreement(), key, "RAM keys never reach the database: a full restart makes new ones")

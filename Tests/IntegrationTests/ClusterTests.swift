@@ -25,7 +25,7 @@ final class ClusterTests: ClusterTestCase {
         }
         let status = try cluster.client("node1").clusterStatus()
         waitUntil("node1 sees all three members alive") {
-            ((try? cluster.client("node1").clusterStatus().members.filter { $0.state == "alive" }.count) ?? 0) == 3
+            ((try? cluster.client("node1").clusterStatus().members.filter { $0.state == .alive }.count) ?? 0) == 3
         }
         XCTAssertEqual(Set(status.members.map(\.node)), Set(three))
     }
@@ -135,7 +135,7 @@ final class ClusterTests: ClusterTestCase {
         }
         for node in three {
             let members = try cluster.client(node).clusterStatus().members
-            XCTAssertNotEqual(members.first { $0.node == "node4" }?.state, "alive", "\(node): \(members)")
+            XCTAssertNotEqual(members.first { $0.node == "node4" }?.state, .alive, "\(node): \(members)")
             XCTAssertEqual(try cluster.client(node).getKey(domain: "first.com", name: "token_secret").primary?.key, key)
         }
     }
@@ -150,13 +150,13 @@ final class ClusterTests: ClusterTestCase {
         try cluster.scratch.write("psk/node3/first", "different-secret")
         try cluster.startAll()
         waitUntil("health reports the mismatch as degraded") {
-            (try? cluster.client("node1").health().status) == "degraded"
+            (try? cluster.client("node1").health().status) == .degraded
         }
-        let status = try cluster.client("node2").send(APIRequest(method: "GET", path: "/v1/cluster"))
+        let status = try cluster.client("node2").send(.cluster())
         let json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(status.body)) as? [String: Any])
         let mismatches = try XCTUnwrap(json["psk_mismatches"] as? [[String: Any]])
         waitUntil("node2 reports it too") {
-            let body = (try? cluster.client("node2").send(APIRequest(method: "GET", path: "/v1/cluster")).body) ?? []
+            let body = (try? cluster.client("node2").send(.cluster()).body) ?? []
             return String(decoding: body, as: UTF8.self).contains("provision_pre_shared")
         }
         if let first = mismatches.first {
@@ -172,7 +172,7 @@ final class ClusterTests: ClusterTestCase {
         try cluster.scratch.write("psk/node3/first", "same-secret")
         _ = try cluster.client("node3").reload()
         waitUntil("the mismatch clears after the fix") {
-            (try? cluster.client("node1").health().status) == "ok"
+            (try? cluster.client("node1").health().status) == .ok
         }
     }
 }

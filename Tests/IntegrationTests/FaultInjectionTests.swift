@@ -125,7 +125,7 @@ final class FaultInjectionTests: ClusterTestCase {
         try cluster.start("node1")
         cluster.waitReady("node1")
         for i in acked {
-            XCTAssertEqual(try cluster.client("node1").verifyCert(domain: "first.com", certificate: certificates[i]), "user\(i)@first.com",
+            XCTAssertEqual(try cluster.client("node1").verifyCert(domain: "first.com", certificate: certificates[i]).jid, "user\(i)@first.com",
                            "acknowledged registration \(i) lost")
         }
         print("fault: kill -9 after \(acked.count) acknowledged registrations: all present after restart")
@@ -137,7 +137,7 @@ final class FaultInjectionTests: ClusterTestCase {
         try cluster.startAll()
         let key = try XCTUnwrap(cluster.waitForAgreement())
         waitUntil("everyone sees four alive members") {
-            nodes.allSatisfy { ((try? cluster.client($0).clusterStatus().members.filter { $0.state == "alive" }.count) ?? 0) == 4 }
+            nodes.allSatisfy { ((try? cluster.client($0).clusterStatus().members.filter { $0.state == .alive }.count) ?? 0) == 4 }
         }
         let events = EventCollector(socketPath: cluster.socketPath("node1"))
         defer { events.close() }
@@ -146,12 +146,12 @@ final class FaultInjectionTests: ClusterTestCase {
             cluster.processes["node2"]!.signal(SIGSTOP)
             waitUntil("node1 suspects the frozen node2 (round \(round))", timeout: 15) {
                 let state = try? cluster.client("node1").clusterStatus().members.first { $0.node == "node2" }?.state
-                return state == "suspect" || state == "dead"
+                return state == .suspect || state == .dead
             }
             cluster.processes["node2"]!.signal(SIGCONT)
             waitUntil("node2 is alive again everywhere (round \(round))", timeout: 20) {
                 ["node1", "node3", "node4"].allSatisfy {
-                    (try? cluster.client($0).clusterStatus().members.first { $0.node == "node2" }?.state) == "alive"
+                    (try? cluster.client($0).clusterStatus().members.first { $0.node == "node2" }?.state) == .alive
                 }
             }
         }
@@ -178,14 +178,14 @@ final class FaultInjectionTests: ClusterTestCase {
         try cluster.client("node1").addCert(domain: "first.com", user: "p1", name: "d", certificate: c1)
         try cluster.client("node1").addCert(domain: "first.com", user: "p2", name: "d", certificate: c2)
         waitUntil("registrations everywhere") {
-            nodes.allSatisfy { (try? cluster.client($0).verifyCert(domain: "first.com", certificate: c2)) == "p2@first.com" }
+            nodes.allSatisfy { (try? cluster.client($0).verifyCert(domain: "first.com", certificate: c2).jid) == "p2@first.com" }
         }
 
         try network.partition(["node1"])
         waitUntil("both sides notice the partition", timeout: 20) {
             let fromA = try? cluster.client("node1").clusterStatus().members.first { $0.node == "node2" }?.state
             let fromB = try? cluster.client("node2").clusterStatus().members.first { $0.node == "node1" }?.state
-            return fromA != "alive" && fromB != "alive"
+            return fromA != .alive && fromB != .alive
         }
         // Both sides keep serving the original key...
         XCTAssertEqual(cluster.primaries().values.filter { $0 == original }.count, 3)
@@ -195,7 +195,7 @@ final class FaultInjectionTests: ClusterTestCase {
         try cluster.client("node1").revokeCert(domain: "first.com", user: "p1", name: "d")
         try cluster.client("node3").revokeCert(domain: "first.com", user: "p2", name: "d")
         try cluster.client("node2").addCert(domain: "first.com", user: "p3", name: "d", certificate: c3)
-        XCTAssertEqual(try cluster.client("node1").verifyCert(domain: "first.com", certificate: c2), "p2@first.com",
+        XCTAssertEqual(try cluster.client("node1").verifyCert(domain: "first.com", certificate: c2).jid, "p2@first.com",
                        "node1 cannot know yet about the other side's revocation")
 
         try network.heal()
@@ -209,7 +209,7 @@ final class FaultInjectionTests: ClusterTestCase {
             waitUntil("\(node) converged on the registry") {
                 let c1Refused = (try? cluster.client(node).verifyCert(domain: "first.com", certificate: c1)) == nil
                 let c2Refused = (try? cluster.client(node).verifyCert(domain: "first.com", certificate: c2)) == nil
-                let c3Accepted = (try? cluster.client(node).verifyCert(domain: "first.com", certificate: c3)) == "p3@first.com"
+                let c3Accepted = (try? cluster.client(node).verifyCert(domain: "first.com", certificate: c3).jid) == "p3@first.com"
                 return c1Refused && c2Refused && c3Accepted
             }
         }

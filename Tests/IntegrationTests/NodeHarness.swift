@@ -163,7 +163,12 @@ final class ClusterHarness {
         scratch = try ScratchDirectory()
         nodeNames = nodes
         let certs = try SharedCertificates.directory()
-        for node in nodes where peerAddresses == nil { ports[node] = try freeTCPPort() }
+        for node in nodes where peerAddresses == nil {
+            // The kernel may hand a just-released port out again: every node needs its own.
+            var port = try freeTCPPort()
+            while ports.values.contains(port) { port = try freeTCPPort() }
+            ports[node] = port
+        }
         try scratch.write("psk/first_provision", "  first-psk-secret \n")
         try scratch.write("psk/second_provision", "second-psk-secret\n")
         var nodeEntries: [String: Any] = [:]
@@ -197,18 +202,23 @@ final class ClusterHarness {
 
     /// Starts `node`; returns once its socket answers (not necessarily ready).
     @discardableResult
-    func start(_ node: String, arguments: [String] = [], config: String? = nil, waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
+    /// `logLevel` nil leaves the level to the config's `log_level` (the flag would pin it).
+    func start(_ node: String, arguments: [String] = [], config: String? = nil, environment: [String: String] = [:],
+               logLevel: String? = "debug", waitForSocket: Bool = true, file: StaticString = #filePath, line: UInt = #line) throws -> NodeProcess {
         let logPath = scratch.file("\(node).\(retired.count + processes.count).log")
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         let process = Process()
-        let daemonArguments = ["--config", config ?? configPath, "--node", node, "--log-level", "debug"] + arguments
+        let daemonArguments = ["--config", config ?? configPath, "--node", node] + (logLevel.map { ["--log-level", $0] } ?? []) + arguments
         if let prefix = launchPrefix[node], let first = prefix.first {
             process.executableURL = URL(fileURLWithPath: first)
             process.arguments = Array(prefix.dropFirst()) + [Products.keystored] + daemonArguments
         } else {
             process.executableURL = URL(fileURLWithPath: Products.keystored)
             process.arguments = daemonArguments
+        }
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         }
         process.standardOutput = log
         process.standardError = log

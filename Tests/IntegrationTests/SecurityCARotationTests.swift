@@ -33,7 +33,7 @@ final class SecurityCARotationTests: ClusterTestCase {
         waitUntil("both nodes see each other alive across the two CAs") {
             ["node1", "node2"].allSatisfy { node in
                 let members = (try? cluster.client(node).clusterStatus().members) ?? []
-                return members.filter { $0.state == "alive" }.count == 2
+                return members.filter { $0.state == .alive }.count == 2
             }
         }
     }

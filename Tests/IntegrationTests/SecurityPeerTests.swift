@@ -24,7 +24,7 @@ final class SecurityPeerTests: ClusterTestCase {
 
     private func aliveMembers(_ cluster: ClusterHarness, _ node: String) -> Set<String> {
         let status = try? cluster.client(node).clusterStatus()
-        return Set((status?.members ?? []).filter { $0.state == "alive" }.map(\.node))
+        return Set((status?.members ?? []).filter { $0.state == .alive }.map(\.node))
     }
 
     /// The checks every attack must leave true: the victim logged `expected` for the attack,
@@ -40,7 +40,7 @@ final class SecurityPeerTests: ClusterTestCase {
             XCTAssertTrue(cluster.processes[node]?.isRunning == true, "\(node) died after \(attacker)", file: file, line: line)
             let status = try cluster.client(node).clusterStatus()
             XCTAssertEqual(Set(status.members.map(\.node)), ["node1", "node2", "node3"], "\(node) lists an unknown member after \(attacker)", file: file, line: line)
-            XCTAssertNotEqual(status.members.first { $0.node == "node3" }?.state, "alive", "\(node) admitted \(attacker) as node3", file: file, line: line)
+            XCTAssertNotEqual(status.members.first { $0.node == "node3" }?.state, .alive, "\(node) admitted \(attacker) as node3", file: file, line: line)
             XCTAssertEqual(try cluster.client(node).getKey(domain: "first.com", name: "token_secret").primary?.key, key,
                            "\(node) no longer serves the cluster key after \(attacker)", file: file, line: line)
         }

@@ -164,7 +164,7 @@ final class SecuritySecretsTests: ClusterTestCase {
             !process.isRunning || (try? client.health().ready) == true
         }
         XCTAssertTrue(process.isRunning, "keystored as uid \(nobody) exited: \(readLog())")
-        let health = try client.send(APIRequest(method: "GET", path: "/v1/health")).bodyText
+        let health = try client.send(.health()).bodyText
         XCTAssertTrue(health.contains("\"memory_locked\":false"), health)
         let warning = readLog().split(separator: "\n").first { $0.contains("LimitMEMLOCK") }
         XCTAssertNotNil(warning, "no LimitMEMLOCK warning in: \(readLog())")

@@ -18,7 +18,7 @@ final class SingleNodeTests: ClusterTestCase {
     func testServesRAMAndTrimmedFileKeys() throws {
         let (_, node) = try startSingle()
         let ram = try node.client.getKey(domain: "first.com", name: "token_secret")
-        XCTAssertEqual(ram.type, "ram")
+        XCTAssertEqual(ram.type, .ram)
         XCTAssertEqual(ram.versions.count, 1)
         let primary = try XCTUnwrap(ram.primary)
         XCTAssertEqual(Data(base64Encoded: primary.key ?? "")?.count, 2048, "default ram_key_size")
@@ -27,18 +27,18 @@ final class SingleNodeTests: ClusterTestCase {
         XCTAssertNotEqual(small.primary?.key, primary.key)
 
         let psk = try node.client.getKey(domain: "first.com", name: "provision_pre_shared")
-        XCTAssertEqual(psk.type, "file")
+        XCTAssertEqual(psk.type, .file)
         XCTAssertEqual(psk.versions.first.flatMap { Data(base64Encoded: $0.key ?? "") }.map { String(decoding: $0, as: UTF8.self) },
                        "first-psk-secret", "surrounding whitespace trimmed")
         // Same key on a second read (and on a new connection): a RAM key is stable while the node lives.
         XCTAssertEqual(try node.client.getKey(domain: "first.com", name: "token_secret").primary?.key, primary.key)
 
-        let list = try node.client.listKeys(domain: "first.com")
+        let list = try node.client.listKeys(domain: "first.com").keys
         XCTAssertEqual(list.map(\.name), ["token_secret", "provision_pre_shared"])
-        XCTAssertEqual(list.map(\.type), ["ram", "file"])
+        XCTAssertEqual(list.map(\.type), [.ram, .file])
         XCTAssertEqual(list.map(\.versions), [1, 1])
         let health = try node.client.health()
-        XCTAssertEqual(health.status, "ok")
+        XCTAssertEqual(health.status, .ok)
         XCTAssertTrue(health.ready)
         XCTAssertEqual(health.node, "node1")
     }
@@ -162,7 +162,7 @@ final class SingleNodeTests: ClusterTestCase {
     }
 
     private func health(_ node: NodeProcess) -> String {
-        (try? node.client.send(APIRequest(method: "GET", path: "/v1/health")).bodyText) ?? ""
+        (try? node.client.send(.health()).bodyText) ?? ""
     }
 
     func testInvalidConfigExitsNonZeroWithOneLine() throws {

@@ -44,10 +44,11 @@ final class CannedServer: @unchecked Sendable {
     var requests: [RecordedRequest] { lock.withLock { _requests } }
     var accepts: Int { lock.withLock { _accepts } }
 
-    init(handler: @escaping @Sendable (RecordedRequest) -> CannedReply) throws {
+    /// - Parameter path: where to listen (default: a fresh name under /tmp).
+    init(path: String? = nil, handler: @escaping @Sendable (RecordedRequest) -> CannedReply) throws {
         self.handler = handler
-        path = "/tmp/ksc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
-        unlink(path)
+        self.path = path ?? "/tmp/ksc-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        unlink(self.path)
         #if canImport(Glibc)
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         #else
@@ -56,7 +57,7 @@ final class CannedServer: @unchecked Sendable {
         guard fd >= 0 else { throw NSError(domain: "CannedServer", code: Int(errno)) }
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
-        let bytes = Array(path.utf8)
+        let bytes = Array(self.path.utf8)
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             raw.copyBytes(from: bytes)
             raw[bytes.count] = 0

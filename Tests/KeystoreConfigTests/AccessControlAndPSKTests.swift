@@ -1,3 +1,4 @@
+import KeystoreAPI
 import XCTest
 import Foundation
 #if canImport(Glibc)

@@ -1,3 +1,4 @@
+import KeystoreJSON
 import XCTest
 import Foundation
 @testable import KeystoreConfig

@@ -37,6 +37,19 @@ final class ValidationErrorTests: XCTestCase {
                                       message: "expected a value but found '}'"))
     }
 
+    func testClusterNameThatCannotCrossTheWireIntactIsRefused() {
+        expect(["cluster"], String(repeating: "x", count: 1500), contains: ["cluster: bad cluster name", "1500 bytes", "1-64 characters"])
+        expect(["cluster"], "prod\u{0}x", contains: ["cluster: bad cluster name", "\\u0000"])
+        expect(["cluster"], "xmpp prod", contains: ["cluster: bad cluster name"])
+        expect(["cluster"], "-prod", contains: ["cluster: bad cluster name"])
+    }
+
+    func testConfigFilesMayCarryLineComments() throws {
+        let text = String(decoding: try JSONSerialization.data(withJSONObject: Fixture.validConfig(), options: [.prettyPrinted]), as: UTF8.self)
+        let commented = "// production cluster\n" + text.replacingOccurrences(of: "\n", with: " // note\n")
+        XCTAssertNoThrow(try fx.loadText(commented))
+    }
+
     func testDuplicateFieldRejected() {
         expectText(#"{"cluster": "a", "cluster": "b"}"#, contains: ["cluster: appears more than once"])
         let nodes = #"{"cluster": "a", "tls": {"ca": "x", "cert": "y", "key": "z"}, "nodes": {"n": {}, "n": {}}}"#

@@ -1,4 +1,5 @@
 import Foundation
+import KeystoreAPI
 import KeystoreConfig
 @testable import KeystoreNode
 import LocalAPI
@@ -6,28 +7,27 @@ import Logging
 import NIOCore
 import NIOEmbedded
 import NIOHTTP1
+import PeerWire
+import RegistryDatabase
 import ReplicatedStore
+import Synchronization
 import SecretMemory
 import XCTest
 
 /// The router against a real NodeState (no sockets): routes, ACL decisions, JSON shapes.
 final class APIRouterTests: XCTestCase {
-    final class Services: NodeServices, @unchecked Sendable {
-        let state: NodeState
-        var published: [StoreDelta] = []
-        let logger = Logger(label: "test")
-        let events: EventHub
-        let metrics = NodeMetrics(registry: nil)
-        var certificates: CertificateService { CertificateService(state: state, database: nil, logger: logger, events: events) }
-        init(state: NodeState) { self.state = state; self.events = EventHub(nodeName: state.nodeName, logger: Logger(label: "test")) }
-        func publish(_ delta: StoreDelta) { published.append(delta) }
-        func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [state.nodeName]) }
-        func reload() throws -> [KeyRef] { try state.loadFileKeys() }
+    final class Environment: NodeEnvironment {
+        let node: String
+        init(node: String) { self.node = node }
+        func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [node]) }
         var memoryLocked: Bool { true }
     }
 
     var directory: String!
-    var services: Services!
+    var operations: NodeOperations!
+    var state: NodeState { operations.state }
+    final class Published: Sendable { let deltas = Mutex<[WireDelta]>([]) }
+    let published = Published()
     var router: APIRouter!
     let loop = EmbeddedEventLoop()
 
@@ -49,12 +49,18 @@ final class APIRouterTests: XCTestCase {
         """
         let config = try ClusterConfig.parse(json: Array(json.utf8), configDirectory: directory, node: "node1")
         let state = NodeState(config: config, arena: try SecretArena())
-        try state.loadFileKeys()
-        services = Services(state: state)
-        router = APIRouter(services: services, acl: config.accessControl(daemonUID: 0))
+        _ = try state.loadFileKeys()
+        let logger = Logger(label: "test")
+        let database = try RegistryDatabase(directory: directory + "/data")
+        operations = NodeOperations(state: state, registry: RegistryWriter(database: database),
+                                    events: EventHub(nodeName: state.nodeName, logger: logger), logger: logger, metrics: NodeMetrics(registry: nil))
+        let published = self.published
+        operations.attachPublisher { wire in published.deltas.withLock { $0.append(wire) } }
+        router = APIRouter(node: operations, environment: Environment(node: state.nodeName), daemonUID: 0)
     }
 
-    override func tearDownWithError() throws {
+    override func tearDown() async throws {
+        await operations.registry.close()
         try? FileManager.default.removeItem(atPath: directory)
     }
 
@@ -81,8 +87,8 @@ final class APIRouterTests: XCTestCase {
     }
 
     func testKeyShapesAfterReady() throws {
-        let created = try services.state.becomeReady()
-        XCTAssertEqual(created.keyVersions.count, 2)
+        let created = try operations.becomeReady()
+        XCTAssertEqual(created, 2)
         let (status, body) = try call(.GET, "/v1/domains/second.com/keys/token_secret")
         XCTAssertEqual(status, 200)
         XCTAssertEqual(body["domain"] as? String, "second.com")
@@ -102,11 +108,11 @@ final class APIRouterTests: XCTestCase {
         XCTAssertEqual(rotated, 200)
         XCTAssertEqual((meta["versions"] as? [[String: Any]])?.count, 2)
         XCTAssertNil((meta["versions"] as? [[String: Any]])?.first?["key"])
-        XCTAssertEqual(services.published.count, 1, "a rotation is pushed to peers")
+        XCTAssertEqual(published.deltas.withLock { $0.count }, 2, "the new keys, then the rotation, are pushed to peers")
     }
 
     func testACLIsCheckedBeforeExistence() throws {
-        _ = try services.state.becomeReady()
+        _ = try operations.becomeReady()
         XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/token_secret", uid: 1001, gid: 1001).0, 200)
         XCTAssertEqual(try call(.GET, "/v1/domains/second.com/keys/token_secret", uid: 1001, gid: 1001).0, 403)
         XCTAssertEqual(try call(.GET, "/v1/domains/nowhere.org/keys/x", uid: 1001, gid: 1001).0, 403, "no probing of other domains")
@@ -127,19 +133,20 @@ final class APIRouterTests: XCTestCase {
         XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/%E0%80").0, 400, "invalid UTF-8")
         XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/a%00b").0, 400, "NUL byte")
         XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/nope").0, 404, "an unconfigured key is unknown even before ready")
-        _ = try services.state.becomeReady()
+        _ = try operations.becomeReady()
         XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/nope").0, 404)
         XCTAssertEqual(try call(.GET, "/v1/domains/first.com/keys/..%2F..%2Fetc").0, 404, "a decoded path trick is just an unknown key")
         XCTAssertEqual(try call(.POST, "/v1/domains/first.com/keys/psk/rotate").0, 400, "file keys cannot be rotated")
     }
 
     func testMetricLabelsAreRouteTemplatesOnly() {
-        XCTAssertEqual(APIRouter.routeLabel(["v1", "domains", "first.com", "keys", "token_secret"]), "/v1/domains/{d}/keys/{k}")
-        XCTAssertEqual(APIRouter.routeLabel(["v1", "domains", "x", "users", "alice", "certs", "phone", "revoke"]),
+        func label(_ method: String, _ path: [String]) -> String { APIRouter.metricLabel(RouteTable.match(method: method, segments: path)) }
+        XCTAssertEqual(label("GET", ["v1", "domains", "first.com", "keys", "token_secret"]), "/v1/domains/{d}/keys/{k}")
+        XCTAssertEqual(label("POST", ["v1", "domains", "x", "users", "alice", "certs", "phone", "revoke"]),
                        "/v1/domains/{d}/users/{u}/certs/{name}/revoke")
-        XCTAssertEqual(APIRouter.routeLabel(["v1", "random-\(UUID().uuidString)"]), "other", "made-up paths must not mint series")
-        XCTAssertEqual(APIRouter.routeLabel(["v1", "domains", "d", "whatever", "x"]), "other")
-        XCTAssertEqual(APIRouter.routeLabel(["metrics"]), "/metrics")
+        XCTAssertEqual(label("GET", ["v1", "random-\(UUID().uuidString)"]), "other", "made-up paths must not mint series")
+        XCTAssertEqual(label("GET", ["v1", "domains", "d", "whatever", "x"]), "other")
+        XCTAssertEqual(label("GET", ["metrics"]), "/metrics")
     }
 
     func testPathDecoding() {

@@ -240,10 +240,10 @@ final class RegistryDatabaseTests: XCTestCase {
         XCTAssertTrue(error?.description.contains("not a directory") ?? false, "\(String(describing: error))")
     }
 
-    func testSchemaVersionIsOne() throws {
+    func testSchemaVersionIsTwo() throws {
         try RegistryDatabase(directory: dataDir).close()
-        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA user_version;"), "1")
-        XCTAssertEqual(RegistryDatabase.schemaVersion, 1)
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA user_version;"), "2")
+        XCTAssertEqual(RegistryDatabase.schemaVersion, 2)
     }
 
     func testSchemaTooNewIsRefused() throws {
@@ -251,7 +251,7 @@ final class RegistryDatabaseTests: XCTestCase {
         try db.upsert([fullRecord(1)])
         db.close()
         _ = try sqlite3(dbPath, "PRAGMA user_version = 99;")
-        let error = expectError({ $0 == .schemaTooNew(found: 99, supported: 1) }) {
+        let error = expectError({ $0 == .schemaTooNew(found: 99, supported: RegistryDatabase.schemaVersion) }) {
             _ = try RegistryDatabase(directory: dataDir)
         }
         XCTAssertTrue(error?.description.contains("99") ?? false)
@@ -307,6 +307,143 @@ final class RegistryDatabaseTests: XCTestCase {
         XCTAssertTrue(error?.description.contains("user1@first.com") ?? false, "\(String(describing: error))")
     }
 
+    // MARK: - Token sequence floors and batches (schema 2)
+
+    private func floor(_ user: String, _ value: UInt64, wall: UInt64 = 1_700_000_000_000) -> StoredTokenSequenceFloor {
+        StoredTokenSequenceFloor(domain: "first.com", user: user, floor: value, stampWall: wall, stampLogical: 3, origin: "node2")
+    }
+
+    func testFloorsRoundTripAndSurviveReopen() throws {
+        let floors = [floor("bob@first.com", 2), floor("alice@first.com", UInt64.max, wall: UInt64.max),
+                      StoredTokenSequenceFloor(domain: "ünï.com", user: "a\u{0}b@ünï.com", floor: 0, stampWall: 0,
+                                               stampLogical: UInt32.max, origin: "")]
+        do {
+            let db = try RegistryDatabase(directory: dataDir)
+            try db.write(RegistryWrite(tokenSequenceFloors: floors))
+            XCTAssertEqual(try db.loadTokenSequenceFloors(), [floors[1], floors[0], floors[2]], "ordered by (domain, user)")
+            // Replaced by (domain, user).
+            try db.write(RegistryWrite(tokenSequenceFloors: [floor("bob@first.com", 3)]))
+            db.close()
+        }
+        let again = try RegistryDatabase(directory: dataDir)
+        defer { again.close() }
+        XCTAssertEqual(try again.loadTokenSequenceFloors(), [floors[1], floor("bob@first.com", 3), floors[2]])
+        XCTAssertEqual(try again.loadAll(), [])
+    }
+
+    func testBatchDeletesForgottenCertificatesUpsertsAndRaisesFloorsInOneCommit() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        try db.upsert((0..<4).map { fullRecord($0) })
+        let key = { (r: StoredCertificate) in StoredCertificateKey(domain: r.domain, user: r.user, sha256: r.sha256) }
+        var revoked = fullRecord(2)
+        revoked.der = []   // a compacted (revoked) record keeps an empty DER, not NULL
+        revoked.removalKind = 2
+        revoked.removalWall = 5
+        revoked.removalLogical = 0
+        revoked.removalOrigin = "node1"
+        try db.write(RegistryWrite(certificates: [revoked, fullRecord(3)],
+                                   deletedCertificates: [key(fullRecord(0)), key(fullRecord(3)),
+                                                         StoredCertificateKey(domain: "none.com", user: "x", sha256: sha(9))],
+                                   tokenSequenceFloors: [floor("user1", 2)]))
+        XCTAssertEqual(try db.loadAll(), [fullRecord(1), revoked, fullRecord(3)], "a key both deleted and written stays written")
+        XCTAssertEqual(try db.loadAll().first { $0.user == "user2" }?.der, [])
+        XCTAssertEqual(try db.loadTokenSequenceFloors(), [floor("user1", 2)])
+        try db.write(RegistryWrite())  // empty batch: no transaction at all
+    }
+
+    func testFailedBatchStoresNothingOfIt() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        try db.write(RegistryWrite(certificates: [fullRecord(1)], tokenSequenceFloors: [floor("a", 2)]))
+        let holder = try LockHolder(dbPath: dbPath)
+        _ = expectError({ if case .writeFailed = $0 { true } else { false } }) {
+            try db.write(RegistryWrite(certificates: [fullRecord(2)],
+                                       deletedCertificates: [StoredCertificateKey(domain: "first.com", user: "user1", sha256: sha(1))],
+                                       tokenSequenceFloors: [floor("a", 3), floor("b", 2)]))
+        }
+        try holder.release()
+        XCTAssertEqual(try db.loadAll(), [fullRecord(1)])
+        XCTAssertEqual(try db.loadTokenSequenceFloors(), [floor("a", 2)])
+    }
+
+    func testHandEditedFloorRowIsReportedNotCrashed() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        try db.write(RegistryWrite(tokenSequenceFloors: [floor("alice@first.com", 2)]))
+        db.close()
+        _ = try sqlite3(dbPath, "UPDATE token_sequence_floors SET stamp_logical = -1;")
+        let reopened = try RegistryDatabase(directory: dataDir)
+        defer { reopened.close() }
+        let error = expectError({ if case .corrupt(dbPath, _) = $0 { true } else { false } }) {
+            _ = try reopened.loadTokenSequenceFloors()
+        }
+        XCTAssertTrue(error?.description.contains("stamp_logical") ?? false, "\(String(describing: error))")
+    }
+
+    // MARK: - Migration from schema 1 (keystored 0.1.0)
+
+    /// The schema-1 file exactly as keystored 0.1.0 wrote it: its DDL, WAL mode, user_version 1.
+    private func makeSchemaOneDatabase(extraSQL: String = "") throws {
+        try FileManager.default.createDirectory(atPath: dataDir, withIntermediateDirectories: true)
+        let ddl = """
+            PRAGMA journal_mode=WAL;
+            CREATE TABLE certificates (
+                domain TEXT NOT NULL, user TEXT NOT NULL, sha256 BLOB NOT NULL, name TEXT, der BLOB,
+                not_before_ms INTEGER, not_after_ms INTEGER, jids TEXT NOT NULL, no_cert_management INTEGER NOT NULL,
+                added_wall INTEGER, added_logical INTEGER, added_origin TEXT, removal_kind INTEGER, removal_wall INTEGER,
+                removal_logical INTEGER, removal_origin TEXT,
+                PRIMARY KEY (domain, user, sha256)
+            ) WITHOUT ROWID;
+            INSERT INTO certificates VALUES ('first.com', 'alice@first.com', x'\(hex(sha(1)))', 'phone', x'3082aabb',
+                1700000000000, 1800000000000, '["alice@first.com"]', 0, 1700000000123, 7, 'node1', NULL, NULL, NULL, NULL);
+            INSERT INTO certificates VALUES ('first.com', 'bob@first.com', x'\(hex(sha(2)))', NULL, NULL, NULL, NULL, '[]', 0,
+                NULL, NULL, NULL, 2, 1750000000000, 3, 'node3');
+            \(extraSQL)
+            PRAGMA user_version=1;
+            """
+        _ = try sqlite3(dbPath, ddl)
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA user_version;"), "1")
+    }
+
+    private func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
+
+    func testMigrationFromSchemaOneKeepsEveryRowAndAddsTheFloorTable() throws {
+        try makeSchemaOneDatabase()
+        let expected = [
+            StoredCertificate(domain: "first.com", user: "alice@first.com", sha256: sha(1), name: "phone",
+                              der: [0x30, 0x82, 0xaa, 0xbb], notBeforeMillis: 1_700_000_000_000,
+                              notAfterMillis: 1_800_000_000_000, jids: ["alice@first.com"], noCertManagement: false,
+                              addedWall: 1_700_000_000_123, addedLogical: 7, addedOrigin: "node1"),
+            StoredCertificate(domain: "first.com", user: "bob@first.com", sha256: sha(2),
+                              removalKind: 2, removalWall: 1_750_000_000_000, removalLogical: 3, removalOrigin: "node3"),
+        ]
+        do {
+            let db = try RegistryDatabase(directory: dataDir)
+            XCTAssertEqual(try db.loadAll(), expected)
+            XCTAssertEqual(try db.loadTokenSequenceFloors(), [])
+            try db.write(RegistryWrite(tokenSequenceFloors: [floor("alice@first.com", 2)]))
+            db.close()
+        }
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA user_version;"), "2")
+        // Reopening a migrated file migrates nothing and loses nothing.
+        let again = try RegistryDatabase(directory: dataDir)
+        defer { again.close() }
+        XCTAssertEqual(try again.loadAll(), expected)
+        XCTAssertEqual(try again.loadTokenSequenceFloors(), [floor("alice@first.com", 2)])
+    }
+
+    /// Each migration step commits together with its user_version bump: a step that fails
+    /// leaves the file at schema 1 with every row, and says which step failed.
+    func testFailedMigrationLeavesTheSchemaOneFileIntact() throws {
+        try makeSchemaOneDatabase(extraSQL: "CREATE TABLE token_sequence_floors (x INTEGER);")
+        let error = expectError({ if case .cannotOpen(dbPath, _) = $0 { true } else { false } }) {
+            _ = try RegistryDatabase(directory: dataDir)
+        }
+        XCTAssertTrue(error?.description.contains("migrate to schema 2") ?? false, "\(String(describing: error))")
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA user_version;"), "1")
+        XCTAssertEqual(try sqlite3(dbPath, "SELECT count(*) FROM certificates;"), "2")
+    }
+
     // MARK: - Helpers
 
     private func mode(_ path: String) throws -> Int {
@@ -335,7 +472,13 @@ func sqlite3Executable() throws -> URL {
         let candidate = "\(dir)/sqlite3"
         if FileManager.default.isExecutableFile(atPath: candidate) { return URL(fileURLWithPath: candidate) }
     }
-    throw XCTSkip("the sqlite3 command-line shell is not installed (apt install sqlite3)")
+    // A missing prerequisite fails the test, it never skips it (house rule).
+    throw MissingPrerequisite(message: "the sqlite3 command-line shell is not installed (apt-get install -y sqlite3)")
+}
+
+struct MissingPrerequisite: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
 }
 
 /// An sqlite3 shell in another process holding the database's write lock until released.

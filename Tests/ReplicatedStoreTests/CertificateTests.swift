@@ -27,7 +27,7 @@ final class CertificateTests: XCTestCase {
             record(certID(alice, 3), nil, removal(.revoked, 3, "n2")),
         ]), nowMillis: 0)
         XCTAssertTrue(store.certificateCounts() == (2, 1), "\(store.certificateCounts())")
-        _ = store.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .disabled, stamp: ts(4), origin: "n1")
+        _ = store.removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .disabled, stamp: ts(4), origin: "n1")
         XCTAssertTrue(store.certificateCounts() == (1, 2), "\(store.certificateCounts())")
     }
 
@@ -52,9 +52,9 @@ final class CertificateTests: XCTestCase {
         var node = ReplicatedStore(graceMillis: 1)
         XCTAssertNotNil(node.appendCertificate(id, certContent("phone", added: ts(100), origin: "n1")))
         let staleReplica = node                      // knows only the add
-        let removed = node.removeCertificate(domain: "first.com", user: alice, name: "phone",
-                                             kind: .revoked, stamp: ts(200), origin: "n1")
-        XCTAssertEqual(removed?.removal, removal(.revoked, 200, "n1"))
+        let removed = node.removeCertificates(domain: "first.com", user: alice, name: "phone",
+                                              kind: .revoked, stamp: ts(200), origin: "n1")
+        XCTAssertEqual(removed.map(\.removal), [removal(.revoked, 200, "n1")])
         let afterRemoval = node
 
         // The stale replica's full state (restart, partition heal, anti-entropy) changes nothing.
@@ -67,7 +67,9 @@ final class CertificateTests: XCTestCase {
         // (earliest add wins) but never the tombstone, and is no new removal.
         let earlier = certContent("old-phone", added: ts(90), origin: "n3")
         let late = node.merge(StoreDelta(certificates: [record(id, earlier)]), nowMillis: 500)
-        XCTAssertEqual(late.certificatesChanged, [record(id, earlier, removal(.revoked, 200, "n1"))])
+        var earlierCompacted = earlier
+        earlierCompacted.der = []   // a revoked record never carries the DER (compaction)
+        XCTAssertEqual(late.certificatesChanged, [record(id, earlierCompacted, removal(.revoked, 200, "n1"))])
         XCTAssertEqual(late.certificatesNewlyRemoved, [])
         XCTAssertEqual(node.liveCertificates(domain: "first.com", user: alice), [])
 
@@ -124,8 +126,8 @@ final class CertificateTests: XCTestCase {
         XCTAssertEqual(out.certificatesChanged, [record(id, add.content, tomb.removal)])
         XCTAssertEqual(out.certificatesNewlyRemoved, [], "the removal was already known")
         XCTAssertEqual(s.liveCertificates(domain: "first.com", user: alice), [])
-        XCTAssertNil(s.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .revoked,
-                                         stamp: ts(70), origin: "n1"), "a removed record is not live")
+        XCTAssertEqual(s.removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .revoked,
+                                            stamp: ts(70), origin: "n1"), [], "a removed record is not live")
 
         // A record with neither part says nothing and is not stored.
         var empty = ReplicatedStore(graceMillis: 1)
@@ -135,9 +137,13 @@ final class CertificateTests: XCTestCase {
         XCTAssertFalse(StoreDelta(certificates: [record(id, nil)]).isEmpty)
     }
 
-    /// Five nodes each accept "phone" for alice concurrently (different certificates); every
-    /// replica must show the same single one whatever order gossip delivers them in.
-    func testNameResolutionIsDeterministicAcrossFiveReplicas() {
+    /// Issue 11 item 3. Five nodes each accept "phone" for alice concurrently (different
+    /// certificates) and acknowledge it. Whatever order gossip delivers them in, every replica
+    /// lists all five, in the same order, all usable; a removal by name then removes all five
+    /// on every replica, and nothing of that name is usable afterwards in any merge order.
+    /// (Replaces testNameResolutionIsDeterministicAcrossFiveReplicas, which asserted that only
+    /// the earliest of them was listed: the hiding rule this issue removes.)
+    func testConcurrentSameNameRegistrationsAllStayListedAndUsable() {
         let adds: [(NodeID, UInt64, UInt8)] = [("n3", 1_000, 3), ("n1", 1_001, 1), ("n2", 1_000, 2),
                                                ("n4", 999, 4), ("n5", 999, 5)]
         var replicas = adds.map { node, wall, fp -> ReplicatedStore in
@@ -147,46 +153,117 @@ final class CertificateTests: XCTestCase {
             return s
         }
         var rng = SeededGenerator(seed: 5)
-        // Random pairwise gossip until every pair has exchanged both ways at least once.
-        for _ in 0..<3 {
-            for i in replicas.indices.shuffled(using: &rng) {
-                for j in replicas.indices.shuffled(using: &rng) where i != j {
-                    _ = replicas[j].merge(replicas[i].fullDelta(), nowMillis: 0)
+        func gossip() {
+            // Random pairwise gossip until every pair has exchanged both ways at least once.
+            for _ in 0..<3 {
+                for i in replicas.indices.shuffled(using: &rng) {
+                    for j in replicas.indices.shuffled(using: &rng) where i != j {
+                        _ = replicas[j].merge(replicas[i].fullDelta(), nowMillis: 0)
+                    }
                 }
             }
         }
+        gossip()
+        // Listed by (added, id): 999 (fp 4, fp 5), then 1000 (fp 2, fp 3), then 1001.
+        let expected = [4, 5, 2, 3, 1].map { certID(alice, UInt8($0)) }
         for r in replicas {
             XCTAssertEqual(r, replicas[0])
-            XCTAssertEqual(r.certificates(domain: "first.com", user: alice).count, 5)
             let live = r.liveCertificates(domain: "first.com", user: alice)
-            XCTAssertEqual(live.map(\.id), [certID(alice, 4)], "earliest added (999), ties by origin n4 < n5")
+            XCTAssertEqual(live.map(\.id), expected, "every acknowledged registration is listed")
+            XCTAssertTrue(live.allSatisfy(\.isLive))
+            XCTAssertEqual(Set(live.compactMap(\.content?.name)), ["phone"])
+        }
+
+        // Revoking "phone" on one replica removes every live certificate of that name there,
+        let removed = replicas[2].removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .revoked,
+                                                     stamp: ts(2_000), origin: "n2")
+        XCTAssertEqual(removed.map(\.id), expected)
+        XCTAssertTrue(removed.allSatisfy { $0.removal == removal(.revoked, 2_000, "n2") })
+        XCTAssertEqual(replicas[2].liveCertificates(domain: "first.com", user: alice), [])
+        // and once gossiped, on every replica, whichever records arrive first.
+        let revocations = removed
+        for (index, _) in replicas.enumerated() where index != 2 {
+            for record in revocations.shuffled(using: &rng) {
+                _ = replicas[index].merge(StoreDelta(certificates: [record]), nowMillis: 0)
+            }
+            XCTAssertEqual(replicas[index].liveCertificates(domain: "first.com", user: alice), [])
+        }
+        gossip()
+        for r in replicas {
+            XCTAssertEqual(r, replicas[0])
+            XCTAssertEqual(r.liveCertificates(domain: "first.com", user: alice), [], "no certificate named phone is usable")
+            XCTAssertEqual(r.certificates(domain: "first.com", user: alice).count, 5)
         }
     }
 
-    func testRemovalByNameTargetsTheVisibleRecordNeverAHiddenOne() {
-        let visible = certID(alice, 1), hidden = certID(alice, 2), other = certID(alice, 3)
-        var n2 = ReplicatedStore(graceMillis: 1)
-        _ = n2.appendCertificate(hidden, certContent("phone", added: ts(200), origin: "n2"))
-        _ = n2.appendCertificate(other, certContent("laptop", added: ts(150), origin: "n2"))
-        _ = n2.merge(StoreDelta(certificates: [record(visible, certContent("phone", added: ts(100), origin: "n1"))]),
-                     nowMillis: 0)
-        XCTAssertEqual(n2.liveCertificates(domain: "first.com", user: alice).map(\.id), [visible, other])
-        XCTAssertEqual(n2.certificates(domain: "first.com", user: alice).map(\.id), [visible, other, hidden])
+    /// The two-node form of issue 11 item 3, in both merge orders: n1 and n2 each acknowledge a
+    /// "phone" for alice; after the merge both are listed on both; n2 revokes "phone" by name
+    /// and the revocation reaches n1 before or after n2's own add: nothing named phone is
+    /// usable on either, and neither record comes back.
+    func testSameNameOnTwoNodesInBothMergeOrdersThenRevokeByName() {
+        let a = certID(alice, 1), b = certID(alice, 2)
+        for n1First in [true, false] {
+            var n1 = ReplicatedStore(graceMillis: 1), n2 = ReplicatedStore(graceMillis: 1)
+            let addA = n1.appendCertificate(a, certContent("phone", added: ts(100), origin: "n1"))!
+            let addB = n2.appendCertificate(b, certContent("phone", added: ts(100), origin: "n2"))!
+            let order = n1First ? [addA, addB] : [addB, addA]
+            for r in order { _ = n1.merge(StoreDelta(certificates: [r]), nowMillis: 0) }
+            for r in order.reversed() { _ = n2.merge(StoreDelta(certificates: [r]), nowMillis: 0) }
+            XCTAssertEqual(n1, n2)
+            XCTAssertEqual(n1.liveCertificates(domain: "first.com", user: alice).map(\.id), [a, b])
 
-        // n2's own (hidden) record cannot be removed by name: the visible one is.
-        let removed = n2.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .disabled,
-                                           stamp: ts(300), origin: "n2")
-        XCTAssertEqual(removed?.id, visible)
-        XCTAssertEqual(removed?.removal, removal(.disabled, 300, "n2"))
-        XCTAssertNil(n2.certificates(domain: "first.com", user: alice).first { $0.id == hidden }?.removal)
-        // With the winner gone, the other acknowledged registration of that name is visible.
-        XCTAssertEqual(n2.liveCertificates(domain: "first.com", user: alice).map(\.id), [other, hidden])
-        XCTAssertEqual(n2.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .revoked,
-                                            stamp: ts(301), origin: "n2")?.id, hidden)
-        XCTAssertNil(n2.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .revoked,
-                                          stamp: ts(302), origin: "n2"))
-        XCTAssertNil(n2.removeCertificate(domain: "first.com", user: "bob@first.com", name: "laptop", kind: .revoked,
-                                          stamp: ts(303), origin: "n2"), "another user's name")
+            let revoked = n2.removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .revoked,
+                                                stamp: ts(200), origin: "n2")
+            XCTAssertEqual(revoked.map(\.id), [a, b])
+            // A third replica that only ever saw the revocations (in either order) and then the
+            // stale adds: still nothing usable.
+            var late = ReplicatedStore(graceMillis: 1)
+            for r in (n1First ? revoked : revoked.reversed()) + order {
+                _ = late.merge(StoreDelta(certificates: [r]), nowMillis: 0)
+            }
+            _ = n1.merge(StoreDelta(certificates: n1First ? revoked : revoked.reversed()), nowMillis: 0)
+            _ = n1.merge(StoreDelta(certificates: order), nowMillis: 0)
+            for r in [n1, n2, late] {
+                XCTAssertEqual(r, n2)
+                XCTAssertEqual(r.liveCertificates(domain: "first.com", user: alice), [])
+                XCTAssertEqual(r.certificateRemovals(domain: "first.com", user: alice, name: "phone", kind: .revoked,
+                                                     stamp: ts(300), origin: "n1"), [], "nothing left to remove")
+            }
+        }
+    }
+
+    /// Replaces testRemovalByNameTargetsTheVisibleRecordNeverAHiddenOne (the old rule removed
+    /// only the visible one of two same-named records).
+    func testRemovalByNameRemovesEveryLiveRecordOfThatNameAndNothingElse() {
+        let first = certID(alice, 1), second = certID(alice, 2), other = certID(alice, 3), old = certID(alice, 4)
+        var n2 = ReplicatedStore(graceMillis: 1)
+        _ = n2.appendCertificate(second, certContent("phone", added: ts(200), origin: "n2"))
+        _ = n2.appendCertificate(other, certContent("laptop", added: ts(150), origin: "n2"))
+        _ = n2.merge(StoreDelta(certificates: [record(first, certContent("phone", added: ts(100), origin: "n1")),
+                                               record(old, certContent("phone", added: ts(50), origin: "n1"),
+                                                      removal(.disabled, 60, "n1"))]), nowMillis: 0)
+        XCTAssertEqual(n2.liveCertificates(domain: "first.com", user: alice).map(\.id), [first, other, second])
+        XCTAssertEqual(n2.certificates(domain: "first.com", user: alice).map(\.id), [old, first, other, second])
+
+        // The proposal changes nothing; applying it changes exactly those records.
+        let before = n2
+        let proposed = n2.certificateRemovals(domain: "first.com", user: alice, name: "phone", kind: .disabled,
+                                              stamp: ts(300), origin: "n2")
+        XCTAssertEqual(n2, before)
+        XCTAssertEqual(proposed.map(\.id), [first, second], "both live phones, not the already disabled one")
+        XCTAssertTrue(proposed.allSatisfy { $0.removal == removal(.disabled, 300, "n2") && $0.content?.der.isEmpty == false })
+        var viaMerge = n2
+        let outcome = viaMerge.merge(StoreDelta(certificates: proposed), nowMillis: 0)
+        XCTAssertEqual(outcome.certificatesChanged, proposed)
+        XCTAssertEqual(outcome.certificatesNewlyRemoved, proposed)
+        XCTAssertEqual(n2.removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .disabled,
+                                             stamp: ts(300), origin: "n2"), proposed)
+        XCTAssertEqual(viaMerge, n2)
+        XCTAssertEqual(n2.liveCertificates(domain: "first.com", user: alice).map(\.id), [other])
+        XCTAssertEqual(n2.removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .revoked,
+                                             stamp: ts(301), origin: "n2"), [], "a removed record is not live")
+        XCTAssertEqual(n2.removeCertificates(domain: "first.com", user: "bob@first.com", name: "laptop", kind: .revoked,
+                                             stamp: ts(303), origin: "n2"), [], "another user's name")
         XCTAssertEqual(n2.liveCertificates(domain: "first.com", user: alice).map(\.id), [other])
     }
 
@@ -225,9 +302,10 @@ final class CertificateTests: XCTestCase {
         _ = a.createInitialVersion(of: tokenKey, id: vid(1, "n1"))
         var b = a
         XCTAssertEqual(a.rootDigest(), b.rootDigest())
-        let removed = b.removeCertificate(domain: "first.com", user: "u7@first.com", name: "c407", kind: .revoked,
-                                          stamp: ts(2_000), origin: "n2")
-        XCTAssertNotNil(removed)
+        let removedRecords = b.removeCertificates(domain: "first.com", user: "u7@first.com", name: "c407", kind: .revoked,
+                                                  stamp: ts(2_000), origin: "n2")
+        XCTAssertEqual(removedRecords.count, 1)
+        let removed = removedRecords.first
         XCTAssertNotEqual(a.rootDigest(), b.rootDigest())
         let differing = ReplicatedStore.differingBuckets(mine: a.bucketDigests(), theirs: b.bucketDigests())
         XCTAssertEqual(differing.count, 1)
@@ -252,8 +330,8 @@ final class CertificateTests: XCTestCase {
         var s = ReplicatedStore(graceMillis: 1, bucketCount: 4)
         _ = s.appendCertificate(certID(alice, 9), certContent("phone", added: ts(1_700_000_000_000, 3), origin: "node1"))
         let live = s.rootDigest()
-        _ = s.removeCertificate(domain: "first.com", user: alice, name: "phone", kind: .disabled,
-                                stamp: ts(1_700_000_000_001), origin: "node2")
+        _ = s.removeCertificates(domain: "first.com", user: alice, name: "phone", kind: .disabled,
+                                 stamp: ts(1_700_000_000_001), origin: "node2")
         XCTAssertEqual(live, 14_725_660_780_590_872_924)
         XCTAssertEqual(s.rootDigest(), 423_265_742_761_882_038)
     }

@@ -182,4 +182,24 @@ final class KeyLifecycleTests: XCTestCase {
         _ = store.expire(nowMillis: UInt64.max)
         XCTAssertTrue(store.hasVersions(tokenKey))
     }
+
+    /// A reload may change `grace_period_s`: the cached earliest expiry per key follows, so
+    /// `expire` neither misses a version the shorter grace expires nor prunes one early.
+    func testChangingTheGracePeriodRecomputesWhatExpireSees() {
+        var store = ReplicatedStore(graceMillis: 10_000)
+        let v0 = store.createInitialVersion(of: tokenKey, id: vid(1_000, "n1"))!
+        let v1 = store.rotate(tokenKey, id: vid(2_000, "n1"))
+        XCTAssertEqual(store.expire(nowMillis: 5_000).count, 0)
+        store.graceMillis = 2_000                     // v0 now expires at 4_000
+        XCTAssertEqual(store.expire(nowMillis: 5_000).map(\.1), [v0.id])
+        _ = store.rotate(tokenKey, id: vid(6_000, "n1"))
+        store.graceMillis = 60_000                    // v1 now lives until 66_000
+        XCTAssertEqual(store.expire(nowMillis: 10_000).count, 0)
+        XCTAssertEqual(store.ids(of: tokenKey, nowMillis: 10_000).count, 2)
+        store.graceMillis = 60_000                    // unchanged: nothing to recompute
+        XCTAssertEqual(store.expire(nowMillis: 66_000).map(\.1), [v1.id])
+        XCTAssertEqual(store.forgetKey(tokenKey).count, 1)
+        XCTAssertFalse(store.hasVersions(tokenKey))
+        XCTAssertEqual(store, ReplicatedStore(graceMillis: 60_000))
+    }
 }

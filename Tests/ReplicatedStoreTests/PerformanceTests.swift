@@ -94,3 +94,55 @@ extension PerformanceTests {
             """)
     }
 }
+
+extension PerformanceTests {
+    /// Issue 11 item 7: a key with many versions inside the grace period. Each rotation, each
+    /// one-version push from a peer and each listing must cost O(versions), so the time per
+    /// held version stays flat as the count doubles (it used to grow: every rotation and merge
+    /// re-sorted and rehashed the whole list, ~19 ms per rotation at 1000 versions in a debug
+    /// build). Prints the figures; asserts only correctness (shared 2-core box).
+    func testKeyVersionCostPerVersionStaysFlat() {
+        let clock = ContinuousClock()
+        var lines: [String] = []
+        for n in [500, 1_000, 2_000, 4_000] {
+            let grace: UInt64 = 1 << 40                      // nothing expires during the test
+            var rotated = ReplicatedStore(graceMillis: grace)
+            _ = rotated.createInitialVersion(of: tokenKey, id: vid(1, "n1"))
+            // Time the last 100 rotations, when about n versions are held.
+            for i in 0..<(n - 100) { _ = rotated.rotate(tokenKey, id: vid(10 + UInt64(i), "n1")) }
+            let rotate = clock.measure {
+                for i in (n - 100)..<n { _ = rotated.rotate(tokenKey, id: vid(10 + UInt64(i), "n1")) }
+            }
+            XCTAssertEqual(rotated.versions(of: tokenKey, nowMillis: 20_000).count, n + 1)
+            XCTAssertEqual(rotated.versions(of: tokenKey, nowMillis: 20_000).first?.version.generation, UInt32(n))
+
+            // A peer that receives the same rotations one push at a time.
+            var follower = ReplicatedStore(graceMillis: grace)
+            let all = rotated.fullDelta().keyVersions[tokenKey]!.reversed() as [KeyVersion]
+            XCTAssertEqual(all.count, n + 1)
+            for v in all.prefix(all.count - 100) { _ = follower.merge(StoreDelta(keyVersions: [tokenKey: [v]]), nowMillis: 20_000) }
+            var added = 0
+            let push = clock.measure {
+                for v in all.suffix(100) { added += follower.merge(StoreDelta(keyVersions: [tokenKey: [v]]), nowMillis: 20_000).added.count }
+            }
+            XCTAssertEqual(added, 100)
+            XCTAssertTrue(follower == rotated, "the follower holds what the rotating node holds")
+            XCTAssertEqual(follower.rootDigest(), rotated.rootDigest())
+
+            var listed = 0
+            let list = clock.measure { for _ in 0..<100 { listed += rotated.versions(of: tokenKey, nowMillis: 20_000).count } }
+            XCTAssertEqual(listed, 100 * (n + 1))
+            var idle = rotated
+            let expire = clock.measure { for _ in 0..<100 { XCTAssertTrue(idle.expire(nowMillis: 20_000).isEmpty) } }
+
+            func perVersion(_ d: Duration) -> String {
+                let ns = Double(d.components.seconds) * 1e9 + Double(d.components.attoseconds) / 1e9
+                return String(format: "%7.1f ns", ns / 100 / Double(n))
+            }
+            lines.append("  \(String(n).padding(toLength: 5, withPad: " ", startingAt: 0)) versions: rotate \(perVersion(rotate)), "
+                + "one-version merge \(perVersion(push)), list \(perVersion(list)), idle expire \(perVersion(expire))")
+        }
+        print("[ReplicatedStore key versions: time per operation per held version, debug build unless -c release]\n"
+              + lines.joined(separator: "\n"))
+    }
+}

@@ -36,6 +36,7 @@ func combine(_ deltas: [StoreDelta]) -> StoreDelta {
         for (k, vs) in d.keyVersions { out.keyVersions[k, default: []] += vs }
         out.pskFingerprints += d.pskFingerprints
         out.certificates += d.certificates
+        out.tokenSequenceFloors += d.tokenSequenceFloors
     }
     return out
 }

@@ -92,7 +92,7 @@ final class RuleTests: XCTestCase {
         // Peers without a connection are dialled again at the redial interval.
         XCTAssertEqual(summary(instance.tick(nowMillis: 400, random: &random, replica: empty)), [])
         XCTAssertEqual(summary(instance.tick(nowMillis: 500, random: &random, replica: empty)), ["connect→node3", "connect→node4"])
-        XCTAssertEqual(instance.localSyncState, .joining)
+        XCTAssertFalse(instance.isReady)
     }
 
     func testAdoptionWaitsForEveryMergeIssuedBeforeTheDecidingSyncDone() {
@@ -162,7 +162,13 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(other.tick(nowMillis: 100, random: &random, replica: empty)), [])
         XCTAssertEqual(summary(other.tick(nowMillis: 252, random: &random, replica: empty)), ["syncRequest→node1"])
         XCTAssertEqual(summary(other.tick(nowMillis: 300, random: &random, replica: empty)), [])
-        XCTAssertEqual(summary(other.receive(.syncDone(ready: true), from: "node1", nowMillis: 400, replica: empty)),
+        // While the starter's state streams in, it is not asked again.
+        _ = other.receive(syncChunk(), from: "node1", nowMillis: 310, replica: empty)
+        XCTAssertEqual(summary(other.tick(nowMillis: 600, random: &random, replica: empty)), [])
+        XCTAssertEqual(summary(other.receive(.syncDone(ready: true), from: "node1", nowMillis: 700, replica: empty)), [],
+                       "waits for the merge of the chunk")
+        XCTAssertEqual(other.joinProblem, nil)
+        XCTAssertEqual(summary(other.applied(ApplyID(rawValue: 1), new: StoreDelta(), nowMillis: 710, random: &random, replica: empty)),
                        ["finished:adopted(from: \"node1\")"])
         // If the starter cannot be reached any more, the next one in line takes over.
         var third = Instance(myself: "node2", peers: ["node1", "node3", "node4"], nowMillis: 0)
@@ -186,7 +192,7 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node3", nowMillis: 21, replica: state)), [], "held, not refused")
         _ = instance.linkChanged("node3", .up, nowMillis: 22)
         XCTAssertEqual(summary(instance.markReady(nowMillis: 30, replica: state)), ["sync→node3"])
-        XCTAssertEqual(instance.localSyncState, .ready)
+        XCTAssertTrue(instance.isReady)
     }
 
     // MARK: Streaming
@@ -204,6 +210,9 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(instance.pump()), ["sync→node2"])
         XCTAssertEqual(summary(instance.pump { $0 != "node2" }), [], "the shell's backpressure holds it")
         XCTAssertEqual(summary(instance.pump()), ["sync→node2"])
+        // Asked again on the same connection: the answer under way goes on (a requester that
+        // re-asks faster than a large answer takes would otherwise never get one).
+        XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node2", nowMillis: 3, replica: state)), [])
         // The connection breaks mid-stream: the next one gets the whole answer again.
         _ = instance.linkChanged("node2", .down, nowMillis: 4)
         XCTAssertEqual(summary(instance.pump()), [])
@@ -211,6 +220,13 @@ final class RuleTests: XCTestCase {
         var sent: [String] = []
         while !instance.streamingTo.isEmpty { sent += summary(instance.pump()) }
         XCTAssertEqual(sent, Array(repeating: "sync→node2", count: 6) + ["syncDone(true)→node2"])
+        // An answer to a member that died is dropped, not kept for its return.
+        _ = instance.receive(.syncRequest, from: "node3", nowMillis: 6, replica: state)
+        XCTAssertEqual(instance.streamingTo, ["node3"])
+        _ = instance.memberChanged(member("node3", .suspect), previous: .alive, replica: state)
+        XCTAssertEqual(instance.streamingTo, ["node3"], "a suspect member keeps its transfer")
+        _ = instance.memberChanged(member("node3", .dead), previous: .suspect, replica: state)
+        XCTAssertEqual(instance.streamingTo, [])
     }
 
     // MARK: Anti-entropy
@@ -243,19 +259,19 @@ final class RuleTests: XCTestCase {
         var instance = readyInstance()
         let mine = replica()
         XCTAssertEqual(summary(instance.receive(.digest(root: mine.rootDigest), from: "node2", nowMillis: 10, replica: mine)), [])
-        XCTAssertEqual(instance.syncState(with: "node2"), .inSync)
+        XCTAssertEqual(instance.repairState(with: "node2"), .inSync)
         XCTAssertEqual(summary(instance.receive(.digest(root: 42), from: "node2", nowMillis: 20, replica: mine)), ["buckets→node2"])
-        XCTAssertEqual(instance.syncState(with: "node2"), .repairing)
+        XCTAssertEqual(instance.repairState(with: "node2"), .repairing)
         XCTAssertEqual(summary(instance.receive(.digest(root: 42), from: "node2", nowMillis: 1_020, replica: mine)), [], "one at a time")
         XCTAssertEqual(summary(instance.receive(.digest(root: 42), from: "node3", nowMillis: 1_030, replica: mine)), ["buckets→node3"], "per peer")
         // The reply ends the repair; the next differing digest may start another at once.
         _ = instance.receive(.delta(StoreDelta(), purpose: .repairReply), from: "node2", nowMillis: 1_100, replica: mine)
-        XCTAssertEqual(instance.syncState(with: "node2"), .inSync)
+        XCTAssertEqual(instance.repairState(with: "node2"), .inSync)
         XCTAssertEqual(summary(instance.receive(.digest(root: 43), from: "node2", nowMillis: 1_200, replica: mine)), ["buckets→node2"])
         // A repair that is never answered may be asked again after the cooldown.
         XCTAssertEqual(summary(instance.receive(.digest(root: 44), from: "node2", nowMillis: 6_199, replica: mine)), [])
         XCTAssertEqual(summary(instance.receive(.digest(root: 44), from: "node2", nowMillis: 6_200, replica: mine)), ["buckets→node2"])
-        XCTAssertEqual(instance.syncState(with: "node4"), .unknown)
+        XCTAssertNil(instance.repairState(with: "node4"))
     }
 
     func testBucketDigestsAreAnsweredWithTheDifferingBucketsAndARepairWithOurs() {

@@ -199,11 +199,12 @@ final class ReplicationSimulation {
     func revoke(user: String, name certificateName: String, on name: String) -> CertificateID? {
         guard var node = nodes[name], node.up, node.ready else { return nil }
         let stamp = node.clock.now(wallMillis: wall(node))
-        guard let record = node.store.removeCertificate(domain: "first.com", user: user, name: certificateName, kind: .revoked,
-                                                        stamp: stamp, origin: name) else { return nil }
-        disks[name, default: [:]][record.id] = record
+        let records = node.store.removeCertificates(domain: "first.com", user: user, name: certificateName, kind: .revoked,
+                                                    stamp: stamp, origin: name)
+        guard let record = records.first else { return nil }
+        for record in records { disks[name, default: [:]][record.id] = record }
         nodes[name] = node
-        localChange(StoreDelta(certificates: [record]), on: name)
+        localChange(StoreDelta(certificates: records), on: name)
         return record.id
     }
 
@@ -243,20 +244,19 @@ final class ReplicationSimulation {
 
     // MARK: Time
 
-    func advance(by millis: UInt64) {
-        let end = now + millis
-        while now < end { step() }
-    }
-
-    /// Steps until `condition` holds; the elapsed simulated time, or nil after `millis`.
+    /// Steps until `condition` holds; the elapsed simulated time, or nil once `millis` passed.
     @discardableResult
     func run(until condition: () -> Bool, within millis: UInt64) -> UInt64? {
         let start = now
-        while now - start <= millis {
-            if condition() { return now - start }
+        while !condition() {
+            guard now - start <= millis else { return nil }
             step()
         }
-        return condition() ? now - start : nil
+        return now - start
+    }
+
+    func advance(by millis: UInt64) {
+        if millis > 0 { run(until: { false }, within: millis - 1) }
     }
 
     func step() {

@@ -1,6 +1,7 @@
 import FuzzSupport
 import NIOCore
 import PeerWire
+import Replication
 import SecretMemory
 
 #if canImport(Glibc)

@@ -1,9 +1,10 @@
-/// A small strict JSON reader used instead of JSONSerialization because a security config
-/// needs things Foundation does not give us on Linux: exact line/column for every syntax
-/// error, duplicate object keys kept (so they can be rejected instead of silently taking the
-/// last one), booleans that can never be mistaken for numbers, integers that are not rounded
-/// through Double, and a nesting limit so hostile input cannot overflow the stack.
-enum JSONValue: Sendable {
+/// A small strict JSON reader, shared by the config loader and the local API's request bodies,
+/// used instead of JSONSerialization because both need things Foundation does not give us on
+/// Linux: exact line/column for every syntax error, duplicate object keys kept (so they can be
+/// rejected instead of silently taking the first or last one), booleans that can never be
+/// mistaken for numbers, integers that are not rounded through Double, and a nesting limit so
+/// hostile input cannot overflow the stack.
+public enum JSONValue: Sendable {
     /// Members in document order; duplicates are kept so validation can reject them.
     case object([(key: String, value: JSONValue)])
     case array([JSONValue])
@@ -13,7 +14,7 @@ enum JSONValue: Sendable {
     case bool(Bool)
     case null
 
-    var typeName: String {
+    public var typeName: String {
         switch self {
         case .object: return "an object"
         case .array: return "an array"
@@ -25,22 +26,30 @@ enum JSONValue: Sendable {
     }
 }
 
-struct JSONSyntaxError: Error, Sendable {
-    var line: Int
-    var column: Int
-    var message: String
+public struct JSONSyntaxError: Error, Sendable, CustomStringConvertible {
+    public var line: Int
+    public var column: Int
+    public var message: String
+
+    public var description: String { "line \(line), column \(column): \(message)" }
 }
 
-struct JSONReader {
+public struct JSONReader {
     private let bytes: [UInt8]
     private var index = 0
+    private let allowComments: Bool
     /// Deep enough for any sane config, shallow enough that recursion cannot blow the stack.
     private static let maxDepth = 64
 
-    private init(_ bytes: [UInt8]) { self.bytes = bytes }
+    private init(_ bytes: [UInt8], allowComments: Bool) {
+        self.bytes = bytes
+        self.allowComments = allowComments
+    }
 
-    static func parse(_ input: [UInt8]) throws(JSONSyntaxError) -> JSONValue {
-        var reader = JSONReader(input)
+    /// - Parameter allowComments: accept `//` comments running to the end of the line (outside
+    ///   strings), so an operator can annotate a config file; API bodies never allow them.
+    public static func parse(_ input: [UInt8], allowComments: Bool = false) throws(JSONSyntaxError) -> JSONValue {
+        var reader = JSONReader(input, allowComments: allowComments)
         // Editors on some platforms add a UTF-8 byte order mark; it is not content.
         if input.starts(with: [0xEF, 0xBB, 0xBF]) { reader.index = 3 }
         reader.skipWhitespace()
@@ -73,7 +82,15 @@ struct JSONReader {
     private var current: UInt8? { index < bytes.count ? bytes[index] : nil }
 
     private mutating func skipWhitespace() {
-        while let c = current, c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D { index += 1 }
+        while let c = current {
+            if c == 0x20 || c == 0x09 || c == 0x0A || c == 0x0D {
+                index += 1
+            } else if allowComments && c == UInt8(ascii: "/") && index + 1 < bytes.count && bytes[index + 1] == UInt8(ascii: "/") {
+                while let c = current, c != 0x0A { index += 1 }
+            } else {
+                return
+            }
+        }
     }
 
     private static func describe(_ byte: UInt8?) -> String {

@@ -1,0 +1,1 @@
+../IntegrationTests/NodeHarness.swift
