@@ -813,9 +813,10 @@ public final class Simulator {
         guard !removable.isEmpty else { return }
         let pick = Int(rng.next() % UInt64(removable.count))
         let id = removable[pick]
-        guard let record = node.store.removeCertificate(domain: id.domain, user: id.user, name: "device", kind: .revoked,
-                                                        stamp: stamp(node), origin: node.name) else { return }
-        node.cachedRoot = nil
+        let records = node.store.removeCertificates(domain: id.domain, user: id.user, name: "device", kind: .revoked,
+                                                    stamp: stamp(node), origin: node.name)
+        if !records.isEmpty { node.cachedRoot = nil }
+        guard let record = records.first(where: { $0.id == id }) else { return }
         removable.remove(at: pick)
         node.database[id] = record
         node.sawRemoval.insert(id)

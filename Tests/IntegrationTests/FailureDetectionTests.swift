@@ -13,7 +13,7 @@ final class FailureDetectionTests: ClusterTestCase {
     let nodes = ["node1", "node2", "node3", "node4", "node5"]
 
     private func state(of node: String, seenBy observer: String, in cluster: ClusterHarness) -> String? {
-        try? cluster.client(observer).clusterStatus().members.first { $0.node == node }?.state
+        (try? cluster.client(observer).clusterStatus().members.first { $0.node == node })??.state.rawValue
     }
 
     private func waitAllAlive(_ cluster: ClusterHarness, _ what: String) {
