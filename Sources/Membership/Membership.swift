@@ -146,7 +146,7 @@ public struct SWIMSettings: Hashable, Sendable {
     /// Pending rumours are also pushed to `gossipFanout` random alive members this often, not
     /// only piggybacked on probes: at 1,000 nodes the probe traffic alone spreads news in ~3 s.
     public var gossipIntervalMillis: UInt64 = 200
-    public var gossipFanout: Int = 3
+    public var gossipFanout: Int = 5
     public var gossipPerMessage: Int = 8
     /// λ in "each update is piggybacked λ·log2(n) times".
     public var retransmitMultiplier: Int = 3
