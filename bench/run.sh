@@ -236,9 +236,9 @@ run_certs() {
 }
 
 # --- failure detection: kill -9 → dead on every other member ----------------------------------
-member_state() { # SOCKET NODE: NODE's state as the node behind SOCKET reports it
-    curl -sf --max-time 1 --unix-socket "$1" http://localhost/v1/cluster 2>/dev/null \
-        | grep -o "\"node\":\"$2\",\"address\":\"[^\"]*\",\"state\":\"[a-z]*\"" | sed 's/.*"state":"\([a-z]*\)"/\1/'
+member_state() { # SOCKET NODE: NODE's state as the node behind SOCKET reports it (any key order)
+    curl -sf --max-time 1 --unix-socket "$1" http://localhost/v1/cluster 2>/dev/null | tr '{' '\n' \
+        | grep "\"node\":\"$2\"" | grep -o '"state":"[a-z]*"' | head -n 1 | cut -d'"' -f4
 }
 all_see() { # STATE NODE OBSERVERS...: true when every observer reports NODE in STATE
     local state="$1" node="$2" o; shift 2
