@@ -405,14 +405,7 @@ public final class Simulator {
         progress("crash \(node.name) (instance \(node.instance))")
         // The kernel resets the process's connections: every peer sees them close.
         for peer in linked[i].sorted() { breakLink(i, peer) }
-        for index in crashTracks.indices where crashTracks[index].pending.contains(i) {
-            crashTracks[index].pending.remove(i)
-            completeCrashTrackIfDone(index)
-        }
-        for id in rotationTracks.keys.sorted() where rotationTracks[id]?.pending.contains(i) == true {
-            rotationTracks[id]?.pending.remove(i)
-            completeRotationIfDone(id)
-        }
+        disturb(i)
         // Who must notice: every running, reachable member.
         let observers = Set(nodes.filter { $0.up && !$0.paused && $0.side == node.side && $0.index != i }.map(\.index))
         crashTracks.append(CrashTrack(victim: i, instance: node.instance, start: now, pending: observers,
