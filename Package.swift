@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "keystored", targets: ["keystored"]),
         .executable(name: "keystorectl", targets: ["keystorectl"]),
+        .executable(name: "keystore-sim", targets: ["keystore-sim"]),
         .library(name: "KeystoreClient", targets: ["KeystoreClient"]),
         // Exposed for the fuzz harnesses in Fuzz/ (a separate package depending on this one).
         .library(name: "SecretMemory", targets: ["SecretMemory"]),
@@ -117,6 +118,14 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
+        // N nodes of the real membership and store cores over a simulated network (pure, seeded).
+        .target(name: "ClusterSimulation", dependencies: ["Membership", "ReplicatedStore", "Replication", "PeerWire", "SecretMemory",
+                                                          .product(name: "NIOCore", package: "swift-nio")]),
+        // The simulation as a release executable: prints the one-line summary BENCHMARKS.md quotes.
+        .executableTarget(name: "keystore-sim", dependencies: [
+            "ClusterSimulation",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .executableTarget(name: "keystorectl", dependencies: [
             "KeystoreClient", "KeystoreAPI", "KeystoreJSON",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -139,6 +148,8 @@ let package = Package(
         // Cross-checks tokens with an independent implementation (Debian's /usr/bin/python3).
         .testTarget(name: "TokenFormatTests", dependencies: ["TokenFormat", "KeyCrypto", "SecretMemory"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
+        // A few seeds of the cluster simulation at 100 nodes (CI), judged by its invariants.
+        .testTarget(name: "SimulationTests", dependencies: ["ClusterSimulation"]),
         .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicatedStore", "Membership", "TestSupport"]),
         .testTarget(name: "PeerWireTests", dependencies: [
             "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "Replication", "TestSupport",

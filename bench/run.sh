@@ -4,9 +4,10 @@
 # keys (time, RSS/VmLck, idle peer traffic). Installs what is missing, builds release, generates
 # certificates and configs in a temp dir, starts everything, stops everything.
 #
-# Usage: bench/run.sh [get-key] [converge] [sync] [certs]   (no argument: all four)
+# Usage: bench/run.sh [get-key] [converge] [sync] [certs] [detect]   (no argument: all five)
 # Environment: DURATION (s per load row, default 3), WARMUP (1), CONNECTIONS (1,8,32,128),
 #   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), CERTS (100000), BASE_PORT (27400),
+#   DETECT_NODES (5) x DETECT_RUNS (10) kill -9s for detect,
 #   KEEP=1 keeps the temp dir (logs, configs) for inspection.
 set -euo pipefail
 
@@ -14,7 +15,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 DURATION="${DURATION:-3}"; WARMUP="${WARMUP:-1}"; CONNECTIONS="${CONNECTIONS:-1,8,32,128}"
 SIZES="${SIZES:-3 10 25}"; ROTATIONS="${ROTATIONS:-40}"; BASE_PORT="${BASE_PORT:-27400}"
 SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"
-parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync certs)
+parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync certs detect)
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 
@@ -30,7 +31,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 echo "building keystored and keystore-bench (release)..."
-(cd "$root" && swift build -c release --product keystored >/dev/null && swift build -c release --product keystore-bench >/dev/null)
+(cd "$root" && swift build -c release --product keystored >/dev/null)
+# detect needs only keystored and curl.
+if printf '%s\n' "${parts[@]}" | grep -qvx detect; then
+    (cd "$root" && swift build -c release --product keystore-bench >/dev/null)
+fi
 bindir="$(cd "$root" && swift build -c release --show-bin-path)"
 keystored="$bindir/keystored"; bench="$bindir/keystore-bench"
 
@@ -230,12 +235,85 @@ run_certs() {
     stop_all
 }
 
+# --- failure detection: kill -9 → dead on every other member ----------------------------------
+member_state() { # SOCKET NODE: NODE's state as the node behind SOCKET reports it (any key order)
+    curl -sf --max-time 1 --unix-socket "$1" http://localhost/v1/cluster 2>/dev/null | tr '{' '\n' \
+        | grep "\"node\":\"$2\"" | grep -o '"state":"[a-z]*"' | head -n 1 | cut -d'"' -f4
+}
+all_see() { # STATE NODE OBSERVERS...: true when every observer reports NODE in STATE
+    local state="$1" node="$2" o; shift 2
+    for o in "$@"; do [ "$(member_state "$tmp/$o.sock" "$node")" = "$state" ] || return 1; done
+}
+percentile() { # P < sorted numbers (one a line): nearest-rank percentile
+    awk -v p="$1" '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit } i = int((p / 100) * NR + 0.999999); if (i < 1) i = 1; print v[i] }'
+}
+run_detect() {
+    local n="${DETECT_NODES:-5}" runs="${DETECT_RUNS:-10}" port=$((BASE_PORT + 90)) i r
+    echo; echo "## failure detection: kill -9 of a member → \`dead\` on every other member ($n nodes, $runs kills)"; load_note
+    write_config "$tmp/detect.json" "$n" "$port" 1 1 1000
+    local -a names=() node_pid=()
+    for i in $(seq 1 "$n"); do names+=("node$i"); start_node "$tmp/detect.json" "node$i"; node_pid[$i]="${pids[-1]}"; done
+    for i in $(seq 1 "$n"); do wait_ready "$tmp/node$i.sock" "${node_pid[$i]}"; done
+    local t0
+    t0="$(now_ms)"
+    for node in "${names[@]}"; do
+        until all_see alive "$node" $(printf '%s\n' "${names[@]}" | grep -vx "$node"); do
+            [ $(( $(now_ms) - t0 )) -lt 30000 ] || die "$node not alive everywhere after 30 s"
+            sleep 0.1
+        done
+    done
+    echo
+    echo "| run | killed | kill → dead on every other member ms | per member ms |"
+    echo "|---:|---|---:|---|"
+    local results=() victim vi observers o kill_at first dead_at all_at per
+    for r in $(seq 1 "$runs"); do
+        vi=$(( (r - 1) % n + 1 )); victim="node$vi"
+        observers=(); for o in "${names[@]}"; do [ "$o" != "$victim" ] && observers+=("$o"); done
+        declare -A seen=()
+        kill_at="$(now_ms)"
+        kill -9 "${node_pid[$vi]}"; wait "${node_pid[$vi]}" 2>/dev/null || true
+        while :; do
+            for o in "${observers[@]}"; do
+                [ -n "${seen[$o]:-}" ] && continue
+                [ "$(member_state "$tmp/$o.sock" "$victim")" = dead ] && seen[$o]=$(( $(now_ms) - kill_at ))
+            done
+            [ "${#seen[@]}" -eq "${#observers[@]}" ] && break
+            [ $(( $(now_ms) - kill_at )) -lt 30000 ] || die "$victim not dead everywhere after 30 s"
+        done
+        all_at=0; per=""
+        for o in "${observers[@]}"; do
+            [ "${seen[$o]}" -gt "$all_at" ] && all_at="${seen[$o]}"
+            per+="${per:+, }$o ${seen[$o]}"
+        done
+        unset seen
+        results+=("$all_at")
+        echo "| $r | $victim | $all_at | $per |"
+        # Restart the victim (same data dir) and wait until everyone sees it alive again.
+        start_node "$tmp/detect.json" "$victim"; node_pid[$vi]="${pids[-1]}"
+        wait_ready "$tmp/$victim.sock" "${node_pid[$vi]}"
+        t0="$(now_ms)"
+        until all_see alive "$victim" "${observers[@]}"; do
+            [ $(( $(now_ms) - t0 )) -lt 30000 ] || die "$victim not alive again after 30 s"
+            sleep 0.1
+        done
+        sleep 2
+    done
+    local sorted
+    sorted="$(printf '%s\n' "${results[@]}" | sort -n)"
+    echo
+    echo "kill → dead everywhere over $runs kills ($n nodes): p50 $(percentile 50 <<<"$sorted") ms," \
+         "p90 $(percentile 90 <<<"$sorted") ms, max $(tail -n 1 <<<"$sorted") ms (polling /v1/cluster: ±~20 ms)"
+    stop_all
+    rm -rf "$tmp/data"
+}
+
 for part in "${parts[@]}"; do
     case "$part" in
         get-key) run_get_key ;;
         converge) run_converge ;;
         sync) run_sync ;;
         certs) run_certs ;;
-        *) die "unknown part '$part'; use get-key, converge, sync or certs" ;;
+        detect) run_detect ;;
+        *) die "unknown part '$part'; use get-key, converge, sync, certs or detect" ;;
     esac
 done
