@@ -438,6 +438,8 @@ final class ClusterLoop {
         guard let link = links[node], link.path === channel else { return }
         links[node]?.path = nil
         linkEvent(node, .down)
+        // The peer's process may have exited: probe it now rather than at its turn.
+        if !stopped { swim.connectionClosed(to: node) }
         if let other = link.inbound, other !== channel {
             becameUsable(other, for: node)
         } else if let other = link.outbound, other !== channel, link.outboundUsable {
