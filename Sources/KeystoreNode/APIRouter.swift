@@ -392,36 +392,9 @@ public final class APIRouter: APIResponder {
         return APIResponse(body: json.buffer)
     }
 
+    /// Served from the prepared body (PreparedResponses.swift); the ACL was checked by `route`.
     private func getKey(_ domain: DomainConfig, name: String, _ allocator: ByteBufferAllocator) throws(APIError) -> APIResponse {
-        let ref = KeyRef(domain: domain.name, name: name)
-        switch services.state.lookup(ref) {
-        case .notFound:
-            throw APIError(.notFound, "no key named \(name) in domain \(domain.name)")
-        case .notReady:
-            throw APIError(.notReady, "this node is still joining the cluster and cannot serve ram key \(name) yet; retry shortly", status: .serviceUnavailable)
-        case .file(let fileKey):
-            var json = keyHeader(ref, type: "file", capacity: SecretBytes.base64Length(fileKey.secret.count) + 256, allocator)
-            json.beginObject()
-            json.key("id"); json.string(fileKey.versionID)
-            json.key("key"); json.rawString(length: SecretBytes.base64Length(fileKey.secret.count)) { fileKey.secret.writeBase64(into: $0) }
-            json.key("primary"); json.bool(true)
-            json.key("created"); json.string(iso8601(millis: fileKey.loadedAtMillis))
-            json.endObject()
-            return keyFooter(&json)
-        case .ram(let versions):
-            let size = versions.reduce(0) { $0 + SecretBytes.base64Length($1.secret.count) + 160 }
-            var json = keyHeader(ref, type: "ram", capacity: size + 128, allocator)
-            for (view, secret) in versions {
-                json.beginObject()
-                json.key("id"); json.string(view.version.id.description)
-                json.key("key"); json.rawString(length: SecretBytes.base64Length(secret.count)) { secret.writeBase64(into: $0) }
-                json.key("primary"); json.bool(view.isPrimary)
-                json.key("created"); json.string(iso8601(millis: view.version.id.created.wallMillis))
-                if let expires = view.expiresAtMillis { json.key("expires"); json.string(iso8601(millis: expires)) }
-                json.endObject()
-            }
-            return keyFooter(&json)
-        }
+        try services.state.getKeyResponse(KeyRef(domain: domain.name, name: name), allocator: allocator)
     }
 
     private func keyHeader(_ ref: KeyRef, type: String, capacity: Int, _ allocator: ByteBufferAllocator) -> JSONWriter {

@@ -56,6 +56,8 @@ public final class NodeState: Sendable {
         var fileKeys: [KeyRef: FileKey] = [:]
         /// False until the startup join decision is made (DESIGN.md RAM keys 3).
         var ready = false
+        /// Get-key bodies kept ready; every change to a key's versions below invalidates its entry.
+        var prepared = PreparedResponses()
     }
 
     /// Anti-entropy buckets (same on every node: part of the peer protocol). A one-entry
@@ -121,6 +123,7 @@ public final class NodeState: Sendable {
                     continue // keep the original load time for an unchanged file
                 }
                 state.fileKeys[ref] = new
+                state.prepared.invalidate(ref)
                 changed.append(ref)
                 let stamp = state.clock.now(wallMillis: now)
                 _ = state.store.setLocalPSKFingerprint(PSKFingerprint(node: nodeName, key: ref, fingerprint: new.fingerprint, stamp: stamp))
@@ -177,6 +180,7 @@ public final class NodeState: Sendable {
                 }
             }
             state.ready = true
+            state.prepared.invalidateAll()
             return delta
         }
     }
@@ -193,7 +197,8 @@ public final class NodeState: Sendable {
             let id = VersionID(created: state.clock.now(wallMillis: now), origin: nodeName)
             let version = state.store.rotate(ref, id: id)
             state.ramSecrets[id] = secret
-            for (_, pruned) in state.store.expire(nowMillis: now) { state.ramSecrets[pruned] = nil }
+            state.prepared.invalidate(ref)
+            for (prunedRef, pruned) in state.store.expire(nowMillis: now) { state.ramSecrets[pruned] = nil; state.prepared.invalidate(prunedRef) }
             return (version, StoreDelta(keyVersions: [ref: [version]]))
         }
     }
@@ -208,7 +213,7 @@ public final class NodeState: Sendable {
         let now = wallClockMillis()
         return inner.withLock { state in
             let pruned = state.store.expire(nowMillis: now)
-            for (_, id) in pruned { state.ramSecrets[id] = nil }
+            for (ref, id) in pruned { state.ramSecrets[id] = nil; state.prepared.invalidate(ref) }
             return pruned
         }
     }
@@ -292,6 +297,7 @@ extension NodeState {
             let outcome = state.store.merge(delta, nowMillis: now)
             for (_, version) in outcome.added { state.ramSecrets[version.id] = secrets[version.id] }
             for (_, id) in outcome.pruned { state.ramSecrets[id] = nil }
+            state.prepared.invalidate(outcome.added.map(\.0) + outcome.pruned.map(\.0) + outcome.primaryChanged)
             return outcome
         }
     }
