@@ -21,7 +21,15 @@ public struct APIRequest: Sendable {
     /// Percent-decoded path segments (`["v1", "domains", "first.com", "keys"]`), or nil when the
     /// path is not valid UTF-8 / has bad escapes.
     public var pathSegments: [String]?
-    public var headers: HTTPHeaders
+    /// The request's header fields. From the connection they are kept as received and parsed
+    /// on first read: no route reads them, and building them on every request was measurable.
+    public var headers: HTTPHeaders {
+        get { explicitHeaders ?? HTTPRequestParser.headers(fromFieldLines: fieldLines) }
+        set { explicitHeaders = newValue }
+    }
+    private var explicitHeaders: HTTPHeaders?
+    /// Validated `name: value CRLF` lines from the parser.
+    var fieldLines = ByteBuffer()
     public var body: ByteBuffer
     public var caller: PeerCredentials
     /// Per-node sequence number, for log correlation.
@@ -31,7 +39,18 @@ public struct APIRequest: Sendable {
         self.method = method
         self.uri = uri
         self.pathSegments = APIRequest.decodePath(uri)
-        self.headers = headers
+        self.explicitHeaders = headers
+        self.body = body
+        self.caller = caller
+        self.requestID = requestID
+    }
+
+    /// A request as the connection parsed it.
+    init(method: HTTPMethod, uri: String, fieldLines: ByteBuffer, body: ByteBuffer, caller: PeerCredentials, requestID: UInt64) {
+        self.method = method
+        self.uri = uri
+        self.pathSegments = APIRequest.decodePath(uri)
+        self.fieldLines = fieldLines
         self.body = body
         self.caller = caller
         self.requestID = requestID

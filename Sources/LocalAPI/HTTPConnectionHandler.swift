@@ -219,24 +219,24 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
             context.close(promise: nil)
             return
         }
-        let request = APIRequest(method: head.method, uri: head.target, headers: head.headers, body: body,
+        let request = APIRequest(method: head.method, uri: head.target, fieldLines: head.fieldLines, body: body,
                                  caller: caller, requestID: server.nextRequestID())
         let keepAlive = head.keepAlive
         let isHead = head.method == .HEAD
-        var requestLogger = logger
         // Only when the access log is on: copying the logger's metadata and formatting the id
         // on every request showed up in the get-key profile.
-        if logger.logLevel <= .debug { requestLogger[metadataKey: "request"] = "\(request.requestID)" }
+        let accessLog = logger.logLevel <= .debug ? { () -> Logger in
+            var requestLogger = logger
+            requestLogger[metadataKey: "request"] = "\(request.requestID)"
+            return requestLogger
+        }() : nil
         switch responder.handle(request, allocator: context.channel.allocator, eventLoop: context.eventLoop) {
         case .response(let response):
-            if logger.logLevel <= .debug {
-                requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.target) -> \(response.status.code)")
-            }
+            accessLog?.debug("uid \(caller.uid) \(head.method.rawValue) \(head.target) -> \(response.status.code)")
             write(context: context, response: response, version: head.version, keepAlive: keepAlive, headRequest: isHead)
         case .deferred(let future):
             state = .responding
             let loopBound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
-            let accessLog = requestLogger
             future.hop(to: context.eventLoop).whenComplete { result in
                 let (handler, context) = loopBound.value
                 guard case .responding = handler.state else { return }
@@ -244,7 +244,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
                 switch result {
                 case .success(let answer):
                     response = answer
-                    accessLog.debug("uid \(caller.uid) \(head.method.rawValue) \(head.target) -> \(answer.status.code)")
+                    accessLog?.debug("uid \(caller.uid) \(head.method.rawValue) \(head.target) -> \(answer.status.code)")
                 case .failure(let error):
                     let apiError = (error as? APIError) ?? APIError(.internalError, "request failed: \(error)")
                     response = .error(apiError, allocator: context.channel.allocator)
@@ -254,7 +254,7 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
                 handler.processReceived(context: context)
             }
         case .stream(let status, let stream):
-            requestLogger.debug("uid \(caller.uid) \(head.method.rawValue) \(head.target) -> \(status.code) (stream)")
+            accessLog?.debug("uid \(caller.uid) \(head.method.rawValue) \(head.target) -> \(status.code) (stream)")
             startStream(context: context, status: status, stream: stream, version: head.version)
         }
     }

@@ -51,7 +51,10 @@ struct ParsedRequestHead: Sendable {
     /// The request target exactly as sent (visible ASCII).
     var target: String
     var version: HTTPVersion
-    var headers: HTTPHeaders
+    /// The header field lines as received (validated), `name: value CRLF` each: turned into
+    /// `HTTPHeaders` only when someone asks (no route reads them; building them was measurable).
+    var fieldLines: ByteBuffer
+    var headers: HTTPHeaders { HTTPRequestParser.headers(fromFieldLines: fieldLines) }
     /// Whether the connection stays open after the answer (HTTP/1.1 unless `Connection: close`,
     /// HTTP/1.0 only with `Connection: keep-alive`).
     var keepAlive: Bool
@@ -146,11 +149,12 @@ struct HTTPRequestParser {
             let parsed = buffer.withUnsafeReadableBytes { bytes in
                 Self.parseHeadBlock(UnsafeRawBufferPointer(rebasing: bytes[0..<headLength]), limits: limits)
             }
-            buffer.moveReaderIndex(forwardBy: headLength)
             switch parsed {
             case .failure(let error, let version):
                 return fail(error, version)
-            case .success(let head):
+            case .success(var head, let fields):
+                head.fieldLines = buffer.getSlice(at: buffer.readerIndex + fields.lowerBound, length: fields.count)!
+                buffer.moveReaderIndex(forwardBy: headLength)
                 return startBody(head, &buffer)
             }
         }
@@ -210,7 +214,8 @@ struct HTTPRequestParser {
     }
 
     enum HeadResult {
-        case success(ParsedRequestHead)
+        /// The head, and where its field lines are (offsets into the head block).
+        case success(ParsedRequestHead, fields: Range<Int>)
         case failure(APIError, HTTPVersion)
     }
 
@@ -238,7 +243,7 @@ struct HTTPRequestParser {
         }
         i = versionStart + 10 // past CRLF
 
-        var headers = HTTPHeaders()
+        let fieldsStart = i
         var fieldCount = 0
         var contentLength: Int?
         var contentLengthTooLarge = false
@@ -277,14 +282,11 @@ struct HTTPRequestParser {
             }
             let nameBytes = UnsafeRawBufferPointer(rebasing: head[nameStart..<nameEnd])
             let valueBytes = UnsafeRawBufferPointer(rebasing: head[valueStart..<valueEnd])
-            let name = String(decoding: nameBytes, as: UTF8.self)
-            let value = String(decoding: valueBytes, as: UTF8.self)
-            headers.add(name: name, value: value)
 
             switch nameBytes.count {
             case 14 where equalsLowercased(nameBytes, "content-length"):
                 // Digits only (no sign, no space inside), possibly a list of equal values (RFC 9110 8.6).
-                for item in value.split(separator: ",", omittingEmptySubsequences: false) {
+                for item in String(decoding: valueBytes, as: UTF8.self).split(separator: ",", omittingEmptySubsequences: false) {
                     let digits = item.trimmingOWS()
                     guard !digits.isEmpty, digits.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else {
                         return bad("Content-Length must be a decimal number", version)
@@ -298,11 +300,11 @@ struct HTTPRequestParser {
                 }
             case 17 where equalsLowercased(nameBytes, "transfer-encoding"):
                 sawTransferEncoding = true
-                for item in value.split(separator: ",", omittingEmptySubsequences: false) {
+                for item in String(decoding: valueBytes, as: UTF8.self).split(separator: ",", omittingEmptySubsequences: false) {
                     transferEncodings.append(item.trimmingOWS())
                 }
             case 10 where equalsLowercased(nameBytes, "connection"):
-                for item in value.split(separator: ",") {
+                for item in String(decoding: valueBytes, as: UTF8.self).split(separator: ",") {
                     let option = item.trimmingOWS()
                     if option.utf8.count == 5 && equalsLowercased(option, "close") { connectionClose = true }
                     if option.utf8.count == 10 && equalsLowercased(option, "keep-alive") { connectionKeepAlive = true }
@@ -337,8 +339,31 @@ struct HTTPRequestParser {
             framing = .none
         }
         let keepAlive = version == .http1_1 ? !connectionClose : (connectionKeepAlive && !connectionClose)
-        return .success(ParsedRequestHead(method: method, target: target, version: version, headers: headers,
-                                        keepAlive: keepAlive, framing: framing, expectsContinue: expectsContinue))
+        return .success(ParsedRequestHead(method: method, target: target, version: version, fieldLines: ByteBuffer(),
+                                          keepAlive: keepAlive, framing: framing, expectsContinue: expectsContinue),
+                        fields: fieldsStart..<end)
+    }
+
+    /// `HTTPHeaders` from field lines `parseHeadBlock` accepted (so no validation here).
+    static func headers(fromFieldLines lines: ByteBuffer) -> HTTPHeaders {
+        var headers = HTTPHeaders()
+        lines.withUnsafeReadableBytes { bytes in
+            var i = 0
+            while i < bytes.count {
+                let nameStart = i
+                while bytes[i] != UInt8(ascii: ":") { i += 1 }
+                let name = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[nameStart..<i]), as: UTF8.self)
+                i += 1
+                while bytes[i] == 0x20 || bytes[i] == 0x09 { i += 1 }
+                let valueStart = i
+                while bytes[i] != 0x0D { i += 1 }
+                var valueEnd = i
+                while valueEnd > valueStart && (bytes[valueEnd - 1] == 0x20 || bytes[valueEnd - 1] == 0x09) { valueEnd -= 1 }
+                headers.add(name: name, value: String(decoding: UnsafeRawBufferPointer(rebasing: bytes[valueStart..<valueEnd]), as: UTF8.self))
+                i += 2
+            }
+        }
+        return headers
     }
 
     /// RFC 9110 5.6.2 tchar.
@@ -366,8 +391,8 @@ struct HTTPRequestParser {
     }
 
     private static func httpVersion(_ bytes: UnsafeRawBufferPointer) -> HTTPVersion? {
-        let prefix: [UInt8] = Array("HTTP/1.".utf8)
-        for k in 0..<7 where bytes[k] != prefix[k] { return nil }
+        let prefix: StaticString = "HTTP/1."
+        for k in 0..<7 where bytes[k] != prefix.utf8Start[k] { return nil }
         switch bytes[7] {
         case UInt8(ascii: "1"): return .http1_1
         case UInt8(ascii: "0"): return .http1_0
