@@ -6,7 +6,8 @@
 #
 # Usage: bench/run.sh [get-key] [converge] [sync] [certs]   (no argument: all four)
 # Environment: DURATION (s per load row, default 3), WARMUP (1), CONNECTIONS (1,8,32,128), ROUNDS (3, get-key),
-#   NGINX_WORKERS (default: keystored's event loops, min(cores, 4)),
+#   NGINX_WORKERS (default: keystored's event loops, min(cores, 4)), FLOOR (1: also measure a bare-NIO
+#   server with the same body, the floor of any Swift NIO server; 0: skip it),
 #   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), CERTS (100000), BASE_PORT (27400),
 #   KEEP=1 keeps the temp dir (logs, configs) for inspection.
 set -euo pipefail
@@ -14,7 +15,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 DURATION="${DURATION:-3}"; WARMUP="${WARMUP:-1}"; CONNECTIONS="${CONNECTIONS:-1,8,32,128}"; ROUNDS="${ROUNDS:-3}"
 SIZES="${SIZES:-3 10 25}"; ROTATIONS="${ROTATIONS:-40}"; BASE_PORT="${BASE_PORT:-27400}"
-SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"
+SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"; FLOOR="${FLOOR:-1}"
 parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync certs)
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
@@ -32,7 +33,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 echo "building keystored (release)..."
 (cd "$root" && swift build -c release --product keystored >/dev/null)
-if [[ " ${parts[*]} " =~ " converge " || " ${parts[*]} " =~ " sync " ]]; then
+if [[ " ${parts[*]} " =~ " converge " || " ${parts[*]} " =~ " sync " || ( " ${parts[*]} " =~ " get-key " && "$FLOOR" = 1 ) ]]; then
     echo "building keystore-bench (release)..."
     (cd "$root" && swift build -c release --product keystore-bench >/dev/null)
 fi
@@ -150,7 +151,15 @@ run_get_key() {
     for _ in $(seq 1 100); do [ -S "$tmp/nginx.sock" ] && [ -s "$tmp/nginx.pid" ] && break; sleep 0.05; done
     local nginx_master nginx_pids
     nginx_master="$(cat "$tmp/nginx.pid")"
+    for _ in $(seq 1 100); do [ "$(pgrep -c -P "$nginx_master" || true)" -ge "${NGINX_WORKERS:-$loops}" ] && break; sleep 0.05; done
     nginx_pids="$nginx_master,$(pgrep -P "$nginx_master" | paste -sd,)"
+    local floor_pid=""
+    if [ "$FLOOR" = 1 ]; then
+        printf '%s\n' "$body" > "$tmp/body.json"
+        "$bench" static-server --socket "$tmp/floor.sock" --body-file "$tmp/body.json" --threads "$loops" >/dev/null 2>"$tmp/floor.log" &
+        floor_pid="$!"; pids+=("$floor_pid")
+        for _ in $(seq 1 100); do [ -S "$tmp/floor.sock" ] && break; sleep 0.05; done
+    fi
     # Same response length on both (headers differ by a few bytes: nginx adds Date and Server).
     local ks_len ng_len
     ks_len="$(curl -s --unix-socket "$tmp/node1.sock" -o /dev/null -w '%{size_download}' "http://localhost$path")"
@@ -170,6 +179,10 @@ run_get_key() {
             row="$("$loadgen" --socket "$tmp/nginx.sock" --path "$path" --connections "$conns" --warmup "$WARMUP" \
                    --duration "$DURATION" --pids "$nginx_pids" --label nginx)" || echo "(errors in the row below)"
             echo "$row"; ng_rows+="${ng_rows:+$'\n'}$row"
+            if [ -n "$floor_pid" ]; then
+                "$loadgen" --socket "$tmp/floor.sock" --path "$path" --connections "$conns" --warmup "$WARMUP" \
+                    --duration "$DURATION" --pids "$floor_pid" --label "bare NIO (floor)" || echo "(errors in the row above)"
+            fi
         done
         ratio_row "$conns" "$ks_rows" "$ng_rows"
     done
