@@ -174,29 +174,45 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
         }
     }
 
-    /// Holds reads back while requests are waiting to be answered, so a pipelining client cannot
-    /// make the daemon buffer without bound.
+    /// Holds reads back while requests are waiting to be answered, and while answers are waiting
+    /// to be sent (the channel is not writable: the client does not read), so a pipelining client
+    /// cannot make the daemon buffer requests or answers without bound.
     func read(context: ChannelHandlerContext) {
-        if received != nil, case .responding = state {
+        if mustHoldReads(context) {
             readHeld = true
             return
         }
         context.read()
     }
 
-    /// Parses and answers buffered requests until one is outstanding or more bytes are needed.
+    private func mustHoldReads(_ context: ChannelHandlerContext) -> Bool {
+        switch state {
+        case .responding: return received != nil
+        case .idle: return !context.channel.isWritable
+        case .streaming, .closing, .closed: return false
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { processReceived(context: context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// Parses and answers buffered requests until one is outstanding, more bytes are needed, or
+    /// the client stops reading; answers go out in one flush at the end.
     private func processReceived(context: ChannelHandlerContext) {
-        while case .idle = state, var buffer = received {
+        parsing: while case .idle = state, var buffer = received, context.channel.isWritable {
             received = nil // unique while parsing: no copy-on-write
             let event = parser.next(&buffer)
             received = buffer.readableBytes > 0 ? buffer : nil
             switch event {
             case .needMore:
-                return
+                break parsing
             case .sendContinue(let version):
                 var interim = context.channel.allocator.buffer(capacity: 32)
                 interim.writeStaticString(version == .http1_0 ? "HTTP/1.0 100 Continue\r\n\r\n" : "HTTP/1.1 100 Continue\r\n\r\n")
-                context.writeAndFlush(wrapOutboundOut(interim), promise: nil)
+                context.write(wrapOutboundOut(interim), promise: nil)
+                unflushed = true
             case .request(let head, let body):
                 requestDeadline = nil
                 dispatch(context: context, head: head, body: body)
@@ -207,11 +223,18 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
                       version: version, keepAlive: false, headRequest: false)
             }
         }
-        if readHeld, case .idle = state {
+        if unflushed {
+            unflushed = false
+            context.flush()
+        }
+        if readHeld, !mustHoldReads(context) {
             readHeld = false
             context.read()
         }
     }
+
+    /// Answers written but not flushed yet (flushed once per batch of pipelined requests).
+    private var unflushed = false
 
     private func dispatch(context: ChannelHandlerContext, head: ParsedRequestHead, body: ByteBuffer) {
         guard let caller else {
@@ -271,7 +294,9 @@ final class HTTPConnectionHandler: ChannelDuplexHandler, RemovableChannelHandler
                                      connection: keepAlive ? (version == .http1_0 ? .keepAlive : .default) : .close)
         if bodyBytes > 0 { out.writeImmutableBuffer(response.body) }
         if keepAlive {
-            context.writeAndFlush(wrapOutboundOut(out), promise: nil)
+            // Flushed by `processReceived`, which every path to here returns through.
+            context.write(wrapOutboundOut(out), promise: nil)
+            unflushed = true
             state = .idle
             armTimeout(context: context)
         } else {

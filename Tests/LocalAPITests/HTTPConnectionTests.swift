@@ -120,6 +120,22 @@ final class HTTPConnectionTests: XCTestCase {
         XCTAssertEqual(bodies, ["done", "GET /after body=", "GET /last body="], answers)
     }
 
+    /// A client that pipelines requests but does not read the answers: once the channel stops
+    /// being writable, no more requests are answered (nor read) until it is writable again.
+    func testAnswersWaitWhileTheClientDoesNotRead() throws {
+        let channel = try connect()
+        channel.isWritable = false
+        channel.pipeline.fireChannelWritabilityChanged()
+        try send(channel, "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+        XCTAssertEqual(responder.seen, [], "nothing is answered while answers cannot be sent")
+        XCTAssertEqual(try output(channel), "")
+        channel.isWritable = true
+        channel.pipeline.fireChannelWritabilityChanged()
+        XCTAssertEqual(responder.seen, ["GET /a", "GET /b"])
+        let answers = try output(channel)
+        XCTAssertEqual(answers.components(separatedBy: "HTTP/1.1 200 OK").count - 1, 2, answers)
+    }
+
     func testExpectContinueGetsAnInterimAnswer() throws {
         let channel = try connect()
         try send(channel, "POST /upload HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
