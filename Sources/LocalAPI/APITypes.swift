@@ -78,6 +78,7 @@ public struct APIRequest: Sendable {
         }
         guard start < end, bytes[start] == slash else { return nil }
         var segments: [String] = []
+        segments.reserveCapacity(8) // every route has at most 8 segments: one allocation
         var segmentStart = start + 1
         while true {
             let segmentEnd = bytes[segmentStart..<end].firstIndex(of: slash) ?? end
