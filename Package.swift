@@ -110,12 +110,12 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
-        // Load generator: the local API vs nginx, cluster convergence (see BENCHMARKS.md).
+        // Cluster convergence and sync benchmarks, and a bare-NIO floor server for get-key (see
+        // BENCHMARKS.md; the get-key load client is bench/loadgen.c).
         .executableTarget(name: "keystore-bench", dependencies: [
             "KeystoreClient",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // N nodes of the real membership and store cores over a simulated network (pure, seeded).

@@ -39,7 +39,6 @@ let package = Package(
             .product(name: "SecretMemory", package: "keystore"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: harness),
         .executableTarget(name: "FuzzConfig", dependencies: [
