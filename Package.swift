@@ -13,6 +13,7 @@ let package = Package(
         .library(name: "SecretMemory", targets: ["SecretMemory"]),
         .library(name: "KeystoreConfig", targets: ["KeystoreConfig"]),
         .library(name: "KeystoreAPI", targets: ["KeystoreAPI"]),
+        .library(name: "RegistryDatabase", targets: ["RegistryDatabase"]),
         .library(name: "ReplicatedStore", targets: ["ReplicatedStore"]),
         .library(name: "PeerWire", targets: ["PeerWire"]),
         // The replication core, for keystore-sim and other in-process drivers.

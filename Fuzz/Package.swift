@@ -33,6 +33,7 @@ let package = Package(
         .executableTarget(name: "FuzzHTTP", dependencies: [
             "FuzzSupport",
             .product(name: "KeystoreNode", package: "keystore"),
+            .product(name: "RegistryDatabase", package: "keystore"),
             .product(name: "LocalAPI", package: "keystore"),
             .product(name: "KeystoreConfig", package: "keystore"),
             .product(name: "ReplicatedStore", package: "keystore"),

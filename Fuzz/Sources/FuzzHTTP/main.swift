@@ -1,3 +1,4 @@
+import Foundation
 import FuzzSupport
 import KeystoreConfig
 @testable import KeystoreNode
@@ -5,6 +6,7 @@ import KeystoreConfig
 import Logging
 import NIOCore
 import NIOEmbedded
+import RegistryDatabase
 import ReplicatedStore
 import SecretMemory
 import Synchronization
@@ -54,27 +56,22 @@ extension EmbeddedChannel: @retroactive SocketOptionProvider {
     }
 }
 
-/// The node's services without a cluster: published deltas (rotations, certificate changes) are
-/// counted so the harness knows when the state changed and must be rebuilt (else versions and
-/// registrations pile up over millions of inputs).
-final class FuzzServices: NodeServices {
-    let state: NodeState
-    let events: EventHub
-    let logger: Logger
-    let metrics = NodeMetrics(registry: nil)
-    /// No database: registrations stay in memory, so the fuzzer never touches the disk.
-    let certificates: CertificateService
-    private let rotations = Mutex<Int>(0)
-    init(state: NodeState, logger: Logger) {
-        self.state = state
-        self.logger = logger
-        self.events = EventHub(nodeName: state.nodeName, logger: logger)
-        self.certificates = CertificateService(state: state, database: nil, logger: logger, events: events)
-    }
-    func publish(_ delta: StoreDelta) { rotations.withLock { $0 += 1 } }
-    var published: Int { rotations.withLock { $0 } }
-    func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [state.nodeName]) }
-    func reload() throws -> [KeyRef] { try state.loadFileKeys() }
+/// One loop for the connection and the registry writer, so registrations complete inside the
+/// same `run()` that served them: deterministic, single-threaded.
+private let loop = EmbeddedEventLoop()
+
+/// Counts changes published to (absent) peers, so the harness knows when the state changed and
+/// must be rebuilt (else versions and registrations pile up over millions of inputs).
+final class PublishCounter: Sendable {
+    private let count = Mutex<Int>(0)
+    func bump() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+}
+
+final class FuzzEnvironment: NodeEnvironment {
+    let node: String
+    init(node: String) { self.node = node }
+    func clusterStatus() -> ClusterStatus { ClusterStatus(members: [], aliveNodes: [node]) }
     var memoryLocked: Bool { true }
 }
 
@@ -104,20 +101,28 @@ private enum FileHandleEcho {
 /// The first.com PSK as the API would send it.
 private let pskBase64 = Array(base64(Array(Fixture.pskValue.utf8)).utf8)
 
-/// A node, built lazily and rebuilt after any input that changed it.
+/// A node, built lazily and rebuilt after any input that changed it. Its registry database is
+/// a fresh file in shared memory each time (registrations never touch a real disk).
 private struct Node {
-    var services: FuzzServices
+    var published = PublishCounter()
     var router: APIRouter
+    let directory = "/dev/shm/keystore-fuzz-\(getpid())-\(UInt64.random(in: 0...UInt64.max))"
     init(ready: Bool) {
         let state = NodeState(config: config, arena: arena)
+        let operations: NodeOperations
         do {
-            try state.loadFileKeys()
-            if ready { _ = try state.becomeReady() }
+            _ = try state.loadFileKeys()
+            let database = try RegistryDatabase(directory: directory)
+            operations = NodeOperations(state: state, registry: RegistryWriter(database: database, on: loop),
+                                        events: EventHub(nodeName: state.nodeName, logger: logger), logger: logger,
+                                        metrics: NodeMetrics(registry: nil))
+            if ready { _ = try operations.becomeReady() }
         } catch {
             fatalError("fuzz: the fixture node does not start: \(error)")
         }
-        services = FuzzServices(state: state, logger: logger)
-        router = APIRouter(services: services, acl: config.accessControl(daemonUID: 0))
+        let published = self.published
+        operations.attachPublisher { _ in published.bump() }
+        router = APIRouter(node: operations, environment: FuzzEnvironment(node: state.nodeName), daemonUID: 0)
     }
 }
 nonisolated(unsafe) private var nodes: [Bool: Node] = [:]
@@ -137,7 +142,7 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 
     let node = nodes[ready] ?? Node(ready: ready)
     nodes[ready] = node
-    let before = node.services.published
+    let before = node.published.value
 
     let output = serve(stream, split: split, router: node.router)
 
@@ -147,7 +152,10 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
         if whole != pieces { fatalError("fuzz: the parser's verdict depends on read sizes:\n\(whole)\nvs\n\(pieces)") }
     }
     if let problem = framingProblem(output) { fatalError("fuzz: badly framed output: \(problem)") }
-    if node.services.published != before { nodes[ready] = nil } // a rotation or registration changed the state
+    if node.published.value != before { // a rotation or registration changed the state
+        nodes[ready] = nil
+        _ = try? FileManager.default.removeItem(atPath: node.directory)
+    }
     let mayReadPSK = currentCaller.uid == 0 || currentCaller.uid == 1001
     if !mayReadPSK && contains(output, pskBase64) {
         fatalError("fuzz: uid \(currentCaller.uid) received the first.com PSK without keys:read")
@@ -157,7 +165,7 @@ public func fuzzHTTP(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 
 /// Runs one connection to completion and returns everything the server wrote.
 private func serve(_ stream: UnsafeBufferPointer<UInt8>, split: Int, router: APIRouter) -> [UInt8] {
-    let channel = EmbeddedChannel()
+    let channel = EmbeddedChannel(loop: loop)
     let limits = LocalAPILimits()
     do {
         try LocalAPIServer.acceptConnection(channel, responder: router, limits: limits, counters: LocalAPIServerCounters(),
