@@ -110,7 +110,8 @@ final class WireSizer {
 
     func size(_ message: PeerMessage) -> Int {
         buffer.clear()
-        PeerFrameCodec.encode(message, into: &buffer)
+        // The simulation only makes strings the codec takes; a refusal would count as nothing sent.
+        guard (try? PeerFrameCodec.encode(message, into: &buffer)) != nil else { return 0 }
         return buffer.readableBytes + Self.tlsRecordOverhead
     }
 
