@@ -1,5 +1,6 @@
 import KeystoreAPI
 import KeystoreConfig
+import LocalAPI
 import Logging
 import Membership
 import NIOCore
@@ -219,7 +220,7 @@ final class ClusterLoop {
             }
             .bind(host: me.peerHost, port: me.peerPort)
             .flatMapErrorThrowing { error in
-                throw DaemonError.startup("cannot listen for peers on \(me.peerAddress): \(error); is another process using the port? (nodes.\(me.name).peer)")
+                throw DaemonError.startup("cannot listen for peers on \(me.peerAddress): \(socketErrorDescription(error)); is another process using the port? (nodes.\(me.name).peer)")
             }
     }
 
