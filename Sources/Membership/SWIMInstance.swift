@@ -84,6 +84,9 @@ public struct SWIMInstance: Sendable {
     private var nextRoundAt: UInt64
     private var round: UInt64 = 0
     private var lastTick: UInt64?
+    /// The only nodes this instance takes as members once `limitMembershipToKnownNodes()` was
+    /// called (see "Configured membership"); nil: members are learned from gossip.
+    private var allowedMembers: Set<NodeID>?
 
     /// - Parameters:
     ///   - seeds: the other configured nodes. They are pinged every round until they answer (or
@@ -184,6 +187,7 @@ public struct SWIMInstance: Sendable {
     public mutating func receive(_ message: SWIMMessage, from node: NodeID, instance: UInt64, address: String,
                                  nowMillis now: UInt64) -> [SWIMDirective] {
         guard !node.isEmpty, node != myself.node, instance != 0 else { return [] }
+        guard allowedMembers?.contains(node) ?? true else { return [] }
         if let known = peers[node], known.instance != 0, instance < known.instance { return [] }
         var out: [SWIMDirective] = []
         let firstContact = peers[node]?.instance != instance
@@ -249,6 +253,7 @@ public struct SWIMInstance: Sendable {
             refuteIfNeeded(update)
             return
         }
+        guard allowedMembers?.contains(update.node) ?? true else { return }
         guard let peer = peers[update.node] else {
             guard peers.count < Self.maxPeers else { return }
             adopt(update, now: now, previous: nil, lastHeard: nil, into: &out)
@@ -491,5 +496,59 @@ public struct SWIMInstance: Sendable {
             if rumour.sent + 1 >= limit { rumours[name] = nil } else { rumours[name]?.sent += 1 }
         }
         return result
+    }
+
+    // MARK: - Configured membership
+
+    /// From now on only the current seeds and members, and nodes added with `addSeed`, are
+    /// members: messages from any other node and rumours about it are ignored. The node's shell
+    /// calls it because membership is configured, not discovered (docs/config.md): a node
+    /// forms and spreads opinions only about the nodes its own config lists, so nodes whose
+    /// configs differ during a rolling edit never accuse or announce a node the other side
+    /// does not admit.
+    public mutating func limitMembershipToKnownNodes() {
+        allowedMembers = Set(peers.keys)
+    }
+
+    /// A node added to the configuration (reload): probed like a seed given at start, reported
+    /// `alive` once any process of it is heard of, `dead` if none is before the seed timeout.
+    /// Returns false when the node is already known (then nothing changes).
+    @discardableResult
+    public mutating func addSeed(node: NodeID, address: String, nowMillis now: UInt64) -> Bool {
+        guard !node.isEmpty, node != myself.node else { return false }
+        allowedMembers?.insert(node)
+        guard peers[node] == nil else { return false }
+        let deadline = now &+ settings.probeIntervalMillis &+ settings.suspicionTimeoutMillis(memberCount: peers.count + 2)
+        peers[node] = Peer(address: address, instance: 0, incarnation: 0, state: .unconfirmed(deadline: deadline),
+                           lastChange: now, lastHeard: nil)
+        return true
+    }
+
+    /// A node removed from the configuration (reload): forgotten at once, with its probes,
+    /// rumours and the pings we relay for it or to it; with `limitMembershipToKnownNodes` in
+    /// effect, nothing it sends and nothing said about it is taken any more. Requesters of
+    /// pings to it get their nack now. Returns its last view (nil: it was not reported yet)
+    /// and the nacks to send. No `statusChanged` is emitted: the caller decided this.
+    public mutating func remove(node: NodeID) -> (last: Member?, directives: [SWIMDirective]) {
+        allowedMembers?.remove(node)
+        let last = member(node)
+        peers[node] = nil
+        rumours[node] = nil
+        if let index = probeOrder.firstIndex(of: node) {
+            probeOrder.remove(at: index)
+            if index < probeIndex { probeIndex -= 1 }
+        }
+        toInsert.removeAll { $0 == node }
+        probes.removeAll { $0.target == node }
+        var out: [SWIMDirective] = []
+        for sequence in relays.keys.sorted() {
+            guard let relay = relays[sequence], relay.target == node || relay.requester == node else { continue }
+            relays[sequence] = nil
+            if relay.requester != node {
+                out.append(.send(.nack(sequence: relay.requesterSequence, target: node),
+                                 to: relay.requester, address: relay.requesterAddress))
+            }
+        }
+        return (last, out)
     }
 }
