@@ -702,6 +702,7 @@ final class ClusterLoop {
         let wallNow = wallClockMillis()
         left[node] = LeftMember(address: last?.address ?? config.peerAddress,
                                 lastContactWallMillis: contact.map { wallNow - min(wallNow, now - min(now, $0)) })
+        replica.memberLeft(node, address: last?.address ?? config.peerAddress, previous: last?.status)
         logger.notice("node \(node) was removed from \(configFile): shown as left; its connections are closed and it is no longer dialled, probed or admitted")
     }
 

@@ -106,8 +106,14 @@ final class MembershipReloadTests: ClusterTestCase {
         // sees their dials (and shows this check can see one).
         let watcher = try PortWatcher(port: port)
         waitUntil("a node dials the stopped, still configured node4") { watcher.drain() > 0 }
+        let events = EventCollector(socketPath: cluster.socketPath("node2"))
+        defer { events.close() }
+        waitUntil("node2's event stream says hello") { !events.events(ofType: "hello").isEmpty }
         try setNode4(cluster, nil)
         for node in founders { XCTAssertEqual(try cluster.client(node).reload().config, ["node node4 removed"]) }
+        waitUntil("node2 streams node4's departure") {
+            events.events(ofType: "member").contains { $0["member"] as? String == "node4" && $0["state"] as? String == "left" }
+        }
         for observer in founders {
             waitUntil("\(observer) shows node4 left") { self.state(of: "node4", on: observer, in: cluster) == .left }
         }
