@@ -211,7 +211,7 @@ public struct SWIMInstance: Sendable {
                 // The requester's address for the target wins: it is the one that just failed
                 // for the requester, and the point is to test that very process from elsewhere.
                 let dial = targetAddress.isEmpty ? (peers[target]?.address ?? "") : targetAddress
-                if target.isEmpty || dial.isEmpty || relays.count >= Self.maxRelays {
+                if target.isEmpty || dial.isEmpty || relays.count >= Self.maxRelays || !(allowedMembers?.contains(target) ?? true) {
                     out.append(.send(.nack(sequence: sequence, target: target), to: node, address: address))
                 } else {
                     let mine = takeSequence()

@@ -58,6 +58,10 @@ final class ConfiguredMembershipTests: XCTestCase {
         XCTAssertEqual(swim.receive(.ping(sequence: 3, gossip: []), from: "x", instance: 9, address: "addr-x", nowMillis: start + 20), [],
                        "a message from it is not even answered")
         XCTAssertNil(swim.member("x"))
+        // c probes x (c lists it) and asks us to help: we nack at once rather than dial it.
+        XCTAssertEqual(swim.receive(.pingRequest(sequence: 4, target: "x", targetAddress: "addr-x", gossip: []),
+                                    from: "c", instance: 7, address: "addr-c", nowMillis: start + 30),
+                       [.send(.nack(sequence: 4, target: "x"), to: "c", address: "addr-c")])
         let later = run(&swim, from: start + 20, millis: 10_000)
         XCTAssertFalse(recipients(later).contains("x"), "never probed")
         XCTAssertFalse(gossip(later).contains { $0.node == "x" }, "never gossiped")
