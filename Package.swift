@@ -7,11 +7,13 @@ let package = Package(
     products: [
         .executable(name: "keystored", targets: ["keystored"]),
         .executable(name: "keystorectl", targets: ["keystorectl"]),
+        .executable(name: "keystore-sim", targets: ["keystore-sim"]),
         .library(name: "KeystoreClient", targets: ["KeystoreClient"]),
         // Exposed for the fuzz harnesses in Fuzz/ (a separate package depending on this one).
         .library(name: "SecretMemory", targets: ["SecretMemory"]),
         .library(name: "KeystoreConfig", targets: ["KeystoreConfig"]),
         .library(name: "KeystoreAPI", targets: ["KeystoreAPI"]),
+        .library(name: "RegistryDatabase", targets: ["RegistryDatabase"]),
         .library(name: "ReplicatedStore", targets: ["ReplicatedStore"]),
         .library(name: "PeerWire", targets: ["PeerWire"]),
         // The replication core, for keystore-sim and other in-process drivers.
@@ -109,12 +111,20 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
-        // Load generator: the local API vs nginx, cluster convergence (see BENCHMARKS.md).
+        // Cluster convergence and sync benchmarks, and a bare-NIO floor server for get-key (see
+        // BENCHMARKS.md; the get-key load client is bench/loadgen.c).
         .executableTarget(name: "keystore-bench", dependencies: [
             "KeystoreClient",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        // N nodes of the real membership and store cores over a simulated network (pure, seeded).
+        .target(name: "ClusterSimulation", dependencies: ["Membership", "ReplicatedStore", "Replication", "PeerWire", "SecretMemory",
+                                                          .product(name: "NIOCore", package: "swift-nio")]),
+        // The simulation as a release executable: prints the one-line summary BENCHMARKS.md quotes.
+        .executableTarget(name: "keystore-sim", dependencies: [
+            "ClusterSimulation",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "keystorectl", dependencies: [
@@ -139,6 +149,8 @@ let package = Package(
         // Cross-checks tokens with an independent implementation (Debian's /usr/bin/python3).
         .testTarget(name: "TokenFormatTests", dependencies: ["TokenFormat", "KeyCrypto", "SecretMemory"]),
         .testTarget(name: "MembershipTests", dependencies: ["Membership"]),
+        // A few seeds of the cluster simulation at 100 nodes (CI), judged by its invariants.
+        .testTarget(name: "SimulationTests", dependencies: ["ClusterSimulation"]),
         .testTarget(name: "ReplicationTests", dependencies: ["Replication", "ReplicatedStore", "Membership", "TestSupport"]),
         .testTarget(name: "PeerWireTests", dependencies: [
             "PeerWire", "SecretMemory", "ReplicatedStore", "Membership", "Replication", "TestSupport",

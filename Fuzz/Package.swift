@@ -33,13 +33,13 @@ let package = Package(
         .executableTarget(name: "FuzzHTTP", dependencies: [
             "FuzzSupport",
             .product(name: "KeystoreNode", package: "keystore"),
+            .product(name: "RegistryDatabase", package: "keystore"),
             .product(name: "LocalAPI", package: "keystore"),
             .product(name: "KeystoreConfig", package: "keystore"),
             .product(name: "ReplicatedStore", package: "keystore"),
             .product(name: "SecretMemory", package: "keystore"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
         ], swiftSettings: harness),
         .executableTarget(name: "FuzzConfig", dependencies: [

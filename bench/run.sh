@@ -4,23 +4,26 @@
 # keys (time, RSS/VmLck, idle peer traffic). Installs what is missing, builds release, generates
 # certificates and configs in a temp dir, starts everything, stops everything.
 #
-# Usage: bench/run.sh [get-key] [converge] [sync] [certs]   (no argument: all four)
-# Environment: DURATION (s per load row, default 3), WARMUP (1), CONNECTIONS (1,8,32,128),
+# Usage: bench/run.sh [get-key] [converge] [sync] [certs] [detect]   (no argument: all five)
+# Environment: DURATION (s per load row, default 3), WARMUP (1), CONNECTIONS (1,8,32,128), ROUNDS (3, get-key),
+#   NGINX_WORKERS (default: keystored's event loops, min(cores, 4)), FLOOR (1: also measure a bare-NIO
+#   server with the same body, the floor of any Swift NIO server; 0: skip it),
 #   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), CERTS (100000), BASE_PORT (27400),
+#   DETECT_NODES (5) x DETECT_RUNS (10) kill -9s for detect,
 #   KEEP=1 keeps the temp dir (logs, configs) for inspection.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
-DURATION="${DURATION:-3}"; WARMUP="${WARMUP:-1}"; CONNECTIONS="${CONNECTIONS:-1,8,32,128}"
+DURATION="${DURATION:-3}"; WARMUP="${WARMUP:-1}"; CONNECTIONS="${CONNECTIONS:-1,8,32,128}"; ROUNDS="${ROUNDS:-3}"
 SIZES="${SIZES:-3 10 25}"; ROTATIONS="${ROTATIONS:-40}"; BASE_PORT="${BASE_PORT:-27400}"
-SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"
-parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync certs)
+SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"; FLOOR="${FLOOR:-1}"
+parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync certs detect)
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
 
 # --- packages and build ------------------------------------------------------------------------
 missing=()
-for p in nginx-light libssl-dev libsodium-dev libsqlite3-dev sqlite3 openssl curl iproute2; do
+for p in nginx-light gcc libssl-dev libsodium-dev libsqlite3-dev sqlite3 openssl curl iproute2; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -29,10 +32,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-echo "building keystored and keystore-bench (release)..."
-(cd "$root" && swift build -c release --product keystored >/dev/null && swift build -c release --product keystore-bench >/dev/null)
+# Build output is shown: SwiftPM prints compiler errors on stdout.
+echo "building keystored (release)..."
+(cd "$root" && swift build -c release --product keystored)
+# detect needs only keystored and curl; keystore-bench drives converge, sync, certs and the NIO floor.
+if [[ " ${parts[*]} " =~ " converge " || " ${parts[*]} " =~ " sync " || " ${parts[*]} " =~ " certs " || ( " ${parts[*]} " =~ " get-key " && "$FLOOR" = 1 ) ]]; then
+    echo "building keystore-bench (release)..."
+    (cd "$root" && swift build -c release --product keystore-bench)
+fi
 bindir="$(cd "$root" && swift build -c release --show-bin-path)"
 keystored="$bindir/keystored"; bench="$bindir/keystore-bench"
+loadgen="$bindir/loadgen"
+gcc -O2 -Wall -Wextra -o "$loadgen" "$root/bench/loadgen.c" || die "cannot build bench/loadgen.c (apt-get install gcc)"
 
 # --- scratch dir, certificates, cleanup ----------------------------------------------------------
 # Short path: Unix socket paths are limited to 107 bytes.
@@ -103,46 +114,81 @@ echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -
 echo "keystored: $keystored"
 
 # --- get-key: keystored vs nginx -----------------------------------------------------------------
+# The client is bench/loadgen.c (one epoll thread, closed loop, keep-alive): it costs a fraction of
+# what the server it measures does, so it takes little CPU from either server. Both servers get
+# the same client, the same request and the same response size, in the same run, alternating
+# keystored / nginx ROUNDS times per connection count. nginx runs as many workers as keystored
+# has event loops (min(cores, 4), KeystoreDaemon.load).
+ratio_row() { # CONNS KS_ROWS NG_ROWS: medians of req/s and server CPU µs/req, and their ratios
+    awk -v conns="$1" -v ks="$2" -v ng="$3" 'function median(list,   n, a, i, j, t) {
+            n = split(list, a, " "); for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+            return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
+        BEGIN {
+            n = split(ks, k, "\n"); for (i = 1; i <= n; i++) { split(k[i], f, "|"); kr = kr " " f[4] + 0; kc = kc " " f[11] + 0 }
+            n = split(ng, g, "\n"); for (i = 1; i <= n; i++) { split(g[i], f, "|"); nr = nr " " f[4] + 0; nc = nc " " f[11] + 0 }
+            printf "| %s | **median: keystored / nginx** | **%.2f×** (%d / %d) | | | | | | | **%.2f×** (%.1f / %.1f µs) | |\n",
+                conns, median(kr) / median(nr), median(kr), median(nr), median(kc) / median(nc), median(kc), median(nc) }'
+}
 run_get_key() {
     echo; echo "## get-key over the Unix socket: keystored vs nginx"; load_note
     write_config "$tmp/single.json" 1 "$BASE_PORT" 2 2 200
     start_node "$tmp/single.json" node1
-    wait_ready "$tmp/node1.sock" "${pids[-1]}"
+    local ks_pid="${pids[-1]}"
+    wait_ready "$tmp/node1.sock" "$ks_pid"
     local path=/v1/domains/first.com/keys/token_secret
-    # nginx serves a body of exactly the same shape and length, with random base64 instead of
-    # the real key so no secret is ever written to disk.
+    # nginx serves a response of exactly the same length, with random base64 instead of the key so
+    # no secret is ever written to disk.
     local real keylen fake body
     real="$(curl -sf --unix-socket "$tmp/node1.sock" "http://localhost$path")"
     keylen="$(printf '%s' "$real" | sed -E 's/.*"key":"([^"]*)".*/\1/' | tr -d '\n' | wc -c)"
     fake="$(openssl rand -base64 $((keylen * 3 / 4 + 3)) | tr -d '\n' | head -c "$keylen")"
     body="$(printf '%s' "$real" | sed -E "s#\"key\":\"[^\"]*\"#\"key\":\"$fake\"#")"
     [ "${#body}" -eq "${#real}" ] || die "nginx body is ${#body} bytes, keystored's ${#real}"
+    local loops; loops=$(( $(nproc) < 4 ? $(nproc) : 4 ))
     mkdir -p "$tmp/nginx-tmp"
-    sed -e "s#@DIR@#$tmp#g" -e "s#@SOCKET@#$tmp/nginx.sock#" -e "s#@WORKERS@#${NGINX_WORKERS:-auto}#" \
+    sed -e "s#@DIR@#$tmp#g" -e "s#@SOCKET@#$tmp/nginx.sock#" -e "s#@WORKERS@#${NGINX_WORKERS:-$loops}#" \
         "$root/bench/nginx.conf.template" > "$tmp/nginx.conf.part"
     # The body contains '/', '+', '=' and '#': substitute it with awk, not sed.
     BODY="$body"$'\n' awk '{ gsub(/@BODY@/, ENVIRON["BODY"]); print }' "$tmp/nginx.conf.part" > "$tmp/nginx.conf"
     nginx -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log" || die "nginx did not start; see $tmp/nginx-error.log"
-    for _ in $(seq 1 100); do [ -S "$tmp/nginx.sock" ] && break; sleep 0.05; done
-    # Two floors with no application work, same body: keystored's NIOHTTP1 pipeline, and bare NIO.
-    printf '%s\n' "$body" > "$tmp/body.json"
-    local also=()
-    for mode in nio-http1 raw; do
-        "$bench" static-server --socket "$tmp/static-$mode.sock" --body-file "$tmp/body.json" --mode "$mode" >/dev/null 2>"$tmp/static-$mode.log" &
-        pids+=("$!")
-        also+=(--also "nio-static-$mode=$tmp/static-$mode.sock=$!")
-    done
-    for mode in nio-http1 raw; do
-        for _ in $(seq 1 100); do [ -S "$tmp/static-$mode.sock" ] && break; sleep 0.05; done
-    done
-    local ks_pid="${pids[0]}"
-    local nginx_pids
-    nginx_pids="$(cat "$tmp/nginx.pid"),$(pgrep -P "$(cat "$tmp/nginx.pid")" | paste -sd,)"
-    echo "keystored threads: $(ls /proc/"$ks_pid"/task | wc -l) (event loops: min(cores, 4)); nginx workers: $(pgrep -P "$(cat "$tmp/nginx.pid")" | wc -l)"
+    for _ in $(seq 1 100); do [ -S "$tmp/nginx.sock" ] && [ -s "$tmp/nginx.pid" ] && break; sleep 0.05; done
+    local nginx_master nginx_pids
+    nginx_master="$(cat "$tmp/nginx.pid")"
+    for _ in $(seq 1 100); do [ "$(pgrep -c -P "$nginx_master" || true)" -ge "${NGINX_WORKERS:-$loops}" ] && break; sleep 0.05; done
+    nginx_pids="$nginx_master,$(pgrep -P "$nginx_master" | paste -sd,)"
+    local floor_pid=""
+    if [ "$FLOOR" = 1 ]; then
+        printf '%s\n' "$body" > "$tmp/body.json"
+        "$bench" static-server --socket "$tmp/floor.sock" --body-file "$tmp/body.json" --threads "$loops" >/dev/null 2>"$tmp/floor.log" &
+        floor_pid="$!"; pids+=("$floor_pid")
+        for _ in $(seq 1 100); do [ -S "$tmp/floor.sock" ] && break; sleep 0.05; done
+    fi
+    # Same response length on both (headers differ by a few bytes: nginx adds Date and Server).
+    local ks_len ng_len
+    ks_len="$(curl -s --unix-socket "$tmp/node1.sock" -o /dev/null -w '%{size_download}' "http://localhost$path")"
+    ng_len="$(curl -s --unix-socket "$tmp/nginx.sock" -o /dev/null -w '%{size_download}' "http://localhost$path")"
+    [ "$ks_len" = "$ng_len" ] || die "bodies differ in length: keystored $ks_len, nginx $ng_len"
+    echo "keystored: $(ls /proc/"$ks_pid"/task | wc -l) threads, $loops event loops (min(cores, 4)); nginx: $(pgrep -P "$nginx_master" | wc -l) workers;" \
+         "body $ks_len bytes; client: bench/loadgen.c (1 thread, epoll); $ROUNDS rounds of ${WARMUP} s warm-up + ${DURATION} s per server and row"
     echo
-    "$bench" get-key --keystored "$tmp/node1.sock" --nginx "$tmp/nginx.sock" --path "$path" \
-        --keystored-pid "$ks_pid" --nginx-pids "$nginx_pids" "${also[@]}" \
-        --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP"
+    "$loadgen" --header
+    local conns round ks_rows ng_rows row
+    for conns in ${CONNECTIONS//,/ }; do
+        ks_rows=""; ng_rows=""
+        for round in $(seq 1 "$ROUNDS"); do
+            row="$("$loadgen" --socket "$tmp/node1.sock" --path "$path" --connections "$conns" --warmup "$WARMUP" \
+                   --duration "$DURATION" --pids "$ks_pid" --label keystored)" || echo "(errors in the row below)"
+            echo "$row"; ks_rows+="${ks_rows:+$'\n'}$row"
+            row="$("$loadgen" --socket "$tmp/nginx.sock" --path "$path" --connections "$conns" --warmup "$WARMUP" \
+                   --duration "$DURATION" --pids "$nginx_pids" --label nginx)" || echo "(errors in the row below)"
+            echo "$row"; ng_rows+="${ng_rows:+$'\n'}$row"
+            if [ -n "$floor_pid" ]; then
+                "$loadgen" --socket "$tmp/floor.sock" --path "$path" --connections "$conns" --warmup "$WARMUP" \
+                    --duration "$DURATION" --pids "$floor_pid" --label "bare NIO (floor)" || echo "(errors in the row above)"
+            fi
+        done
+        ratio_row "$conns" "$ks_rows" "$ng_rows"
+    done
     echo
     echo "keystored node1 after the load: $(grep -E 'VmRSS|VmLck' /proc/"$ks_pid"/status | tr -s ' \t' ' ' | tr '\n' ' ')"
     stop_all
@@ -230,12 +276,85 @@ run_certs() {
     stop_all
 }
 
+# --- failure detection: kill -9 → dead on every other member ----------------------------------
+member_state() { # SOCKET NODE: NODE's state as the node behind SOCKET reports it (any key order)
+    curl -sf --max-time 1 --unix-socket "$1" http://localhost/v1/cluster 2>/dev/null | tr '{' '\n' \
+        | grep "\"node\":\"$2\"" | grep -o '"state":"[a-z]*"' | head -n 1 | cut -d'"' -f4
+}
+all_see() { # STATE NODE OBSERVERS...: true when every observer reports NODE in STATE
+    local state="$1" node="$2" o; shift 2
+    for o in "$@"; do [ "$(member_state "$tmp/$o.sock" "$node")" = "$state" ] || return 1; done
+}
+percentile() { # P < sorted numbers (one a line): nearest-rank percentile
+    awk -v p="$1" '{ v[NR] = $1 } END { if (NR == 0) { print "-"; exit } i = int((p / 100) * NR + 0.999999); if (i < 1) i = 1; print v[i] }'
+}
+run_detect() {
+    local n="${DETECT_NODES:-5}" runs="${DETECT_RUNS:-10}" port=$((BASE_PORT + 90)) i r
+    echo; echo "## failure detection: kill -9 of a member → \`dead\` on every other member ($n nodes, $runs kills)"; load_note
+    write_config "$tmp/detect.json" "$n" "$port" 1 1 1000
+    local -a names=() node_pid=()
+    for i in $(seq 1 "$n"); do names+=("node$i"); start_node "$tmp/detect.json" "node$i"; node_pid[$i]="${pids[-1]}"; done
+    for i in $(seq 1 "$n"); do wait_ready "$tmp/node$i.sock" "${node_pid[$i]}"; done
+    local t0
+    t0="$(now_ms)"
+    for node in "${names[@]}"; do
+        until all_see alive "$node" $(printf '%s\n' "${names[@]}" | grep -vx "$node"); do
+            [ $(( $(now_ms) - t0 )) -lt 30000 ] || die "$node not alive everywhere after 30 s"
+            sleep 0.1
+        done
+    done
+    echo
+    echo "| run | killed | kill → dead on every other member ms | per member ms |"
+    echo "|---:|---|---:|---|"
+    local results=() victim vi observers o kill_at first dead_at all_at per
+    for r in $(seq 1 "$runs"); do
+        vi=$(( (r - 1) % n + 1 )); victim="node$vi"
+        observers=(); for o in "${names[@]}"; do [ "$o" != "$victim" ] && observers+=("$o"); done
+        declare -A seen=()
+        kill_at="$(now_ms)"
+        kill -9 "${node_pid[$vi]}"; wait "${node_pid[$vi]}" 2>/dev/null || true
+        while :; do
+            for o in "${observers[@]}"; do
+                [ -n "${seen[$o]:-}" ] && continue
+                [ "$(member_state "$tmp/$o.sock" "$victim")" = dead ] && seen[$o]=$(( $(now_ms) - kill_at ))
+            done
+            [ "${#seen[@]}" -eq "${#observers[@]}" ] && break
+            [ $(( $(now_ms) - kill_at )) -lt 30000 ] || die "$victim not dead everywhere after 30 s"
+        done
+        all_at=0; per=""
+        for o in "${observers[@]}"; do
+            [ "${seen[$o]}" -gt "$all_at" ] && all_at="${seen[$o]}"
+            per+="${per:+, }$o ${seen[$o]}"
+        done
+        unset seen
+        results+=("$all_at")
+        echo "| $r | $victim | $all_at | $per |"
+        # Restart the victim (same data dir) and wait until everyone sees it alive again.
+        start_node "$tmp/detect.json" "$victim"; node_pid[$vi]="${pids[-1]}"
+        wait_ready "$tmp/$victim.sock" "${node_pid[$vi]}"
+        t0="$(now_ms)"
+        until all_see alive "$victim" "${observers[@]}"; do
+            [ $(( $(now_ms) - t0 )) -lt 30000 ] || die "$victim not alive again after 30 s"
+            sleep 0.1
+        done
+        sleep 2
+    done
+    local sorted
+    sorted="$(printf '%s\n' "${results[@]}" | sort -n)"
+    echo
+    echo "kill → dead everywhere over $runs kills ($n nodes): p50 $(percentile 50 <<<"$sorted") ms," \
+         "p90 $(percentile 90 <<<"$sorted") ms, max $(tail -n 1 <<<"$sorted") ms (polling /v1/cluster: ±~20 ms)"
+    stop_all
+    rm -rf "$tmp/data"
+}
+
 for part in "${parts[@]}"; do
     case "$part" in
         get-key) run_get_key ;;
         converge) run_converge ;;
         sync) run_sync ;;
         certs) run_certs ;;
-        *) die "unknown part '$part'; use get-key, converge, sync or certs" ;;
+        detect) run_detect ;;
+        *) die "unknown part '$part'; use get-key, converge, sync, certs or detect" ;;
     esac
 done

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates the cluster CA and per-node certificates for keystored peer TLS (DESIGN.md "Cluster" 1).
+# Creates the cluster CA and per-node certificates for keystored peer TLS (docs/config.md, "tls").
 #
 # Usage: gen-certs.sh [--force] [--ca-dir DIR] [--ip ADDR]... OUT_DIR NODE [NODE...]
 #

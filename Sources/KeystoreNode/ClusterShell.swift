@@ -315,7 +315,7 @@ final class ClusterLoop {
             // Gated on the dialer's version: a 0.1.0 dialer closes a dialed connection on which
             // anything arrives, so it keeps getting our messages over our own dial (rolling
             // upgrades from 0.1.0 keep working).
-            channel.writeAndFlush(encode(.hello(myHello())), promise: nil)
+            if let frame = encode(.hello(myHello())) { channel.writeAndFlush(frame, promise: nil) }
             links[hello.node, default: PeerLinks()].inbound = channel
             becameUsable(channel, for: hello.node)
         }
@@ -403,7 +403,7 @@ final class ClusterLoop {
             guard !stopped else { channel.close(promise: nil); return }
             links[node]?.outbound = channel
             // The TLS handler holds it until the handshake is done.
-            channel.writeAndFlush(encode(.hello(myHello())), promise: nil)
+            if let frame = encode(.hello(myHello())) { channel.writeAndFlush(frame, promise: nil) }
         case .failure(let error):
             // Refused, no route, connect timeout: no process of that peer can serve us now.
             logger.debug("cannot reach peer \(node) at \(config.peerAddress): \(error)")
@@ -471,6 +471,8 @@ final class ClusterLoop {
         guard let link = links[node], link.path === channel else { return }
         links[node]?.path = nil
         linkEvent(node, .down)
+        // The peer's process may have exited: probe it now rather than at its turn.
+        if !stopped { swim.connectionClosed(to: node) }
         if let other = link.inbound, other !== channel {
             becameUsable(other, for: node)
         } else if let other = link.outbound, other !== channel, link.outboundUsable {
@@ -491,16 +493,23 @@ final class ClusterLoop {
 
     /// `features`: what the receiving peer decodes; until its hello says, what 0.1.0 does
     /// (sending an older peer less is safe, anti-entropy fills in the rest later).
-    private func encode(_ message: PeerMessage, for features: PeerWireFeatures = .version0_1) -> ByteBuffer {
+    /// nil (and a log line) for a message the codec refuses: a string longer than a frame allows
+    /// is never cut short and sent, it is not sent at all.
+    private func encode(_ message: PeerMessage, for features: PeerWireFeatures = .version0_1) -> ByteBuffer? {
         var buffer = ByteBufferAllocator().buffer(capacity: 256)
-        PeerFrameCodec.encode(message, into: &buffer, for: features)
+        do {
+            try PeerFrameCodec.encode(message, into: &buffer, for: features)
+        } catch {
+            logger.error("not sending a \(message.kindLabel) message: \(error)")
+            return nil
+        }
         return buffer
     }
 
     /// Sends on the path to `node`, or queues (bounded in bytes) and dials.
     private func send(_ message: PeerMessage, to node: String) {
         guard !stopped, peers[node] != nil else { return }
-        let frame = encode(message, for: identities[node]?.features ?? .version0_1)
+        guard let frame = encode(message, for: identities[node]?.features ?? .version0_1) else { return }
         metrics.gossip(direction: "out", type: message.kindLabel, bytes: frame.readableBytes)
         var link = links[node] ?? PeerLinks()
         if let path = link.path {

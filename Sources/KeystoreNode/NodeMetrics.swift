@@ -10,8 +10,13 @@ import Synchronization
 public final class NodeMetrics: Sendable {
     public let registry: PrometheusCollectorRegistry?
 
-    private let requestCounters = Mutex<[String: Metrics.Counter]>([:])
-    private let requestTimers = Mutex<[String: Metrics.Timer]>([:])
+    /// Per (route, status): the request counter and the route's duration timer, found with one
+    /// lock and one lookup (no key string built per request: get-key profile).
+    private struct RouteStatus: Hashable {
+        var route: String
+        var code: UInt
+    }
+    private let requestHandles = Mutex<[RouteStatus: (counter: Metrics.Counter, timer: Metrics.Timer)]>([:])
     private let gossipCounters = Mutex<[String: Metrics.Counter]>([:])
     private let gauges = Mutex<[String: Metrics.Gauge]>([:])
     fileprivate let counters = Mutex<[String: Metrics.Counter]>([:])
@@ -23,22 +28,17 @@ public final class NodeMetrics: Sendable {
     }
 
     func request(route: String, status: HTTPResponseStatus, nanoseconds: UInt64) {
-        let code = String(status.code)
-        let counter = requestCounters.withLock { cache in
-            let key = route + " " + code
-            if let c = cache[key] { return c }
-            let c = Metrics.Counter(label: "keystore_requests_total", dimensions: [("route", route), ("code", code)])
-            cache[key] = c
-            return c
+        let handles = requestHandles.withLock { cache in
+            let key = RouteStatus(route: route, code: status.code)
+            if let found = cache[key] { return found }
+            // The timer is per route: the registry hands every status the same histogram.
+            let made = (counter: Metrics.Counter(label: "keystore_requests_total", dimensions: [("route", route), ("code", String(status.code))]),
+                        timer: Metrics.Timer(label: "keystore_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds))
+            cache[key] = made
+            return made
         }
-        counter.increment()
-        let timer = requestTimers.withLock { cache in
-            if let t = cache[route] { return t }
-            let t = Metrics.Timer(label: "keystore_request_duration_seconds", dimensions: [("route", route)], preferredDisplayUnit: .seconds)
-            cache[route] = t
-            return t
-        }
-        timer.recordNanoseconds(Int64(nanoseconds))
+        handles.counter.increment()
+        handles.timer.recordNanoseconds(Int64(nanoseconds))
     }
 
     func gossip(direction: String, type: String, bytes: Int) {

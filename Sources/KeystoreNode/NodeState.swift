@@ -74,6 +74,8 @@ final class NodeState: Sendable {
         var fileKeys: [KeyRef: FileKey] = [:]
         /// False until the startup join decision is made (DESIGN.md RAM keys 3).
         var ready = false
+        /// Get-key bodies built once; every change to a key's versions invalidates its body.
+        var prepared = PreparedResponses()
     }
 
     /// Anti-entropy buckets (same on every node: part of the peer protocol). A one-entry
@@ -148,6 +150,7 @@ final class NodeState: Sendable {
         for (ref, new) in loaded.sorted(by: { $0.key < $1.key }) {
             if let old = state.fileKeys[ref], old.fingerprint == new.fingerprint { continue }
             state.fileKeys[ref] = new
+            state.prepared.invalidate(ref)
             changed.append(ref)
             let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: new.fingerprint, stamp: state.clock.now(wallMillis: now))
             if state.store.setLocalPSKFingerprint(record) { records.append(record) }
@@ -178,6 +181,7 @@ final class NodeState: Sendable {
         let declared = declaredRAMKeys(in: state)
         for ref in state.store.keyRefs() where !declared.contains(ref) {
             for id in state.store.forgetKey(ref) { state.ramSecrets[id] = nil }
+            state.prepared.invalidate(ref)
             forgotten.append(ref)
         }
         return forgotten
@@ -201,6 +205,8 @@ final class NodeState: Sendable {
             let before = state.layout
             state.layout = layout
             state.store.graceMillis = UInt64(layout.config.gracePeriodSeconds) * 1000
+            // Keys come and go, and a new grace period moves every expiry a body shows.
+            state.prepared.invalidateAll()
             var result = Reconfiguration()
             // Keys this node no longer declares: an empty record tells the cluster.
             let declaredBefore = Set(before.ramKeys.keys).union(before.fileKeyPaths.keys)
@@ -233,6 +239,26 @@ final class NodeState: Sendable {
             return result.isEmpty ? .notReady : .ram(result)
         }
     }
+
+    /// The get-key answer's body for `ref`, with the key material, in protected memory: built
+    /// once and kept until the key's versions change (or the first expiry it shows passes).
+    func preparedKeyBody(_ ref: KeyRef) throws(NodeError) -> SecretBytes {
+        let now = wallClockMillis()
+        let (cached, generation) = inner.withLock { ($0.prepared.body(for: ref, nowMillis: now), $0.prepared.generation) }
+        if let cached { return cached }
+        let found = lookup(ref)
+        let built: (SecretBytes, UInt64)?
+        do { built = try PreparedResponses.build(ref, found, arena: arena) } catch { throw .secretMemory(error) }
+        guard let (fresh, validUntil) = built else {
+            if case .notReady = found { throw .notReady("ram key \(ref.name)") }
+            throw .unknownKey(ref)
+        }
+        inner.withLock { $0.prepared.store(fresh, for: ref, validUntilMillis: validUntil, builtAt: generation) }
+        return fresh
+    }
+
+    /// Get-key bodies currently prepared (tests).
+    var preparedCount: Int { inner.withLock { $0.prepared.count } }
 
     /// Version metadata without key material (rotate's answer), primary first.
     func versionViews(_ ref: KeyRef) -> [KeyVersionView] {
@@ -278,6 +304,8 @@ final class NodeState: Sendable {
                 }
             }
             if andBecomeReady { state.ready = true }
+            state.prepared.invalidate(delta.keyVersions.keys)
+            if andBecomeReady { state.prepared.invalidateAll() }
             return delta
         }
     }
@@ -296,7 +324,11 @@ final class NodeState: Sendable {
             let id = VersionID(created: state.clock.now(wallMillis: now), origin: nodeName)
             let version = state.store.rotate(ref, id: id)
             state.ramSecrets[id] = secret
-            for (_, pruned) in state.store.expire(nowMillis: now) { state.ramSecrets[pruned] = nil }
+            state.prepared.invalidate(ref)
+            for (prunedRef, pruned) in state.store.expire(nowMillis: now) {
+                state.ramSecrets[pruned] = nil
+                state.prepared.invalidate(prunedRef)
+            }
             return (version, StoreDelta(keyVersions: [ref: [version]]))
         }
     }
@@ -311,7 +343,10 @@ final class NodeState: Sendable {
         let now = wallClockMillis()
         return inner.withLock { state in
             let pruned = state.store.expire(nowMillis: now)
-            for (_, id) in pruned { state.ramSecrets[id] = nil }
+            for (ref, id) in pruned {
+                state.ramSecrets[id] = nil
+                state.prepared.invalidate(ref)
+            }
             return pruned
         }
     }
@@ -393,6 +428,7 @@ final class NodeState: Sendable {
             let versions = state.store.merge(delta, nowMillis: now)
             for (_, version) in versions.added { state.ramSecrets[version.id] = secrets[version.id] }
             for (_, id) in versions.pruned { state.ramSecrets[id] = nil }
+            state.prepared.invalidate(versions.added.map(\.0) + versions.pruned.map(\.0) + versions.primaryChanged)
             outcome.added += versions.added
             outcome.pruned += versions.pruned
             outcome.primaryChanged += versions.primaryChanged

@@ -12,7 +12,8 @@ import Synchronization
 /// Serial execution is also what makes "check the rules, persist, then apply" atomic: no other
 /// registry change can slip in between a check and the apply that follows its write.
 final class RegistryWriter: Sendable {
-    private let group: MultiThreadedEventLoopGroup
+    /// The writer's own thread (nil when it runs on a loop someone else owns: tests, fuzzing).
+    private let group: MultiThreadedEventLoopGroup?
     private let loop: EventLoop
     /// Confined to `loop`: the SQLite handle is not thread-safe.
     private let database: NIOLoopBoundBox<RegistryDatabase>
@@ -32,10 +33,20 @@ final class RegistryWriter: Sendable {
         var sinceMillis: UInt64?
     }
 
-    init(database: sending RegistryDatabase) {
+    convenience init(database: sending RegistryDatabase) {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        self.init(database: database, loop: group.next(), group: group)
+    }
+
+    /// Runs the writer on `loop` (an `EmbeddedEventLoop` makes it deterministic for the fuzzer).
+    convenience init(database: sending RegistryDatabase, on loop: EventLoop) {
+        self.init(database: database, loop: loop, group: nil)
+    }
+
+    private init(database: sending RegistryDatabase, loop: EventLoop, group: MultiThreadedEventLoopGroup?) {
         path = database.path
-        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        loop = group.next()
+        self.group = group
+        self.loop = loop
         self.database = NIOLoopBoundBox.makeBoxSendingValue(database, eventLoop: loop)
         self.pendingPeerRecords = NIOLoopBoundBox.makeBoxSendingValue(PendingRegistry(), eventLoop: loop)
     }
@@ -66,6 +77,6 @@ final class RegistryWriter: Sendable {
     /// Waits for pending writes, closes the database and stops the thread (shutdown).
     func close() async {
         _ = try? await loop.submit { self.database.value.close() }.get()
-        try? await group.shutdownGracefully()
+        try? await group?.shutdownGracefully()
     }
 }

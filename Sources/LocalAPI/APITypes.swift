@@ -22,7 +22,15 @@ public struct APIRequest: Sendable {
     /// Percent-decoded path segments (`["v1", "domains", "first.com", "keys"]`), or nil when the
     /// path is not valid UTF-8 / has bad escapes.
     public var pathSegments: [String]?
-    public var headers: HTTPHeaders
+    /// The request's header fields. From the connection they are kept as received and parsed
+    /// on first read: no route reads them, and building them on every request was measurable.
+    public var headers: HTTPHeaders {
+        get { explicitHeaders ?? HTTPRequestParser.headers(fromFieldLines: fieldLines) }
+        set { explicitHeaders = newValue }
+    }
+    private var explicitHeaders: HTTPHeaders?
+    /// Validated `name: value CRLF` lines from the parser.
+    var fieldLines = ByteBuffer()
     public var body: ByteBuffer
     public var caller: PeerCredentials
     /// Per-node sequence number, for log correlation.
@@ -39,7 +47,18 @@ public struct APIRequest: Sendable {
         self.method = method
         self.uri = uri
         self.pathSegments = APIRequest.decodePath(uri)
-        self.headers = headers
+        self.explicitHeaders = headers
+        self.body = body
+        self.caller = caller
+        self.requestID = requestID
+    }
+
+    /// A request as the connection parsed it.
+    init(method: HTTPMethod, uri: String, fieldLines: ByteBuffer, body: ByteBuffer, caller: PeerCredentials, requestID: UInt64) {
+        self.method = method
+        self.uri = uri
+        self.pathSegments = APIRequest.decodePath(uri)
+        self.fieldLines = fieldLines
         self.body = body
         self.caller = caller
         self.requestID = requestID
@@ -48,40 +67,64 @@ public struct APIRequest: Sendable {
     /// Splits the path (query dropped) on `/` and percent-decodes each segment. Returns nil for
     /// malformed escapes, invalid UTF-8, NUL bytes, or a non-absolute path.
     public static func decodePath(_ uri: String) -> [String]? {
-        var path = Substring(uri)
-        if let q = path.firstIndex(where: { $0 == "?" || $0 == "#" }) { path = path[..<q] }
+        var uri = uri
+        // Byte-wise: on the get-key path, Character-wise scanning (grapheme breaking) of the
+        // target was 13 % of the request's CPU.
+        return uri.withUTF8 { decodePath(bytes: $0) }
+    }
+
+    private static func decodePath(bytes: UnsafeBufferPointer<UInt8>) -> [String]? {
+        let slash = UInt8(ascii: "/")
+        var end = bytes.count
+        if let q = bytes.firstIndex(where: { $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") }) { end = q }
+        var start = 0
         // Absolute form (RFC 9112 3.2.2): "http://host/path" — the authority is irrelevant here.
-        if path.hasPrefix("http://") || path.hasPrefix("https://") {
-            let afterScheme = path[path.index(path.firstIndex(of: ":")!, offsetBy: 3)...]
-            path = afterScheme.firstIndex(of: "/").map { afterScheme[$0...] } ?? "/"
+        let afterScheme = hasPrefix(bytes, end: end, "http://") ? 7 : hasPrefix(bytes, end: end, "https://") ? 8 : 0
+        if afterScheme > 0 {
+            guard let pathStart = bytes[afterScheme..<end].firstIndex(of: slash) else { return [""] }
+            start = pathStart
         }
-        guard path.first == "/" else { return nil }
-        // No escapes (the usual case): the segments are the text itself; only NUL is refused.
-        if !path.utf8.contains(where: { $0 == UInt8(ascii: "%") || $0 == 0 }) {
-            var segments = path.utf8.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
-                .map { String(Substring($0)) }
-            if segments.last == "" && segments.count > 1 { segments.removeLast() }
-            return segments
-        }
+        guard start < end, bytes[start] == slash else { return nil }
         var segments: [String] = []
-        for raw in path.dropFirst().split(separator: "/", omittingEmptySubsequences: false) {
-            var bytes: [UInt8] = []
-            bytes.reserveCapacity(raw.utf8.count)
-            var iterator = raw.utf8.makeIterator()
-            while let byte = iterator.next() {
-                if byte == UInt8(ascii: "%") {
-                    guard let h = iterator.next(), let l = iterator.next(),
-                          let hv = hexValue(h), let lv = hexValue(l) else { return nil }
-                    bytes.append(hv << 4 | lv)
-                } else {
-                    bytes.append(byte)
-                }
-            }
-            guard !bytes.contains(0), let segment = String(validating: bytes, as: UTF8.self) else { return nil }
+        segments.reserveCapacity(8) // every route has at most 8 segments: one allocation
+        var segmentStart = start + 1
+        while true {
+            let segmentEnd = bytes[segmentStart..<end].firstIndex(of: slash) ?? end
+            guard let segment = decodeSegment(UnsafeBufferPointer(rebasing: bytes[segmentStart..<segmentEnd])) else { return nil }
             segments.append(segment)
+            if segmentEnd == end { break }
+            segmentStart = segmentEnd + 1
         }
         if segments.last == "" && segments.count > 1 { segments.removeLast() } // tolerate one trailing slash
         return segments
+    }
+
+    private static func hasPrefix(_ bytes: UnsafeBufferPointer<UInt8>, end: Int, _ prefix: StaticString) -> Bool {
+        let count = prefix.utf8CodeUnitCount
+        guard end >= count else { return false }
+        for k in 0..<count where bytes[k] != prefix.utf8Start[k] { return false }
+        return true
+    }
+
+    private static func decodeSegment(_ raw: UnsafeBufferPointer<UInt8>) -> String? {
+        // No escapes (the usual case): the segment is the text itself; only NUL is refused.
+        guard raw.contains(where: { $0 == UInt8(ascii: "%") || $0 == 0 }) else {
+            return String(decoding: raw, as: UTF8.self)
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(raw.count)
+        var iterator = raw.makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%") {
+                guard let h = iterator.next(), let l = iterator.next(),
+                      let hv = hexValue(h), let lv = hexValue(l) else { return nil }
+                bytes.append(hv << 4 | lv)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        guard !bytes.contains(0) else { return nil }
+        return String(validating: bytes, as: UTF8.self)
     }
 
     private static func hexValue(_ c: UInt8) -> UInt8? {

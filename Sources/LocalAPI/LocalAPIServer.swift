@@ -1,6 +1,5 @@
 import Logging
 import NIOCore
-import NIOHTTP1
 import NIOPosix
 
 #if canImport(Glibc)
@@ -62,33 +61,10 @@ public final class LocalAPIServer: Sendable {
         try prepareSocketPath(path)
         let counters = LocalAPIServerCounters()
         let limits = configuration.limits
-        let decoderLimits = {
-            var limitsConfig = NIOHTTPDecoderLimitConfiguration()
-            limitsConfig.maxHeaderListSize = limits.maxHeaderBytes
-            limitsConfig.maxHeaderFieldSize = limits.maxHeaderBytes
-            limitsConfig.maxHeaderFieldCount = 128
-            return limitsConfig
-        }()
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .childChannelInitializer { channel in
-                let open = counters.connections.add(1, ordering: .relaxed).newValue
-                channel.closeFuture.whenComplete { _ in counters.connections.subtract(1, ordering: .relaxed) }
-                if open > limits.maxConnections {
-                    logger.warning("local connection refused: \(open - 1) connections open (limit \(limits.maxConnections))")
-                    return channel.close()
-                }
-                return channel.eventLoop.makeCompletedFuture {
-                    // Our own handler answers parse errors with a JSON error, hence no NIO error handling.
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-                        withPipeliningAssistance: true, withErrorHandling: false,
-                        // Every response header is written by the daemon itself (constants and
-                        // Content-Length), so validating them again cost ~10% of a get-key.
-                        withOutboundHeaderValidation: false,
-                        withEncoderConfiguration: .init(), withDecoderLimitConfiguration: decoderLimits)
-                    try channel.pipeline.syncOperations.addHandler(
-                        HTTPConnectionHandler(responder: responder, limits: limits, server: counters, logger: logger))
-                }
+                acceptConnection(channel, responder: responder, limits: limits, counters: counters, logger: logger, anonymous: false)
             }
             .childChannelOption(.allowRemoteHalfClosure, value: false)
 
@@ -126,15 +102,9 @@ public final class LocalAPIServer: Sendable {
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                let open = counters.connections.add(1, ordering: .relaxed).newValue
-                channel.closeFuture.whenComplete { _ in counters.connections.subtract(1, ordering: .relaxed) }
-                if open > limits.maxConnections { return channel.close() }
-                return channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withPipeliningAssistance: true, withErrorHandling: false)
-                    try channel.pipeline.syncOperations.addHandler(
-                        HTTPConnectionHandler(responder: responder, limits: limits, server: counters, logger: logger, anonymous: true))
-                }
+                acceptConnection(channel, responder: responder, limits: limits, counters: counters, logger: logger, anonymous: true)
             }
+            .childChannelOption(.allowRemoteHalfClosure, value: false)
         let channel: Channel
         do {
             channel = try await bootstrap.bind(host: host, port: port).get()
@@ -144,6 +114,23 @@ public final class LocalAPIServer: Sendable {
         return LocalAPIServer(configuration: LocalAPIServerConfiguration(socketPath: ""), channel: channel, counters: counters)
     }
 
+    /// The one setup of every local API connection: the Unix socket, the metrics TCP listener
+    /// and the HTTP fuzz harness all go through it. Connections beyond `limits.maxConnections`
+    /// are closed at once; the rest get the bounded HTTP/1.1 connection handler.
+    static func acceptConnection(_ channel: Channel, responder: APIResponder, limits: LocalAPILimits,
+                                 counters: LocalAPIServerCounters, logger: Logger, anonymous: Bool) -> EventLoopFuture<Void> {
+        let open = counters.connections.add(1, ordering: .relaxed).newValue
+        channel.closeFuture.whenComplete { _ in counters.connections.subtract(1, ordering: .relaxed) }
+        if open > limits.maxConnections {
+            logger.warning("local connection refused: \(open - 1) connections open (limit \(limits.maxConnections))")
+            return channel.close()
+        }
+        return channel.eventLoop.makeCompletedFuture {
+            try channel.pipeline.syncOperations.addHandler(
+                HTTPConnectionHandler(responder: responder, limits: limits, server: counters, logger: logger, anonymous: anonymous))
+        }
+    }
+
     /// Stops listening and removes the socket file (only if it is still ours).
     public func close() async {
         try? await channel.close()
@@ -151,7 +138,7 @@ public final class LocalAPIServer: Sendable {
     }
 
     /// Replaces a stale socket file left by a crashed daemon, but refuses to steal the socket of
-    /// a live one: a successful connect means somebody is serving there.
+    /// a live one: only a refused connect (or a vanished file) proves nobody serves there.
     static func prepareSocketPath(_ path: String) throws(LocalAPIServerError) {
         guard path.utf8.count <= 107 else { throw .socketPathTooLong(path) }
         let directory = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
@@ -161,7 +148,12 @@ public final class LocalAPIServer: Sendable {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         guard (info.st_mode & S_IFMT) == S_IFSOCK else { throw .notASocket(path) }
-        if isSomeoneListening(path) { throw .socketInUse(path) }
+        switch probeSocket(path) {
+        case .stale: break
+        case .inUse: throw .socketInUse(path)
+        case .unknown(let reason):
+            throw .cannotPrepare(path: path, reason: "cannot tell whether another process serves on it (connect: \(reason)), so it is left alone; check its permissions and whether a keystored is running")
+        }
         if unlink(path) != 0 {
             throw .cannotPrepare(path: path, reason: "cannot remove stale socket: \(String(cString: strerror(errno)))")
         }
@@ -178,9 +170,21 @@ public final class LocalAPIServer: Sendable {
         }
     }
 
-    static func isSomeoneListening(_ path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return false }
+    /// What a connect to an existing socket file says about it.
+    enum SocketProbe: Equatable {
+        /// Connected: a live process serves there.
+        case inUse
+        /// `ECONNREFUSED` (nobody listens on the file) or `ENOENT` (it vanished): safe to replace.
+        case stale
+        /// Anything else (`EAGAIN` from a full listen backlog, `EACCES`, ...): a live server may
+        /// be there, so the socket must not be taken over.
+        case unknown(String)
+    }
+
+    /// Connects without blocking (a full backlog answers `EAGAIN` instead of waiting).
+    static func probeSocket(_ path: String) -> SocketProbe {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .unknown("socket(): \(String(cString: strerror(errno)))") }
         defer { Glibc.close(fd) }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
@@ -194,6 +198,16 @@ public final class LocalAPIServer: Sendable {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
             }
         }
-        return result == 0
+        if result == 0 { return .inUse }
+        let error = errno
+        switch error {
+        case ECONNREFUSED, ENOENT: return .stale
+        default: return .unknown(String(cString: strerror(error)))
+        }
+    }
+
+    /// Whether the socket must be left alone: anything but a definite "nobody listens".
+    static func isSomeoneListening(_ path: String) -> Bool {
+        probeSocket(path) != .stale
     }
 }

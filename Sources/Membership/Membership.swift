@@ -49,13 +49,19 @@ public struct GossipUpdate: Hashable, Sendable {
     public var instance: UInt64
     public var incarnation: UInt64
     public var status: MemberStatus
+    /// For `suspect`: the node whose own failed probe raised this suspicion, so receivers can
+    /// count independent confirmations (Lifeguard). Empty when unknown (the peer wire format
+    /// does not carry it yet); the receiver then counts the node that delivered the rumour.
+    public var origin: NodeID
 
-    public init(node: NodeID, address: String, instance: UInt64, incarnation: UInt64, status: MemberStatus) {
+    public init(node: NodeID, address: String, instance: UInt64, incarnation: UInt64, status: MemberStatus,
+                origin: NodeID = "") {
         self.node = node
         self.address = address
         self.instance = instance
         self.incarnation = incarnation
         self.status = status
+        self.origin = origin
     }
 }
 
@@ -110,30 +116,68 @@ public enum SWIMSettingsError: Error, CustomStringConvertible, Hashable, Sendabl
     }
 }
 
-/// Protocol timing. Defaults suit a LAN cluster of a handful to a few dozen nodes.
+/// Protocol timing (SWIM with the Lifeguard extensions). The defaults are tuned so that, on a
+/// LAN or loopback, a crashed process (connections refused) is `dead` on every member within
+/// 3 s in small clusters and 5 s at 1,000 nodes, while a process frozen for 2 s (SIGSTOP, a VM
+/// pause, a swap storm) refutes in time and is never declared dead. `keystore-sim` and the
+/// `bench/run.sh detect` figures in BENCHMARKS.md are the evidence.
 public struct SWIMSettings: Hashable, Sendable {
-    /// One probe round: the time a member has to answer (directly or via intermediaries).
+    /// One probe round at full local health; scaled by the local health multiplier.
     public var probeIntervalMillis: UInt64 = 300
-    /// After this without a direct ack, the probe escalates to indirect ping-requests.
+    /// After this without a direct ack (at full health; scaled like the interval), the probe
+    /// escalates to indirect ping-requests.
     public var probeTimeoutMillis: UInt64 = 200
     public var indirectProbeCount: Int = 3
-    /// Scaled by log2(member count): larger clusters need longer for a refutation to come back.
+    /// Lifeguard's local health multiplier ceiling (memberlist's awareness, default 8): a node
+    /// that misses nacks or has to refute runs its probes up to this many times slower, so its
+    /// own sluggishness does not turn into suspicions of healthy peers.
+    public var maxLocalHealthMultiplier: Int = 8
+    /// The shortest suspicion (Lifeguard's Min) for a one- or two-node view: long enough that a
+    /// process frozen for 2 s, suspected ~0.6 s into the freeze, refutes before it expires.
     public var suspicionBaseMillis: UInt64 = 1500
+    /// Added to the minimum per doubling of the member count: each doubling is about one more
+    /// gossip hop for a refutation to travel.
+    public var suspicionPerDoublingMillis: UInt64 = 100
+    /// Lifeguard's β: a suspicion starts at this multiple of the minimum and shrinks towards the
+    /// minimum as independent confirmations arrive.
+    public var suspicionMaxMultiplier: Int = 3
+    /// Lifeguard's K: independent confirmations that bring a suspicion down to the minimum.
+    public var suspicionConfirmations: Int = 3
+    /// Pending rumours are also pushed to `gossipFanout` random alive members this often, not
+    /// only piggybacked on probes: at 1,000 nodes the probe traffic alone spreads news in ~3 s.
+    public var gossipIntervalMillis: UInt64 = 200
+    public var gossipFanout: Int = 5
     public var gossipPerMessage: Int = 8
     /// λ in "each update is piggybacked λ·log2(n) times".
     public var retransmitMultiplier: Int = 3
     /// Dead members are pinged once every this many rounds, so a healed partition or a restarted
     /// process is noticed without trusting gossip alone.
     public var deadPingEveryRounds: Int = 5
+    /// At most this many dead members and this many never-heard-of seeds are pinged per round
+    /// (round-robin), so a 1,000-node static config does not start with 1,000 pings per node.
+    public var maxPingsPerRoundToUnconfirmed: Int = 8
     /// A gap between ticks longer than this means this process was paused (SIGSTOP, swap, VM
     /// freeze): its own timers are then not evidence against anyone else.
     public var stallThresholdMillis: UInt64 = 1000
 
     public init() {}
 
+    /// Lifeguard's minimum suspicion timeout for a view of `memberCount` members (self included).
     public func suspicionTimeoutMillis(memberCount: Int) -> UInt64 {
-        let factor = max(1.0, log2Double(max(1, memberCount)))
-        return UInt64(Double(suspicionBaseMillis) * factor)
+        let doublings = binaryLogarithm(Double(max(1, memberCount)))
+        return suspicionBaseMillis &+ UInt64((Double(suspicionPerDoublingMillis) * doublings).rounded())
+    }
+
+    /// Lifeguard's suspicion timeout after `confirmations` independent confirmations (suspecters
+    /// beyond the first): max(Min, Max − (Max − Min)·log(C + 1)/log(K + 1)), K capped at n − 2.
+    public func suspicionTimeoutMillis(memberCount: Int, confirmations: Int) -> UInt64 {
+        let minimum = suspicionTimeoutMillis(memberCount: memberCount)
+        let expected = min(suspicionConfirmations, memberCount - 2)
+        guard expected >= 1 else { return minimum }
+        let maximum = minimum &* UInt64(max(1, suspicionMaxMultiplier))
+        let fraction = binaryLogarithm(Double(max(0, confirmations) + 1)) / binaryLogarithm(Double(expected + 1))
+        let shrunk = Double(maximum) - Double(maximum - minimum) * min(1, fraction)
+        return max(minimum, UInt64(shrunk.rounded()))
     }
 
     func retransmitLimit(memberCount: Int) -> Int {
@@ -145,9 +189,13 @@ public struct SWIMSettings: Hashable, Sendable {
         if probeIntervalMillis == 0 { throw .zero(field: "probeIntervalMillis") }
         if probeTimeoutMillis == 0 { throw .zero(field: "probeTimeoutMillis") }
         if suspicionBaseMillis == 0 { throw .zero(field: "suspicionBaseMillis") }
+        if suspicionMaxMultiplier <= 0 { throw .zero(field: "suspicionMaxMultiplier") }
+        if maxLocalHealthMultiplier <= 0 { throw .zero(field: "maxLocalHealthMultiplier") }
+        if gossipIntervalMillis == 0 { throw .zero(field: "gossipIntervalMillis") }
         if gossipPerMessage <= 0 { throw .zero(field: "gossipPerMessage") }
         if retransmitMultiplier <= 0 { throw .zero(field: "retransmitMultiplier") }
         if deadPingEveryRounds <= 0 { throw .zero(field: "deadPingEveryRounds") }
+        if maxPingsPerRoundToUnconfirmed <= 0 { throw .zero(field: "maxPingsPerRoundToUnconfirmed") }
         if stallThresholdMillis == 0 { throw .zero(field: "stallThresholdMillis") }
         if probeTimeoutMillis >= probeIntervalMillis {
             throw .probeTimeoutNotBelowInterval(timeout: probeTimeoutMillis, interval: probeIntervalMillis)
@@ -155,12 +203,18 @@ public struct SWIMSettings: Hashable, Sendable {
     }
 }
 
-/// log2 without Foundation (the target has no dependencies); precision is irrelevant here.
-func log2Double(_ n: Int) -> Double {
-    guard n > 1 else { return 0 }
-    var value = Double(n)
-    var result = 0.0
-    while value >= 2 { value /= 2; result += 1 }
-    // Linear interpolation of the fractional part is good enough for timeouts.
-    return result + (value - 1)
+func log2Double(_ n: Int) -> Double { binaryLogarithm(Double(n)) }
+
+/// log2 without Foundation (the target has no dependencies): exponent plus log2 of the
+/// significand in [1, 2) from the atanh series, accurate to ~1e-9, plenty for timeouts.
+func binaryLogarithm(_ x: Double) -> Double {
+    guard x > 1 else { return 0 }
+    let m = x.significand
+    let t = (m - 1) / (m + 1), t2 = t * t
+    var term = t, sum = 0.0
+    for k in stride(from: 1, through: 21, by: 2) {
+        sum += term / Double(k)
+        term *= t2
+    }
+    return Double(x.exponent) + 2 * sum / 0.693_147_180_559_945_3
 }

@@ -14,6 +14,8 @@ public enum PeerWireError: Error, CustomStringConvertible, Equatable {
     case invalidField(String)
     case trailingBytes(Int)
     case secretMemory(String)
+    /// A string longer than the format allows (the encoder refuses; it never truncates).
+    case fieldTooLong(bytes: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -25,6 +27,7 @@ public enum PeerWireError: Error, CustomStringConvertible, Equatable {
         case .invalidField(let what): return "invalid \(what) in peer frame"
         case .trailingBytes(let n): return "\(n) unexpected bytes after the peer message"
         case .secretMemory(let message): return message
+        case .fieldTooLong(let bytes, let limit): return "a \(bytes)-byte string does not fit a peer frame (at most \(limit) bytes); nothing was sent"
         }
     }
 }
@@ -62,24 +65,24 @@ public enum PeerFrameCodec {
 
     /// `features`: what the receiving peer decodes (`PeerWireFeatures(peerSoftwareVersion:)` of its
     /// hello); deltas leave out or downgrade what an older peer would refuse.
-    public static func encode(_ message: PeerMessage, into out: inout ByteBuffer, for features: PeerWireFeatures = .current) {
+    public static func encode(_ message: PeerMessage, into out: inout ByteBuffer, for features: PeerWireFeatures = .current) throws(PeerWireError) {
         let start = out.writerIndex
         out.writeInteger(UInt32(0))
         out.writeInteger(version)
         switch message {
         case .hello(let hello):
             out.writeInteger(MessageType.hello.rawValue)
-            writeString(hello.cluster, &out)
-            writeString(hello.node, &out)
+            try writeString(hello.cluster, &out)
+            try writeString(hello.node, &out)
             out.writeInteger(hello.instance)
-            writeString(hello.address, &out)
-            writeString(hello.softwareVersion, &out)
+            try writeString(hello.address, &out)
+            try writeString(hello.softwareVersion, &out)
             writeStamp(hello.stamp, &out)
         case .swim(let swim):
             out.writeInteger(MessageType.swim.rawValue)
-            writeSWIM(swim, &out)
+            try writeSWIM(swim, &out)
         case .replication(let message, let stamp):
-            writeReplication(message, stamp: stamp, features, &out)
+            try writeReplication(message, stamp: stamp, features, &out)
         }
         out.setInteger(UInt32(out.writerIndex - start - 4), at: start)
     }
@@ -152,7 +155,7 @@ public enum PeerFrameCodec {
     // MARK: Replication
 
     private static func writeReplication(_ message: ReplicationMessage<WireDelta>, stamp: HLCTimestamp, _ features: PeerWireFeatures,
-                                         _ out: inout ByteBuffer) {
+                                         _ out: inout ByteBuffer) throws(PeerWireError) {
         switch message {
         case .digest(let root):
             out.writeInteger(MessageType.digest.rawValue)
@@ -177,25 +180,25 @@ public enum PeerFrameCodec {
             }
             out.writeInteger(UInt32(delta.versions.count))
             for v in delta.versions {
-                writeString(v.key.domain, &out)
-                writeString(v.key.name, &out)
-                writeVersionID(v.version.id, &out)
+                try writeString(v.key.domain, &out)
+                try writeString(v.key.name, &out)
+                try writeVersionID(v.version.id, &out)
                 out.writeInteger(v.version.generation)
                 out.writeInteger(UInt32(v.secret.count))
                 v.secret.withUnsafeBytes { _ = out.writeBytes($0) }
             }
             out.writeInteger(UInt32(delta.pskFingerprints.count))
             for fp in delta.pskFingerprints {
-                writeString(fp.node, &out)
-                writeString(fp.key.domain, &out)
-                writeString(fp.key.name, &out)
+                try writeString(fp.node, &out)
+                try writeString(fp.key.domain, &out)
+                try writeString(fp.key.name, &out)
                 out.writeInteger(UInt16(fp.fingerprint.count))
                 out.writeBytes(fp.fingerprint)
                 writeStamp(fp.stamp, &out)
             }
             out.writeInteger(UInt32(delta.certificates.count))
-            for record in delta.certificates { writeCertificate(record, features, &out) }
-            writeDeltaSections(delta, features, &out)
+            for record in delta.certificates { try writeCertificate(record, features, &out) }
+            try writeDeltaSections(delta, features, &out)
         case .syncRequest:
             out.writeInteger(MessageType.syncRequest.rawValue)
             writeStamp(stamp, &out)
@@ -286,16 +289,16 @@ public enum PeerFrameCodec {
 
     // MARK: SWIM
 
-    private static func writeSWIM(_ m: SWIMMessage, _ out: inout ByteBuffer) {
+    private static func writeSWIM(_ m: SWIMMessage, _ out: inout ByteBuffer) throws(PeerWireError) {
         switch m {
         case .ping(let seq, let gossip):
-            out.writeInteger(UInt8(1)); out.writeInteger(seq); writeGossip(gossip, &out)
+            out.writeInteger(UInt8(1)); out.writeInteger(seq); try writeGossip(gossip, &out)
         case .pingRequest(let seq, let target, let address, let gossip):
-            out.writeInteger(UInt8(2)); out.writeInteger(seq); writeString(target, &out); writeString(address, &out); writeGossip(gossip, &out)
+            out.writeInteger(UInt8(2)); out.writeInteger(seq); try writeString(target, &out); try writeString(address, &out); try writeGossip(gossip, &out)
         case .ack(let seq, let target, let gossip):
-            out.writeInteger(UInt8(3)); out.writeInteger(seq); writeString(target, &out); writeGossip(gossip, &out)
+            out.writeInteger(UInt8(3)); out.writeInteger(seq); try writeString(target, &out); try writeGossip(gossip, &out)
         case .nack(let seq, let target):
-            out.writeInteger(UInt8(4)); out.writeInteger(seq); writeString(target, &out)
+            out.writeInteger(UInt8(4)); out.writeInteger(seq); try writeString(target, &out)
         }
     }
 
@@ -316,11 +319,11 @@ public enum PeerFrameCodec {
         }
     }
 
-    private static func writeGossip(_ gossip: [GossipUpdate], _ out: inout ByteBuffer) {
+    private static func writeGossip(_ gossip: [GossipUpdate], _ out: inout ByteBuffer) throws(PeerWireError) {
         out.writeInteger(UInt32(gossip.count))
         for g in gossip {
-            writeString(g.node, &out)
-            writeString(g.address, &out)
+            try writeString(g.node, &out)
+            try writeString(g.address, &out)
             out.writeInteger(g.instance)
             out.writeInteger(g.incarnation)
             switch g.status {
@@ -357,32 +360,32 @@ public enum PeerFrameCodec {
 
     static let maxCertificateDER = 64 * 1024
 
-    private static func writeCertificate(_ record: CertificateRecord, _ features: PeerWireFeatures, _ out: inout ByteBuffer) {
-        writeString(record.id.domain, &out)
-        writeString(record.id.user, &out)
+    private static func writeCertificate(_ record: CertificateRecord, _ features: PeerWireFeatures, _ out: inout ByteBuffer) throws(PeerWireError) {
+        try writeString(record.id.domain, &out)
+        try writeString(record.id.user, &out)
         out.writeInteger(UInt8(record.id.sha256.count))
         out.writeBytes(record.id.sha256)
         // 0.1.0 refuses a certificate of length 0, which is what a compacted (revoked) record
         // holds: it gets the record as a bare tombstone, which it decodes and joins correctly.
         if let content = record.content, !content.der.isEmpty || features.compactedCertificates {
             out.writeInteger(UInt8(1))
-            writeString(content.name, &out)
+            try writeString(content.name, &out)
             out.writeInteger(UInt32(content.der.count))
             out.writeBytes(content.der)
             out.writeInteger(content.notBeforeMillis)
             out.writeInteger(content.notAfterMillis)
             out.writeInteger(UInt16(content.jids.count))
-            for jid in content.jids { writeString(jid, &out) }
+            for jid in content.jids { try writeString(jid, &out) }
             out.writeInteger(UInt8(content.noCertManagement ? 1 : 0))
             writeStamp(content.added, &out)
-            writeString(content.origin, &out)
+            try writeString(content.origin, &out)
         } else {
             out.writeInteger(UInt8(0))
         }
         if let removal = record.removal {
             out.writeInteger(removal.kind.rawValue)
             writeStamp(removal.stamp, &out)
-            writeString(removal.origin, &out)
+            try writeString(removal.origin, &out)
         } else {
             out.writeInteger(UInt8(0))
         }
@@ -443,16 +446,16 @@ public enum PeerFrameCodec {
         case tokenSequenceFloors = 1
     }
 
-    private static func writeDeltaSections(_ delta: WireDelta, _ features: PeerWireFeatures, _ out: inout ByteBuffer) {
+    private static func writeDeltaSections(_ delta: WireDelta, _ features: PeerWireFeatures, _ out: inout ByteBuffer) throws(PeerWireError) {
         if features.tokenSequenceFloors && !delta.tokenSequenceFloors.isEmpty {
             out.writeInteger(DeltaSection.tokenSequenceFloors.rawValue)
             out.writeInteger(UInt32(delta.tokenSequenceFloors.count))
             for floor in delta.tokenSequenceFloors {
-                writeString(floor.domain, &out)
-                writeString(floor.user, &out)
+                try writeString(floor.domain, &out)
+                try writeString(floor.user, &out)
                 out.writeInteger(floor.floor)
                 writeStamp(floor.stamp, &out)
-                writeString(floor.origin, &out)
+                try writeString(floor.origin, &out)
             }
         }
     }
@@ -484,11 +487,12 @@ public enum PeerFrameCodec {
 
     // MARK: Primitives
 
-    private static func writeString(_ s: String, _ out: inout ByteBuffer) {
+    /// Never truncates: a string the receiver would refuse is refused here, before anything is sent.
+    private static func writeString(_ s: String, _ out: inout ByteBuffer) throws(PeerWireError) {
         let utf8 = s.utf8
-        let count = min(utf8.count, maxStringBytes)
-        out.writeInteger(UInt16(count))
-        out.writeBytes(utf8.prefix(count))
+        guard utf8.count <= maxStringBytes else { throw .fieldTooLong(bytes: utf8.count, limit: maxStringBytes) }
+        out.writeInteger(UInt16(utf8.count))
+        out.writeBytes(utf8)
     }
 
     private static func readString(_ b: inout ByteBuffer, _ what: String) throws(PeerWireError) -> String {
@@ -510,9 +514,9 @@ public enum PeerFrameCodec {
         return HLCTimestamp(wallMillis: wall, logical: logical)
     }
 
-    private static func writeVersionID(_ id: VersionID, _ out: inout ByteBuffer) {
+    private static func writeVersionID(_ id: VersionID, _ out: inout ByteBuffer) throws(PeerWireError) {
         writeStamp(id.created, &out)
-        writeString(id.origin, &out)
+        try writeString(id.origin, &out)
     }
 
     private static func readVersionID(_ b: inout ByteBuffer) throws(PeerWireError) -> VersionID {

@@ -68,6 +68,14 @@ public struct WireDelta: Sendable {
 
 extension WireDelta: ReplicationPayload {
     public static var empty: WireDelta { WireDelta() }
+
+    public func excludingChanges(madeBy node: NodeID) -> WireDelta {
+        var kept = WireDelta(versions: versions.filter { $0.version.id.origin != node },
+                             pskFingerprints: pskFingerprints.filter { $0.node != node },
+                             certificates: certificates.filter { $0.changedBy != node })
+        kept.tokenSequenceFloors = tokenSequenceFloors.filter { $0.origin != node }
+        return kept
+    }
 }
 
 public enum PeerMessage: Sendable {

@@ -283,9 +283,10 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         now = max(now, nowMillis)
         var out: [Directive] = []
         guard let done = pending.removeValue(forKey: id) else { return out }
-        if done.forward && !new.isEmpty {
+        let forward = done.forward ? new.excludingChanges(madeBy: done.from) : Payload.empty
+        if !forward.isEmpty {
             let targets = forwardTargets(excluding: done.from, random: &random)
-            for chunk in replica.chunks(of: new) where !chunk.isEmpty {
+            for chunk in replica.chunks(of: forward) where !chunk.isEmpty {
                 for node in targets { out.append(.send(.delta(chunk, purpose: .push), to: node)) }
             }
         }

@@ -35,6 +35,13 @@ public final class SecretBytes: Sendable {
         }
     }
 
+    /// `count` bytes written in place by `fill`, so secret-derived data (such as a prepared
+    /// response carrying a key in base64) never passes through ordinary heap memory.
+    public static func filled(count: Int, in arena: SecretArena,
+                              _ fill: (UnsafeMutableRawBufferPointer) -> Void) throws(SecretMemoryError) -> SecretBytes {
+        try SecretBytes(arena: arena, count: count) { buffer in fill(buffer) }
+    }
+
     /// A protected copy of `bytes`. The caller remains responsible for zeroing its own buffer.
     public static func copy(of bytes: UnsafeRawBufferPointer, in arena: SecretArena) throws(SecretMemoryError) -> SecretBytes {
         try SecretBytes(arena: arena, count: bytes.count) { buffer in

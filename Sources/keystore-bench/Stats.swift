@@ -63,27 +63,3 @@ enum BenchError: Error, CustomStringConvertible {
         }
     }
 }
-
-/// CPU seconds (user + system) used so far by the given processes, from /proc/PID/stat; nil if
-/// any of them is gone. Dividing the difference over a row by its requests gives CPU per request,
-/// which stays meaningful when other people's builds take cores away from the run.
-func cpuSeconds(pids: [Int32]) -> Double? {
-    let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
-    var total = 0.0
-    for pid in pids {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
-        // Fields after "(comm)": state is field 3, utime 14, stime 15.
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }
-        total += (user + system) / ticks
-    }
-    return total
-}
-
-func ownCPUSeconds() -> Double {
-    var usage = rusage()
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    return Double(usage.ru_utime.tv_sec) + Double(usage.ru_utime.tv_usec) / 1e6
-        + Double(usage.ru_stime.tv_sec) + Double(usage.ru_stime.tv_usec) / 1e6
-}

@@ -38,7 +38,7 @@ final class SecurityLocalAPITests: ClusterTestCase {
 
     /// The JSON error code of a raw HTTP answer, nil if it is not one.
     private func errorCode(_ answer: String) -> (status: Int, code: String)? {
-        guard answer.hasPrefix("HTTP/1.1 "), let status = Int(answer.dropFirst(9).prefix(3)),
+        guard answer.hasPrefix("HTTP/1.1 ") || answer.hasPrefix("HTTP/1.0 "), let status = Int(answer.dropFirst(9).prefix(3)),
               let bodyStart = answer.range(of: "\r\n\r\n")?.upperBound,
               let json = try? JSONSerialization.jsonObject(with: Data(answer[bodyStart...].utf8)) as? [String: Any],
               let code = json["error"] as? String, json["message"] is String else { return nil }
@@ -75,6 +75,28 @@ final class SecurityLocalAPITests: ClusterTestCase {
             ("dot-dot across domains", get(Array("/v1/domains/second.com/../first.com/keys/token_secret".utf8)), 404, "not_found"),
             ("double slash", get(Array("/v1/domains/first.com//keys/token_secret".utf8)), 404, "not_found"),
         ]
+        // Request smuggling and framing tricks (the local API's own parser refuses them all).
+        let rotate = "POST /v1/domains/first.com/keys/token_secret/rotate HTTP/1.1\r\nHost: x\r\n"
+        cases += [
+            ("Content-Length with Transfer-Encoding", Array((rotate + "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").utf8), 400, "bad_request"),
+            ("differing duplicate Content-Length", Array((rotate + "Content-Length: 0\r\nContent-Length: 5\r\n\r\nhello").utf8), 400, "bad_request"),
+            ("Content-Length list that disagrees", Array((rotate + "Content-Length: 0, 5\r\n\r\nhello").utf8), 400, "bad_request"),
+            ("signed Content-Length", Array((rotate + "Content-Length: +0\r\n\r\n").utf8), 400, "bad_request"),
+            ("Transfer-Encoding other than chunked", Array((rotate + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n").utf8), 400, "bad_request"),
+            ("Transfer-Encoding in HTTP/1.0", Array("POST /v1/domains/first.com/keys/token_secret/rotate HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".utf8), 400, "bad_request"),
+            ("obs-fold header", Array((rotate + "X-A: a\r\n Transfer-Encoding: chunked\r\n\r\n").utf8), 400, "bad_request"),
+            ("space before the colon", Array((rotate + "Transfer-Encoding : chunked\r\n\r\n").utf8), 400, "bad_request"),
+            ("bare LF line ends", Array("GET /v1/health HTTP/1.1\nHost: x\n\n".utf8), 400, "bad_request"),
+            ("bare CR inside a header", Array("GET /v1/health HTTP/1.1\r\nHost: x\rX: y\r\n\r\n".utf8), 400, "bad_request"),
+            ("control character in a header value", Array("GET /v1/health HTTP/1.1\r\nX-A: \u{01}\r\n\r\n".utf8), 400, "bad_request"),
+            ("HTTP/1.2", Array("GET /v1/health HTTP/1.2\r\n\r\n".utf8), 400, "bad_request"),
+            ("HTTP/2.0 request line", Array("GET /v1/health HTTP/2.0\r\n\r\n".utf8), 400, "bad_request"),
+            ("malformed chunk size", Array((rotate + "Transfer-Encoding: chunked\r\n\r\nzz\r\n\r\n").utf8), 400, "bad_request"),
+            ("chunk data without CRLF", Array((rotate + "Transfer-Encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n").utf8), 400, "bad_request"),
+            ("overflowing chunk size", Array((rotate + "Transfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\n").utf8), 413, "payload_too_large"),
+            ("huge Content-Length with 100-continue", Array((rotate + "Expect: 100-continue\r\nContent-Length: 99999999999999999999\r\n\r\n").utf8), 413, "payload_too_large"),
+            ("unknown expectation", Array((rotate + "Expect: 102-processing\r\nContent-Length: 0\r\n\r\n").utf8), 417, "bad_request"),
+        ]
         // Invalid UTF-8 in a header value and in a body the route ignores: no crash, an answer.
         cases.append(("invalid UTF-8 header value", Array("GET /v1/domains/nowhere/keys HTTP/1.1\r\nHost: x\r\nX-A: ".utf8) + [0xC3, 0x28, 0xFF]
                       + Array("\r\nConnection: close\r\n\r\n".utf8), 404, "not_found"))
@@ -89,6 +111,35 @@ final class SecurityLocalAPITests: ClusterTestCase {
         }
         XCTAssertTrue(node.isRunning)
         XCTAssertEqual(try node.client.getKey(domain: "first.com", name: "token_secret").primary?.key, key)
+    }
+
+    /// Request bodies the way real clients send them: curl's `Expect: 100-continue` and chunked
+    /// uploads, and a chunked request pipelined with the next one. A made-up certificate gets 422
+    /// `invalid_certificate`, which proves the JSON body arrived whole (a cut body would be 400).
+    func testChunkedBodiesAndExpectContinueFromRealClients() throws {
+        let (cluster, node) = try startSingle()
+        let body = "{\"certificate\":\"" + String(repeating: "A", count: 4000) + "\"}"
+        try cluster.scratch.write("body.json", body)
+        let url = "http://localhost/v1/domains/first.com/sasl-external"
+        let common = ["-sS", "-v", "--unix-socket", node.socketPath, "-H", "Content-Type: application/json",
+                      "--data-binary", "@" + cluster.scratch.file("body.json"), "-w", "\nstatus=%{http_code}\n"]
+        let continued = try runCommand("/usr/bin/curl", common + ["-H", "Expect: 100-continue", url]).output
+        XCTAssertTrue(continued.contains("< HTTP/1.1 100 Continue"), continued)
+        XCTAssertTrue(continued.contains("status=422") && continued.contains("invalid_certificate"), continued)
+        let chunked = try runCommand("/usr/bin/curl", common + ["-H", "Transfer-Encoding: chunked", "-H", "Expect:", url]).output
+        XCTAssertTrue(chunked.contains("> Transfer-Encoding: chunked"), chunked)
+        XCTAssertTrue(chunked.contains("status=422") && chunked.contains("invalid_certificate"), chunked)
+
+        // On one raw connection: a chunked POST (body in two chunks), then a GET, answered in order.
+        let json = Array(body.utf8)
+        var request = Array("POST /v1/domains/first.com/sasl-external HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".utf8)
+        request += Array("\(String(100, radix: 16))\r\n".utf8) + json[0..<100] + Array("\r\n".utf8)
+        request += Array("\(String(json.count - 100, radix: 16));ext=1\r\n".utf8) + json[100...] + Array("\r\n0\r\n\r\n".utf8)
+        request += Array("GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".utf8)
+        let answer = try exchange(node.socketPath, request)
+        let statuses = answer.components(separatedBy: "HTTP/1.1 ").dropFirst().map { String($0.prefix(3)) }
+        XCTAssertEqual(statuses, ["422", "200"], answer)
+        XCTAssertTrue(node.isRunning)
     }
 
     func testSlowAndIdleClientsDoNotStallANormalClient() throws {

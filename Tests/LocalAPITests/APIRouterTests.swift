@@ -155,5 +155,130 @@ final class APIRouterTests: XCTestCase {
         XCTAssertNil(APIRequest.decodePath("v1/health"))
         XCTAssertNil(APIRequest.decodePath("/v1/%zz"))
         XCTAssertNil(APIRequest.decodePath("/v1/%4"))
+        XCTAssertEqual(APIRequest.decodePath("/"), [""])
+        XCTAssertEqual(APIRequest.decodePath("/v1//x"), ["v1", "", "x"])
+        XCTAssertEqual(APIRequest.decodePath("/a%2Fb/%C3%A9#frag"), ["a/b", "é"])
+        XCTAssertEqual(APIRequest.decodePath("http://localhost/v1/health?x=/y"), ["v1", "health"], "absolute form")
+        XCTAssertEqual(APIRequest.decodePath("https://localhost"), [""])
+        XCTAssertNil(APIRequest.decodePath("?/v1"))
+        XCTAssertNil(APIRequest.decodePath("/a%00b"))
+        XCTAssertNil(APIRequest.decodePath("/%C3"), "invalid UTF-8 after decoding")
+    }
+
+    // MARK: Prepared get-key bodies (PreparedResponses.swift)
+
+    private func rawGetKey(_ uri: String) throws -> (status: UInt, body: [UInt8]) {
+        let request = APIRequest(method: .GET, uri: uri, headers: [:], body: ByteBuffer(),
+                                 caller: PeerCredentials(pid: 1, uid: 0, gid: 0), requestID: 1)
+        guard case .response(let response) = router.handle(request, allocator: ByteBufferAllocator(), eventLoop: loop) else {
+            XCTFail("expected an immediate response"); return (0, [])
+        }
+        return (response.status.code, Array(response.body.readableBytesView))
+    }
+
+    private var preparedCount: Int { state.preparedCount }
+
+    func testGetKeyBodiesArePreparedOnceInSecretMemoryAndReplacedOnEveryChange() throws {
+        _ = try operations.becomeReady()
+        let ram = "/v1/domains/first.com/keys/token_secret"
+        let arena = state.arena
+        let secretsBefore = arena.statistics.liveSecrets
+        let first = try rawGetKey(ram)
+        XCTAssertEqual(first.status, 200)
+        XCTAssertEqual(preparedCount, 1)
+        XCTAssertEqual(arena.statistics.liveSecrets, secretsBefore + 1, "the prepared body lives in the secret arena")
+        XCTAssertEqual(try rawGetKey(ram).body, first.body, "served again from the prepared body")
+        XCTAssertEqual(arena.statistics.liveSecrets, secretsBefore + 1, "not rebuilt")
+
+        // Rotation: replaced (the old body's slot is released, the new one shows both versions).
+        XCTAssertEqual(try call(.POST, "/v1/domains/first.com/keys/token_secret/rotate").0, 200)
+        XCTAssertEqual(preparedCount, 0, "a rotation drops the key's prepared body")
+        let rotated = try JSONSerialization.jsonObject(with: Data(try rawGetKey(ram).body)) as? [String: Any]
+        let versions = try XCTUnwrap(rotated?["versions"] as? [[String: Any]])
+        XCTAssertEqual(versions.count, 2)
+        XCTAssertEqual(versions[1]["key"] as? String, (try JSONSerialization.jsonObject(with: Data(first.body)) as? [String: Any])
+            .flatMap { ($0["versions"] as? [[String: Any]])?.first?["key"] as? String }, "the old primary is still served")
+
+        // Merge from a peer: a newer generation arrives, the prepared body follows it.
+        let before = try rawGetKey(ram).body
+        let peerBytes = [UInt8](repeating: 7, count: 2048)
+        let peerSecret = try peerBytes.withUnsafeBytes { try SecretBytes.copy(of: $0, in: arena) }
+        let peerVersion = KeyVersion(id: VersionID(created: HLCTimestamp(wallMillis: UInt64(Date().timeIntervalSince1970 * 1000), logical: 9), origin: "node2"),
+                                     generation: 99)
+        let (outcome, _) = state.mergeRemoteKeys(WireDelta(versions: [WireKeyVersion(key: KeyRef(domain: "first.com", name: "token_secret"),
+                                                                                       version: peerVersion, secret: peerSecret)]))
+        XCTAssertEqual(outcome.added.count, 1)
+        let merged = try rawGetKey(ram).body
+        XCTAssertNotEqual(merged, before)
+        let mergedJSON = try JSONSerialization.jsonObject(with: Data(merged)) as? [String: Any]
+        let primary = try XCTUnwrap((mergedJSON?["versions"] as? [[String: Any]])?.first)
+        XCTAssertEqual(primary["id"] as? String, peerVersion.id.description)
+        XCTAssertEqual((primary["key"] as? String).flatMap { Data(base64Encoded: $0) }, Data(repeating: 7, count: 2048))
+
+        // PSK reload: the file key's body is replaced too.
+        let psk = "/v1/domains/first.com/keys/psk"
+        XCTAssertEqual(try rawGetKey(psk).status, 200)
+        try Data("second-psk".utf8).write(to: URL(fileURLWithPath: "\(directory!)/psk"))
+        XCTAssertEqual(try state.loadFileKeys().changed, [KeyRef(domain: "first.com", name: "psk")])
+        let reloaded = try JSONSerialization.jsonObject(with: Data(try rawGetKey(psk).body)) as? [String: Any]
+        XCTAssertEqual(((reloaded?["versions"] as? [[String: Any]])?.first?["key"] as? String).flatMap { Data(base64Encoded: $0) },
+                       Data("second-psk".utf8))
+    }
+
+    func testAPreparedBodyIsOnlyValidUntilAVersionInItExpires() throws {
+        var prepared = PreparedResponses()
+        let arena = state.arena
+        let body = try SecretBytes.random(count: 16, in: arena)
+        let ref = KeyRef(domain: "first.com", name: "token_secret")
+        prepared.store(body, for: ref, validUntilMillis: 1_000, builtAt: prepared.generation)
+        XCTAssertNotNil(prepared.body(for: ref, nowMillis: 999))
+        XCTAssertNil(prepared.body(for: ref, nowMillis: 1_000), "stale from the first expiry it shows")
+        // A body built from state read before a change is not kept after it.
+        let generation = prepared.generation
+        prepared.invalidate(ref)
+        prepared.store(body, for: ref, validUntilMillis: .max, builtAt: generation)
+        XCTAssertNil(prepared.body(for: ref, nowMillis: 0))
+        prepared.store(body, for: ref, validUntilMillis: .max, builtAt: prepared.generation)
+        XCTAssertNotNil(prepared.body(for: ref, nowMillis: 0))
+        prepared.invalidateAll()
+        XCTAssertEqual(prepared.count, 0)
+    }
+
+    func testPreparedBodiesAreBoundedInSize() throws {
+        var prepared = PreparedResponses()
+        let arena = state.arena
+        let size = 64 * 1024
+        for index in 0..<(PreparedResponses.maxBytes / size + 5) {
+            prepared.store(try SecretBytes.random(count: size, in: arena), for: KeyRef(domain: "d", name: "k\(index)"),
+                           validUntilMillis: .max, builtAt: prepared.generation)
+        }
+        XCTAssertEqual(prepared.count, PreparedResponses.maxBytes / size, "at most maxBytes of bodies are kept")
+    }
+
+    /// With a 1 s grace period and no housekeeping at all, the body served after a rotation drops
+    /// the old version once its grace period ends: the prepared body does not outlive it.
+    func testPreparedBodyDropsAnExpiredVersionWithoutHousekeeping() async throws {
+        let json = """
+        { "cluster": "c", "grace_period_s": 1, "tls": { "ca": "ca.pem", "cert": "{node}.pem", "key": "{node}.key" },
+          "nodes": { "node1": { "peer": "127.0.0.1:7401", "socket": "/tmp/r.sock", "data_dir": "data" } },
+          "domains": { "first.com": { "ram_key_size": 32, "keys": [ { "name": "token_secret", "type": "ram" } ] } } }
+        """
+        let config = try ClusterConfig.parse(json: Array(json.utf8), configDirectory: directory, node: "node1")
+        await operations.registry.close()
+        let logger = Logger(label: "test")
+        let state = NodeState(config: config, arena: try SecretArena())
+        operations = NodeOperations(state: state, registry: RegistryWriter(database: try RegistryDatabase(directory: directory + "/data2")),
+                                    events: EventHub(nodeName: state.nodeName, logger: logger), logger: logger, metrics: NodeMetrics(registry: nil))
+        _ = try operations.becomeReady()
+        router = APIRouter(node: operations, environment: Environment(node: state.nodeName), daemonUID: 0)
+        XCTAssertEqual(try call(.POST, "/v1/domains/first.com/keys/token_secret/rotate").0, 200)
+        func versionCount() throws -> Int {
+            let body = try JSONSerialization.jsonObject(with: Data(try rawGetKey("/v1/domains/first.com/keys/token_secret").body)) as? [String: Any]
+            return (body?["versions"] as? [[String: Any]])?.count ?? -1
+        }
+        XCTAssertEqual(try versionCount(), 2)
+        let deadline = Date().addingTimeInterval(5)
+        while try versionCount() == 2 && Date() < deadline { usleep(10_000) }
+        XCTAssertEqual(try versionCount(), 1, "the old version is gone once its grace period has passed")
     }
 }

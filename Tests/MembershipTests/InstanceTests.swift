@@ -281,9 +281,10 @@ final class InstanceTests: XCTestCase {
     func testSettingsValidationAndTimeouts() throws {
         let settings = SWIMSettings()
         try settings.validate()
+        // Lifeguard's minimum: base + 100 ms per doubling of the view.
         XCTAssertEqual(settings.suspicionTimeoutMillis(memberCount: 1), 1500)
-        XCTAssertEqual(settings.suspicionTimeoutMillis(memberCount: 2), 1500)
-        XCTAssertEqual(settings.suspicionTimeoutMillis(memberCount: 4), 3000)
+        XCTAssertEqual(settings.suspicionTimeoutMillis(memberCount: 2), 1600)
+        XCTAssertEqual(settings.suspicionTimeoutMillis(memberCount: 4), 1700)
         XCTAssertGreaterThan(settings.suspicionTimeoutMillis(memberCount: 25), settings.suspicionTimeoutMillis(memberCount: 10))
         var bad = settings
         bad.probeTimeoutMillis = 300

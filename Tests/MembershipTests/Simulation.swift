@@ -16,7 +16,11 @@ struct SeededRNG: RandomNumberGenerator {
 /// A deterministic in-memory network of SWIM instances with a fake clock. Messages are delivered
 /// with zero latency after each tick (replies included), unless a link is cut, the receiver is
 /// stopped (dropped) or frozen (held, then delivered in a burst on thaw, like a SIGSTOPped
-/// process's socket buffers).
+/// process's socket buffers). `lossRate` drops messages at random; a `starve`d node runs late
+/// (its ticks and every message it receives are delayed by up to its lag, like a process that
+/// gets the CPU only now and then); a `kill`ed node's port refuses connections, which the
+/// sender learns through `connectionFailed` (a stopped one just stays silent, like a host that
+/// vanished).
 final class Simulation {
     struct Node {
         var name: String
@@ -27,6 +31,11 @@ final class Simulation {
         var up = true
         var frozen = false
         var held: [Envelope] = []
+        /// Connections to a stopped node are refused (killed process) rather than unanswered.
+        var refuses = false
+        /// Up to this much lag on every tick and received message (0: runs on time).
+        var starvedMillis: UInt64 = 0
+        var nextTickAt: UInt64 = 0
     }
 
     struct Envelope {
@@ -37,6 +46,8 @@ final class Simulation {
         var toAddress: String
         var message: SWIMMessage
         var due: UInt64 = 0
+        /// Set once the receiver's starvation lag has been applied.
+        var lagged = false
     }
 
     struct Event {
@@ -57,14 +68,20 @@ final class Simulation {
     private(set) var events: [Event] = []
     private(set) var sent = 0
     var cut: Set<Link> = []
+    /// Fraction of messages lost in transit (0 ... 1).
+    var lossRate = 0.0
+    private(set) var lost = 0
+    private var lastDial: [Link: UInt64] = [:]
     private var queue: [Envelope] = []
     private var rngSeed: UInt64
+    private var network: SeededRNG
 
     init(settings: SWIMSettings = SWIMSettings(), tickMillis: UInt64 = 50, latencyMillis: UInt64 = 0, seed: UInt64 = 42) {
         self.settings = settings
         self.tickMillis = tickMillis
         self.latencyMillis = latencyMillis
         self.rngSeed = seed
+        self.network = SeededRNG(seed: seed ^ 0x5EED)
     }
 
     static func address(_ name: String) -> String { "addr-\(name)" }
@@ -86,6 +103,14 @@ final class Simulation {
     }
 
     func stop(_ name: String) { nodes[name]?.up = false }
+    /// Like kill -9: the process is gone and its port refuses connections.
+    func kill(_ name: String) {
+        nodes[name]?.up = false
+        nodes[name]?.refuses = true
+    }
+    /// The node gets the CPU only now and then: each of its ticks and received messages is
+    /// delayed by a random 0 ... `maxLagMillis` (0 ends the starvation).
+    func starve(_ name: String, maxLagMillis: UInt64) { nodes[name]?.starvedMillis = maxLagMillis }
     func freeze(_ name: String) { nodes[name]?.frozen = true }
     /// `deliverHeld: false` models messages that were lost while the node was unresponsive.
     func thaw(_ name: String, deliverHeld: Bool = true) {
@@ -142,7 +167,10 @@ final class Simulation {
     func step() {
         now += tickMillis
         for name in nodes.keys.sorted() {
-            guard var node = nodes[name], node.up, !node.frozen else { continue }
+            guard var node = nodes[name], node.up, !node.frozen, now >= node.nextTickAt else { continue }
+            if node.starvedMillis > 0 {
+                node.nextTickAt = now + UInt64.random(in: 0...node.starvedMillis, using: &network)
+            }
             let directives = node.swim.tick(nowMillis: now, random: &node.rng)
             nodes[name] = node
             handle(directives, of: name)
@@ -170,9 +198,23 @@ final class Simulation {
             budget -= 1
             let envelope = queue.remove(at: index)
             // Route by address as the shell does, then the TLS name check: wrong name, no delivery.
+            if lossRate > 0, Double.random(in: 0..<1, using: &network) < lossRate {
+                lost += 1
+                continue
+            }
             guard let name = nodes.values.first(where: { $0.address == envelope.toAddress })?.name,
                   name == envelope.to, var node = nodes[name], node.up,
-                  !cut.contains(Link(from: envelope.from, to: name)) else { continue }
+                  !cut.contains(Link(from: envelope.from, to: name)) else {
+                refuse(envelope)
+                continue
+            }
+            if node.starvedMillis > 0 && !envelope.lagged {
+                var late = envelope
+                late.lagged = true
+                late.due = now + UInt64.random(in: 0...node.starvedMillis, using: &network)
+                queue.append(late)
+                continue
+            }
             if node.frozen {
                 node.held.append(envelope)
                 nodes[name] = node
@@ -183,5 +225,20 @@ final class Simulation {
             nodes[name] = node
             handle(directives, of: name)
         }
+    }
+
+    /// A killed node's port refuses the connection: the sender's shell reports it.
+    /// Like the shell, which redials a peer at most every `redialBackoffMillis` (500 ms) and
+    /// reports only the dials that fail.
+    private func refuse(_ envelope: Envelope) {
+        guard let target = nodes[envelope.to], !target.up, target.refuses,
+              var sender = nodes[envelope.from], sender.up, !sender.frozen,
+              sender.instance == envelope.fromInstance else { return }
+        let link = Link(from: envelope.from, to: envelope.to)
+        if let last = lastDial[link], now - last < 500 { return }
+        lastDial[link] = now
+        let directives = sender.swim.connectionFailed(to: envelope.to, nowMillis: now)
+        nodes[envelope.from] = sender
+        handle(directives, of: envelope.from)
     }
 }

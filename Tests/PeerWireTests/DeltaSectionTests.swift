@@ -27,7 +27,7 @@ final class DeltaSectionTests: XCTestCase {
 
     func frameBody(_ message: PeerMessage, for features: PeerWireFeatures = .current) throws -> ByteBuffer {
         var buffer = ByteBufferAllocator().buffer(capacity: 64)
-        PeerFrameCodec.encode(message, into: &buffer, for: features)
+        try PeerFrameCodec.encode(message, into: &buffer, for: features)
         let body = try XCTUnwrap(try PeerFrameCodec.nextFrame(from: &buffer))
         XCTAssertEqual(buffer.readableBytes, 0)
         return body
@@ -135,7 +135,7 @@ final class DeltaSectionTests: XCTestCase {
         var seen: [TokenSequenceFloor] = []
         for chunk in chunks {
             var buffer = ByteBufferAllocator().buffer(capacity: 0)
-            PeerFrameCodec.encode(.replication(.delta(chunk, purpose: .sync), stamp: .zero), into: &buffer)
+            try PeerFrameCodec.encode(.replication(.delta(chunk, purpose: .sync), stamp: .zero), into: &buffer)
             XCTAssertLessThanOrEqual(buffer.readableBytes, PeerFrameCodec.maxFrameBytes)
             seen += chunk.tokenSequenceFloors
         }

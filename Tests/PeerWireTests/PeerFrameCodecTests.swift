@@ -12,7 +12,7 @@ final class PeerFrameCodecTests: XCTestCase {
 
     private func roundTrip(_ message: PeerMessage) throws -> PeerMessage {
         var buffer = ByteBufferAllocator().buffer(capacity: 64)
-        PeerFrameCodec.encode(message, into: &buffer)
+        try PeerFrameCodec.encode(message, into: &buffer)
         let frame = try XCTUnwrap(try PeerFrameCodec.nextFrame(from: &buffer))
         XCTAssertEqual(buffer.readableBytes, 0)
         return try PeerFrameCodec.decode(frame, arena: arena)
@@ -98,14 +98,14 @@ final class PeerFrameCodecTests: XCTestCase {
         XCTAssertEqual(chunks.reduce(0) { $0 + $1.versions.count }, 3000)
         for chunk in chunks {
             var buffer = ByteBufferAllocator().buffer(capacity: 0)
-            PeerFrameCodec.encode(.replication(.delta(chunk, purpose: .sync), stamp: .zero), into: &buffer)
+            try PeerFrameCodec.encode(.replication(.delta(chunk, purpose: .sync), stamp: .zero), into: &buffer)
             XCTAssertLessThanOrEqual(buffer.readableBytes, PeerFrameCodec.maxFrameBytes)
         }
     }
 
     func testPartialFramesWaitForMoreBytes() throws {
         var whole = ByteBufferAllocator().buffer(capacity: 64)
-        PeerFrameCodec.encode(.replication(.digest(root: 1), stamp: .zero), into: &whole)
+        try PeerFrameCodec.encode(.replication(.digest(root: 1), stamp: .zero), into: &whole)
         for cut in 0..<whole.readableBytes {
             var part = whole.getSlice(at: 0, length: cut)!
             XCTAssertNil(try PeerFrameCodec.nextFrame(from: &part), "cut at \(cut)")
@@ -135,7 +135,7 @@ final class PeerFrameCodecTests: XCTestCase {
         XCTAssertEqual(decodeError([1, 1, 0, 2, 0xC3, 0x28]), .invalidField("cluster name (not UTF-8)"))
         // Trailing garbage after a valid message.
         var digest = ByteBufferAllocator().buffer(capacity: 32)
-        PeerFrameCodec.encode(.replication(.syncRequest, stamp: .zero), into: &digest)
+        try PeerFrameCodec.encode(.replication(.syncRequest, stamp: .zero), into: &digest)
         var body = Array(digest.readableBytesView.dropFirst(4))
         body.append(0)
         XCTAssertEqual(decodeError(body), .trailingBytes(1))
@@ -169,6 +169,25 @@ final class PeerFrameCodecTests: XCTestCase {
     }
 }
 
+final class PeerFrameStringLimitTests: XCTestCase {
+    /// A string longer than a frame allows is refused by the encoder, never cut short and sent.
+    func testAnOverlongStringIsRefusedNotTruncated() throws {
+        let hello = PeerHello(cluster: String(repeating: "c", count: 1500), node: "node1", instance: 1, address: "127.0.0.1:1",
+                              softwareVersion: "0.2.0", stamp: .zero)
+        var buffer = ByteBufferAllocator().buffer(capacity: 0)
+        XCTAssertThrowsError(try PeerFrameCodec.encode(.hello(hello), into: &buffer)) { error in
+            XCTAssertEqual(error as? PeerWireError, .fieldTooLong(bytes: 1500, limit: 1024))
+        }
+        var fits = hello
+        fits.cluster = String(repeating: "c", count: 1024)
+        buffer.clear()
+        try PeerFrameCodec.encode(.hello(fits), into: &buffer)
+        guard let frame = try PeerFrameCodec.nextFrame(from: &buffer),
+              case .hello(let decoded) = try PeerFrameCodec.decode(frame, arena: try SecretArena()) else { return XCTFail("no hello") }
+        XCTAssertEqual(decoded.cluster.utf8.count, 1024)
+    }
+}
+
 /// What anti-entropy costs on the wire at 10,000 RAM keys (2 KiB each), computed from the real
 /// frames the shell sends: replicas that agree exchange one digest; a one-entry difference adds
 /// the bucket digests and that bucket's entries in each direction.
@@ -178,7 +197,7 @@ final class AntiEntropyCostTests: XCTestCase {
         var secrets: [VersionID: SecretBytes] = [:]
         func frameBytes(_ message: PeerMessage) -> Int {
             var buffer = ByteBufferAllocator().buffer(capacity: 0)
-            PeerFrameCodec.encode(message, into: &buffer)
+            XCTAssertNoThrow(try PeerFrameCodec.encode(message, into: &buffer))
             return buffer.readableBytes
         }
         func wire(_ delta: StoreDelta) -> WireDelta {

@@ -314,4 +314,18 @@ final class RuleTests: XCTestCase {
         let repaired = applyIDs(instance.receive(.delta(change, purpose: .repairReply), from: "node3", nowMillis: 5, replica: empty))
         XCTAssertEqual(summary(instance.applied(repaired[0], new: change, nowMillis: 6, random: &random, replica: empty)), [])
     }
+
+    func testWhatThePushingNodeMadeItselfIsNotForwarded() {
+        let many = (2...17).map { "node\($0)" }
+        var instance = Instance(myself: "node1", peers: many, nowMillis: 0)
+        for node in many { _ = instance.memberChanged(member(node, .alive), previous: nil, replica: empty) }
+        // The key version in `replica()` was made by node9.
+        let change = replica().fullStateChunks()[0]
+        let fromOrigin = applyIDs(instance.receive(.delta(change, purpose: .push), from: "node9", nowMillis: 1, replica: empty))
+        XCTAssertEqual(summary(instance.applied(fromOrigin[0], new: change, nowMillis: 2, random: &random, replica: empty)), [],
+                       "node9 pushed its own change to every alive member already")
+        let relayed = applyIDs(instance.receive(.delta(change, purpose: .push), from: "node2", nowMillis: 3, replica: empty))
+        XCTAssertEqual(summary(instance.applied(relayed[0], new: change, nowMillis: 4, random: &random, replica: empty)).count, 4,
+                       "what node2 learned elsewhere is forwarded")
+    }
 }

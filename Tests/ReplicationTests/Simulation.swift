@@ -100,8 +100,9 @@ final class ReplicationSimulation {
     private(set) var minted: [Minted] = []
     /// Each node's config: the other nodes it lists (absent: every other name).
     private(set) var configs: [String: Set<String>] = [:]
-    /// Every status change each node's membership reported, in order.
-    private(set) var verdicts: [(time: UInt64, observer: String, member: String, status: MemberStatus)] = []
+    /// Every status change each node's membership reported, in order (`instance` 0: a seed no
+    /// process of which was ever heard of).
+    private(set) var verdicts: [(time: UInt64, observer: String, member: String, instance: UInt64, status: MemberStatus)] = []
     /// Messages each node handed to the network per destination ("node1→node4"), sent or not.
     private(set) var sendAttempts: [String: Int] = [:]
     private(set) var refusedConnections = 0
@@ -345,7 +346,7 @@ final class ReplicationSimulation {
             case .send(let message, let to, _):
                 send(.swim(message), from: name, to: to)
             case .statusChanged(let member, let previous):
-                verdicts.append((now, name, member.node, member.status))
+                verdicts.append((now, name, member.node, member.instance, member.status))
                 let replica = content(nodes[name]!)
                 execute(nodes[name]!.replication.memberChanged(member, previous: previous, replica: replica), at: name)
             }
