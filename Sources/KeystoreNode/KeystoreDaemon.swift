@@ -57,6 +57,7 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         let cluster = ClusterShell(config: state.config, replica: operations, tls: tls, loop: group.next(), logger: logger, metrics: metrics)
         self.cluster = cluster
         operations.attachPublisher { wire in cluster.publish(wire) }
+        operations.onReconfiguration { config, _ in cluster.reconfigure(to: config) }
     }
 
     public var memoryLocked: Bool { arena.statistics.lockFailures == 0 }
