@@ -3,8 +3,9 @@
 // Why C: the client shares the machine's cores with the server under test, so every cycle it
 // burns is taken from the server. One thread, one epoll set, N connections; each connection has
 // exactly one request in flight and writes the next one the moment the previous response is
-// complete. The request is a fixed byte string built once; responses are framed by
-// Content-Length only (no chunked responses: get-key never sends one).
+// complete. The request (GET, or POST with a body read once from --body-file and framed by
+// Content-Length) is a fixed byte string built once, so a POST costs the client no more than a
+// GET; responses are framed by Content-Length only (keystored and nginx never send chunked ones).
 //
 // Reports one markdown row: req/s, latency p50/p99/p99.9/max, errors, response size, and the
 // CPU time the server processes (utime+stime from /proc/PID/stat, summed over --pids) and this
@@ -12,7 +13,8 @@
 //
 // Build: gcc -O2 -o loadgen bench/loadgen.c
 // Usage: loadgen --socket PATH --path /v1/... --connections N [--warmup S] [--duration S]
-//                [--pids P1,P2,...] [--label NAME]      |   loadgen --header
+//                [--method GET|POST] [--body-file F] [--pids P1,P2,...] [--label NAME]
+//        loadgen --header
 
 #define _GNU_SOURCE
 #include <errno.h>
@@ -140,13 +142,15 @@ static int parse_head(struct connection *c) {
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: loadgen --socket PATH --path PATH --connections N [--warmup S] [--duration S] [--pids P,...] [--label NAME]\n"
+    fprintf(stderr, "usage: loadgen --socket PATH --path PATH --connections N [--warmup S] [--duration S]\n"
+                    "               [--method GET|POST] [--body-file F] [--pids P,...] [--label NAME]\n"
                     "       loadgen --header\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *socket_path = NULL, *path = "/v1/domains/first.com/keys/token_secret", *label = "server";
+    const char *method = "GET", *body_file = NULL;
     int connections = 32, pid_count = 0, pids[MAX_PIDS];
     double warmup = 1, duration = 3;
     for (int i = 1; i < argc; i++) {
@@ -161,6 +165,8 @@ int main(int argc, char **argv) {
         if (strcmp(a, "--socket") == 0) socket_path = v;
         else if (strcmp(a, "--path") == 0) path = v;
         else if (strcmp(a, "--label") == 0) label = v;
+        else if (strcmp(a, "--method") == 0) method = v;
+        else if (strcmp(a, "--body-file") == 0) body_file = v;
         else if (strcmp(a, "--connections") == 0) connections = atoi(v);
         else if (strcmp(a, "--warmup") == 0) warmup = atof(v);
         else if (strcmp(a, "--duration") == 0) duration = atof(v);
@@ -175,9 +181,26 @@ int main(int argc, char **argv) {
     }
     if (!socket_path || connections < 1 || duration <= 0 || warmup < 0) usage();
 
-    char request[1024];
-    int request_length = snprintf(request, sizeof request, "GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n", path);
-    if (request_length <= 0 || request_length >= (int)sizeof request) die("--path too long");
+    if (strcmp(method, "GET") != 0 && strcmp(method, "POST") != 0) die("--method must be GET or POST");
+    char body[16384];
+    size_t body_length = 0;
+    if (body_file) {
+        FILE *f = fopen(body_file, "rb");
+        if (!f) die_errno(body_file);
+        body_length = fread(body, 1, sizeof body, f);
+        if (!feof(f)) die("--body-file is larger than 16 KiB");
+        fclose(f);
+    } else if (strcmp(method, "POST") == 0) {
+        die("--method POST needs --body-file");
+    }
+    char request[1024 + sizeof body];
+    int request_length = body_file
+        ? snprintf(request, sizeof request, "%s %s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
+                   method, path, body_length)
+        : snprintf(request, sizeof request, "%s %s HTTP/1.1\r\nHost: localhost\r\n\r\n", method, path);
+    if (request_length <= 0 || request_length + body_length >= sizeof request) die("--path too long");
+    memcpy(request + request_length, body, body_length);
+    request_length += (int)body_length;
 
     int ep = epoll_create1(0);
     if (ep < 0) die_errno("epoll_create1");

@@ -12,10 +12,14 @@ func procStatus(pid: Int32) -> (rss: Int, locked: Int)? {
     return (field("VmRSS"), field("VmLck"))
 }
 
-/// Time for a fresh node to join a running node and hold every RAM key, and what holding them costs.
+/// The large-state figures (issue 16): a fresh node joins a running node that holds the RAM keys
+/// and the certificates, then restarts from its own database with that node still running.
+/// Each start is timed from spawn to `ready` (which the join only reaches once every chunk of the
+/// state is merged and every certificate record is persisted), then checked: every RAM key's
+/// primary equals the running node's, and the fresh node's database holds every certificate.
 struct Sync: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Start a fresh node against a running one; time until it is ready and serves the same keys.")
+        abstract: "Start a fresh node against a running one, then restart it; time each until ready and check it holds the same state.")
 
     @Option(help: "keystored binary.") var keystored: String
     @Option(help: "Cluster config (the running node and the fresh one are both in it).") var config: String
@@ -25,15 +29,57 @@ struct Sync: ParsableCommand {
     @Option(help: "The running node's pid (for RSS/VmLck).") var referencePid: Int32
     @Option(help: "Comma-separated domains whose keys are compared after the sync.") var domains: String
     @Option(help: "Where the fresh node logs.") var log: String
+    @Option(help: "Certificate records the running node holds (checked in the fresh node's database at ready; 0: no check).")
+    var certificates = 0
+    @Option(help: "The fresh node's registry database (registry.sqlite3), read with the sqlite3 CLI.") var database: String?
+    @Flag(help: "After the fresh start, stop the node (SIGTERM) and start it again from its own database.") var restart = false
+
+    struct Start {
+        var socketUpMillis: Double
+        var readyMillis: Double
+        var keysSame: Int
+        var keysTotal: Int
+        var persisted: Int?
+        var rss: Int
+        var locked: Int
+        var registeredGauge: Int?
+    }
 
     func run() throws {
         let ref = KeystoreClient(socketPath: reference, timeoutSeconds: 30)
         let domainList = domains.split(separator: ",").map(String.init)
-        var expected = 0
-        for d in domainList { expected += try ref.listKeys(domain: d).keys.filter { $0.type == .ram }.count }
+        var refKeys: [(domain: String, name: String, primary: String?)] = []
+        for d in domainList {
+            for summary in try ref.listKeys(domain: d).keys where summary.type == .ram {
+                refKeys.append((d, summary.name, try ref.getKey(domain: d, name: summary.name).primary?.id))
+            }
+        }
+        let refMem = procStatus(pid: referencePid)
+        let first = try startAndMeasure(refKeys: refKeys, append: false)
+        let second = restart ? try startAndMeasure(refKeys: refKeys, append: true) : nil
 
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        func mib(_ kb: Int?) -> String { kb.map { $0 < 0 ? "-" : fmt(Double($0) / 1024, 1) } ?? "-" }
+        func count(_ n: Int?) -> String { n.map(String.init) ?? "-" }
+        print("| start | RAM keys | certificates | spawn → socket up ms | **spawn → ready ms** | keys identical at ready | certificates persisted at ready | in memory (gauge, ~1 s later) | **RSS MiB** | VmLck MiB |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for (label, s) in [("fresh node joins", first), ("restart from its own database", second)] {
+            guard let s else { continue }
+            print("| \(label) | \(refKeys.count) | \(certificates) | \(fmt(s.socketUpMillis, 0)) | **\(fmt(s.readyMillis, 0))** | \(s.keysSame)/\(s.keysTotal) | \(count(s.persisted)) | \(count(s.registeredGauge)) | **\(mib(s.rss))** | \(mib(s.locked)) |")
+        }
+        print("| (running node, before) | \(refKeys.count) | \(certificates) | | | | | | \(mib(refMem?.rss)) | \(mib(refMem?.locked)) |")
+        fflush(nil)
+        let failed = [first, second].compactMap { $0 }.contains { s in
+            s.keysSame != s.keysTotal || (certificates > 0 && database != nil && s.persisted != certificates)
+        }
+        if failed { throw BenchError.loadFailed("a start was ready without the whole state (see the table)") }
+    }
+
+    /// Spawns the node, polls `/v1/health` every millisecond until ready, checks what it holds,
+    /// reads its memory, and stops it.
+    private func startAndMeasure(refKeys: [(domain: String, name: String, primary: String?)], append: Bool) throws -> Start {
+        if !append || !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let logHandle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        _ = try logHandle.seekToEnd()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: keystored)
         process.arguments = ["--config", config, "--node", node]
@@ -41,7 +87,7 @@ struct Sync: ParsableCommand {
         process.standardOutput = logHandle
         let started = monotonicNanos()
         try process.run()
-        defer { process.terminate(); process.waitUntilExit() }
+        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
         let fresh = KeystoreClient(socketPath: socket, timeoutSeconds: 30)
         var socketUp: UInt64?
         var ready: UInt64?
@@ -52,25 +98,45 @@ struct Sync: ParsableCommand {
                 if health.ready { ready = monotonicNanos() }
             }
             if ready == nil { usleep(1_000) }
-            guard monotonicNanos() - started < 120_000_000_000 else { throw BenchError.notReady("\(node) not ready after 120 s; see \(log)") }
+            guard monotonicNanos() - started < 300_000_000_000 else { throw BenchError.notReady("\(node) not ready after 300 s; see \(log)") }
         }
+        // Read right at ready: what is in the database then was persisted before ready.
+        let persisted = database.flatMap(countRows)
+        let memory = procStatus(pid: process.processIdentifier)
         // Ready must mean "adopted the cluster's keys": compare every RAM key's primary id.
-        var same = 0, different = 0
-        for d in domainList {
-            for summary in try ref.listKeys(domain: d).keys where summary.type == .ram {
-                let a = try ref.getKey(domain: d, name: summary.name).primary?.id
-                let b = try fresh.getKey(domain: d, name: summary.name).primary?.id
-                if a != nil && a == b { same += 1 } else { different += 1 }
-            }
+        var same = 0
+        for key in refKeys {
+            let mine = try fresh.getKey(domain: key.domain, name: key.name).primary?.id
+            if key.primary != nil && mine == key.primary { same += 1 }
         }
-        let startup = Double((socketUp ?? started) - started) / 1e6
-        let total = Double((ready ?? started) - started) / 1e6
-        let refMem = procStatus(pid: referencePid)
-        let freshMem = procStatus(pid: process.processIdentifier)
-        print("| RAM keys | fresh node: spawn → socket up ms | spawn → ready (all keys adopted) ms | keys identical | reference RSS MiB | reference VmLck MiB | fresh RSS MiB | fresh VmLck MiB |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
-        func mib(_ kb: Int?) -> String { kb.map { $0 < 0 ? "-" : fmt(Double($0) / 1024, 1) } ?? "-" }
-        print("| \(expected) | \(fmt(startup, 0)) | \(fmt(total, 0)) | \(same)/\(same + different) | \(mib(refMem?.rss)) | \(mib(refMem?.locked)) | \(mib(freshMem?.rss)) | \(mib(freshMem?.locked)) |")
-        fflush(nil)
+        // The registered-certificates gauge is refreshed once a second.
+        usleep(1_100_000)
+        let gauge = registeredGauge(fresh)
+        process.terminate()
+        process.waitUntilExit()
+        try? logHandle.close()
+        return Start(socketUpMillis: Double((socketUp ?? started) - started) / 1e6, readyMillis: Double(ready! - started) / 1e6,
+                     keysSame: same, keysTotal: refKeys.count, persisted: persisted, rss: memory?.rss ?? -1,
+                     locked: memory?.locked ?? -1, registeredGauge: gauge)
+    }
+
+    private func countRows(_ path: String) -> Int? {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        process.arguments = ["-readonly", path, "SELECT count(*) FROM certificates"]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        guard (try? process.run()) != nil else { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Int(String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    private func registeredGauge(_ client: KeystoreClient) -> Int? {
+        guard let text = try? client.metrics() else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("keystore_certificates{state=\"registered\"}") {
+            return line.split(separator: " ").last.flatMap { Double($0) }.map { Int($0) }
+        }
+        return nil
     }
 }
