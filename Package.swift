@@ -65,7 +65,7 @@ let package = Package(
         // X.509 parsing (OpenSSL), JIDs prepared with libidn, and the XEP-0257 append/verify rules (pure).
         .target(name: "CertificateRegistry", dependencies: ["COpenSSL", "COpenSSLShims", "CLibIDN"]),
         // MongooseIM mod_auth_token token bodies: build and take apart (pure: no keys, no clock).
-        .target(name: "TokenFormat", dependencies: []),
+        .target(name: "TokenFormat", dependencies: ["ReplicatedStore"]),
         // HMAC with keys in protected memory (system OpenSSL), constant-time verification (libsodium).
         .target(name: "KeyCrypto", dependencies: ["COpenSSL", "CSodium", "SecretMemory"]),
         // Durable storage of certificate records (and their tombstones) in SQLite, WAL + synchronous=FULL.

@@ -19,22 +19,10 @@ public struct SimRandom: RandomNumberGenerator, Sendable {
     /// Exponentially distributed delay with the given mean (Poisson arrivals).
     mutating func exponential(meanMillis: Double) -> UInt64 {
         let u = Double.random(in: Double.ulpOfOne..<1, using: &self)
-        return UInt64(max(1, -meanMillis * naturalLog(u)))
+        return UInt64(max(1, -meanMillis * naturalLogarithm(u)))
     }
 }
 
-/// ln without Foundation, via the same series the membership core uses for log2.
-func naturalLog(_ x: Double) -> Double {
-    guard x > 0 else { return -.infinity }
-    let m = x.significand
-    let t = (m - 1) / (m + 1), t2 = t * t
-    var term = t, sum = 0.0
-    for k in stride(from: 1, through: 21, by: 2) {
-        sum += term / Double(k)
-        term *= t2
-    }
-    return Double(x.exponent) * 0.693_147_180_559_945_3 + 2 * sum
-}
 
 /// Min-heap of timed events; ties keep insertion order, so runs are reproducible. The heap
 /// holds only (time, order, slot); elements sit in a slot table, so sifting moves three

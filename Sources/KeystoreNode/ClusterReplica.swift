@@ -32,4 +32,6 @@ protocol ClusterReplica: AnyObject, Sendable {
 
     /// Membership news, for the event stream and the log.
     func memberChanged(_ member: Member, previous: MemberStatus?)
+    /// A member removed from this node's config by a reload: `left` (event stream).
+    func memberLeft(_ node: String, address: String, previous: MemberStatus?)
 }

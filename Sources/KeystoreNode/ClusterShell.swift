@@ -1,5 +1,6 @@
 import KeystoreAPI
 import KeystoreConfig
+import LocalAPI
 import Logging
 import Membership
 import NIOCore
@@ -45,14 +46,12 @@ final class ClusterShell: Sendable {
     let loop: EventLoop
     private let state: NIOLoopBoundBox<ClusterLoop>
     private let snapshot: StatusSnapshot
-    private let hasPeers: Bool
 
     init(config: ClusterConfig, replica: ClusterReplica, tls: PeerTLSContext, loop: EventLoop, logger: Logger, metrics: NodeMetrics,
          settings: Settings = Settings()) {
         self.loop = loop
         let snapshot = StatusSnapshot()
         self.snapshot = snapshot
-        self.hasPeers = config.nodes.count > 1
         self.state = NIOLoopBoundBox.makeBoxSendingValue(
             ClusterLoop(config: config, replica: replica, tls: tls, loop: loop, logger: logger, metrics: metrics,
                         settings: settings, snapshot: snapshot),
@@ -76,7 +75,6 @@ final class ClusterShell: Sendable {
     /// Waits for the join decision (the replication core's rules). Returns nil when the process
     /// is asked to shut down first: then no key may be generated.
     func joinCluster(timeoutMillis: Int) async -> JoinOutcome? {
-        if !hasPeers { return .alone }
         let state = self.state
         let future = loop.flatSubmit { state.value.startJoin(timeoutMillis: UInt64(max(0, timeoutMillis))) }
         return await withGracefulShutdownHandler {
@@ -91,6 +89,16 @@ final class ClusterShell: Sendable {
         guard !wire.isEmpty else { return }
         let state = self.state
         loop.execute { state.value.localChange(wire) }
+    }
+
+    /// Follows a reload's `nodes` (docs/config.md, "Membership is configured, not discovered"):
+    /// added nodes become seeds (probed, dialled, admitted, replicated with); removed nodes are
+    /// `left` (connections closed, never dialled, probed or admitted again, rumours about them
+    /// ignored) until the next restart; another node's changed peer address is dialled anew.
+    /// Applied on the cluster loop shortly after the call returns.
+    func reconfigure(to config: ClusterConfig) {
+        let state = self.state
+        loop.execute { state.value.reconfigure(nodes: config.nodes, configFile: config.configFile) }
     }
 
     var status: ClusterStatus { snapshot.value }
@@ -141,7 +149,9 @@ final class ClusterLoop {
         /// Our dial, once TCP connected (TLS may still be in progress).
         var outbound: Channel?
         var outboundUsable = false
-        var dialing = false
+        /// The dial in progress (its number): a dial that completes after the node's address
+        /// changed or the node left is not this one and is closed.
+        var dialing: UInt64?
         var lastDialMillis: UInt64 = 0
         /// The peer's admitted dial, when it takes our messages back on it (0.2 on).
         var inbound: Channel?
@@ -161,7 +171,17 @@ final class ClusterLoop {
     private let settings: ClusterShell.Settings
     private let instance: UInt64
     private let me: NodeConfig
-    private let peers: [String: NodeConfig]
+    /// The other nodes this node's config lists: the only ones it dials, admits and keeps
+    /// membership of (a reload changes them, see `reconfigure`).
+    private var peers: [String: NodeConfig]
+    private var configFile: String
+    /// Nodes removed from the config since the start, with what was last known of them,
+    /// shown `left` until the process ends.
+    private var left: [String: LeftMember] = [:]
+    /// When a refused hello from a node was last logged as a warning (one a minute per node;
+    /// a refused node redials twice a second).
+    private var refusalLogged: [String: UInt64] = [:]
+    private var nextDial: UInt64 = 1
     private let snapshot: StatusSnapshot
     private var swim: SWIMInstance
     private var replication: ReplicationInstance<WireDelta>
@@ -181,6 +201,11 @@ final class ClusterLoop {
     private var stopped = false
     private var lastTick: UInt64?
 
+    private struct LeftMember {
+        var address: String
+        var lastContactWallMillis: UInt64?
+    }
+
     init(config: ClusterConfig, replica: ClusterReplica, tls: PeerTLSContext, loop: EventLoop, logger: Logger, metrics: NodeMetrics,
          settings: ClusterShell.Settings, snapshot: StatusSnapshot) {
         self.loop = loop
@@ -193,6 +218,7 @@ final class ClusterLoop {
         self.snapshot = snapshot
         self.instance = wallClockMillis()
         self.me = config.me
+        self.configFile = config.configFile
         var peers = config.nodes
         peers[config.nodeName] = nil
         self.peers = peers
@@ -200,6 +226,7 @@ final class ClusterLoop {
         self.swim = SWIMInstance(myself: config.nodeName, address: config.me.peerAddress, instance: instance,
                                  seeds: peers.values.sorted { $0.name < $1.name }.map { (node: $0.name, address: $0.peerAddress) },
                                  settings: settings.swim, nowMillis: now)
+        swim.limitMembershipToKnownNodes()
         self.replication = ReplicationInstance(myself: config.nodeName, peers: Array(peers.keys), settings: settings.replication, nowMillis: now)
         refreshSnapshot()
     }
@@ -219,7 +246,7 @@ final class ClusterLoop {
             }
             .bind(host: me.peerHost, port: me.peerPort)
             .flatMapErrorThrowing { error in
-                throw DaemonError.startup("cannot listen for peers on \(me.peerAddress): \(error); is another process using the port? (nodes.\(me.name).peer)")
+                throw DaemonError.startup("cannot listen for peers on \(me.peerAddress): \(socketErrorDescription(error)); is another process using the port? (nodes.\(me.name).peer)")
             }
     }
 
@@ -312,7 +339,7 @@ final class ClusterLoop {
             return nil
         }
         guard peers[hello.node] != nil else {
-            logger.warning("peer \(hello.node) is not in this node's config; closing (add it to \"nodes\" on every node)")
+            logRefusal(of: hello.node)
             return nil
         }
         do { try replica.observe(hello.stamp) } catch {
@@ -338,9 +365,11 @@ final class ClusterLoop {
     private func dialIfNeeded(_ node: String, now: UInt64) {
         guard !stopped, let config = peers[node] else { return }
         var link = links[node] ?? PeerLinks()
-        guard link.path == nil, link.outbound == nil, !link.dialing else { return }
+        guard link.path == nil, link.outbound == nil, link.dialing == nil else { return }
         guard link.lastDialMillis == 0 || now >= link.lastDialMillis &+ settings.redialBackoffMillis else { return }
-        link.dialing = true
+        let dial = nextDial
+        nextDial += 1
+        link.dialing = dial
         link.lastDialMillis = now
         links[node] = link
         let bound = self.bound
@@ -359,15 +388,20 @@ final class ClusterLoop {
             }
             .connect(host: config.peerHost, port: config.peerPort)
             .whenComplete { result in
-                bound.value.dialed(node, config: config, result: result)
+                bound.value.dialed(node, dial: dial, config: config, result: result)
             }
     }
 
-    private func dialed(_ node: String, config: NodeConfig, result: Result<Channel, Error>) {
-        links[node]?.dialing = false
+    private func dialed(_ node: String, dial: UInt64, config: NodeConfig, result: Result<Channel, Error>) {
+        guard links[node]?.dialing == dial else {
+            // The node left or moved while we dialled its old address.
+            if case .success(let channel) = result { channel.close(promise: nil) }
+            return
+        }
+        links[node]?.dialing = nil
         switch result {
         case .success(let channel):
-            guard !stopped, links[node] != nil else { channel.close(promise: nil); return }
+            guard !stopped else { channel.close(promise: nil); return }
             links[node]?.outbound = channel
             // The TLS handler holds it until the handshake is done.
             if let frame = encode(.hello(myHello())) { channel.writeAndFlush(frame, promise: nil) }
@@ -496,7 +530,8 @@ final class ClusterLoop {
     // MARK: Receiving
 
     func receive(_ message: PeerMessage, from peer: PeerIdentity) {
-        guard !stopped else { return }
+        // A node removed by a reload: its connections are closing, what is still in them is not taken.
+        guard !stopped, peers[peer.node] != nil else { return }
         let now = monotonicMillis()
         lastFrame[peer.node] = now
         switch message {
@@ -630,7 +665,86 @@ final class ClusterLoop {
         refreshSnapshot()
     }
 
+    // MARK: Reconfiguration
+
+    /// See `ClusterShell.reconfigure`. Idempotent: compares with the nodes in effect.
+    func reconfigure(nodes: [String: NodeConfig], configFile: String) {
+        guard !stopped else { return }
+        self.configFile = configFile
+        var wanted = nodes
+        wanted[replica.nodeName] = nil
+        let now = monotonicMillis()
+        for node in peers.keys.sorted() where wanted[node] == nil {
+            removePeer(node, now: now)
+        }
+        for (node, config) in wanted.sorted(by: { $0.key < $1.key }) {
+            if let old = peers[node] {
+                guard old.peerAddress != config.peerAddress else { continue }
+                peers[node] = config
+                logger.notice("peer \(node) moved from \(old.peerAddress) to \(config.peerAddress) in \(configFile); dialling the new address")
+                // Our dial goes to the old address, and the peer's own connection came from
+                // the process that was there: both are replaced.
+                closeLinks(to: node)
+                dialIfNeeded(node, now: now)
+            } else {
+                peers[node] = config
+                left[node] = nil
+                refusalLogged[node] = nil
+                logger.notice("node \(node) (\(config.peerAddress)) was added to \(configFile); probing it and admitting its connections")
+                swim.addSeed(node: node, address: config.peerAddress, nowMillis: now)
+                execute(replication.addPeer(node, nowMillis: now))
+            }
+        }
+        refreshSnapshot()
+    }
+
+    private func removePeer(_ node: String, now: UInt64) {
+        guard let config = peers.removeValue(forKey: node) else { return }
+        let contact = lastContact(of: node, member: swim.member(node))
+        let (last, nacks) = swim.remove(node: node)
+        execute(nacks)
+        execute(replication.removePeer(node, nowMillis: now))
+        closeLinks(to: node)
+        links[node] = nil
+        identities[node] = nil
+        lastFrame[node] = nil
+        lastRelayedAck[node] = nil
+        let wallNow = wallClockMillis()
+        left[node] = LeftMember(address: last?.address ?? config.peerAddress,
+                                lastContactWallMillis: contact.map { wallNow - min(wallNow, now - min(now, $0)) })
+        replica.memberLeft(node, address: last?.address ?? config.peerAddress, previous: last?.status)
+        logger.notice("node \(node) was removed from \(configFile): shown as left; its connections are closed and it is no longer dialled, probed or admitted")
+    }
+
+    /// Closes every connection to `node` and forgets them (the replication core hears the
+    /// usable one went down); what waited for a connection is dropped, anti-entropy repairs.
+    private func closeLinks(to node: String) {
+        guard let link = links[node] else { return }
+        links[node] = PeerLinks()
+        link.outbound?.close(promise: nil)
+        link.inbound?.close(promise: nil)
+        if link.path != nil { linkEvent(node, .down) }
+    }
+
+    private func logRefusal(of node: String) {
+        let now = monotonicMillis()
+        let reason = left[node] != nil
+            ? "peer \(node) was removed from this node's config (\(configFile)); refusing its connection (it is shown as left)"
+            : "peer \(node) is not listed in this node's config (\(configFile)); refusing its connection (add it to \"nodes\" on every node and reload)"
+        if let last = refusalLogged[node], now < last &+ 60_000 {
+            logger.debug("\(reason)")
+        } else {
+            refusalLogged[node] = now
+            logger.warning("\(reason)")
+        }
+    }
+
     // MARK: Status
+
+    /// Monotonic time of the newest evidence that `node`'s process runs (see `ClusterStatus.Member`).
+    private func lastContact(of node: String, member: Member?) -> UInt64? {
+        [member?.lastHeardMillis, lastFrame[node], lastRelayedAck[node], member?.lastChangeMillis].compactMap { $0 }.max()
+    }
 
     private func refreshSnapshot() {
         let monoNow = monotonicMillis(), wallNow = wallClockMillis()
@@ -642,8 +756,7 @@ final class ClusterLoop {
         var listed = Set<String>()
         for member in swim.members {
             listed.insert(member.node)
-            let contact = [member.lastHeardMillis, lastFrame[member.node], lastRelayedAck[member.node], member.lastChangeMillis]
-                .compactMap { $0 }.max()
+            let contact = lastContact(of: member.node, member: member)
             members.append(ClusterStatus.Member(node: member.node, address: member.address, state: member.status.rawValue,
                                                 lastContactMillis: contact.map(wall), version: identities[member.node]?.softwareVersion,
                                                 sync: syncState(with: member.node)))
@@ -653,8 +766,12 @@ final class ClusterLoop {
             members.append(ClusterStatus.Member(node: node, address: peers[node]!.peerAddress, state: "joining",
                                                 lastContactMillis: lastFrame[node].map(wall), version: identities[node]?.softwareVersion))
         }
+        for (node, gone) in left {
+            members.append(ClusterStatus.Member(node: node, address: gone.address, state: MemberState.left.rawValue,
+                                                lastContactMillis: gone.lastContactWallMillis, version: nil))
+        }
         members.sort { $0.node < $1.node }
-        var counts: [String: Int] = ["alive": 0, "suspect": 0, "dead": 0, "joining": 0]
+        var counts: [String: Int] = ["alive": 0, "suspect": 0, "dead": 0, "joining": 0, "left": 0]
         for member in members { counts[member.state, default: 0] += 1 }
         for (state, count) in counts { metrics.gauge("keystore_members", [("state", state)], Double(count)) }
         snapshot.value = ClusterStatus(members: members, aliveNodes: alive, joinProblem: replication.joinProblem?.description)

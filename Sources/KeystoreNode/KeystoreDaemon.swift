@@ -57,6 +57,7 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         let cluster = ClusterShell(config: state.config, replica: operations, tls: tls, loop: group.next(), logger: logger, metrics: metrics)
         self.cluster = cluster
         operations.attachPublisher { wire in cluster.publish(wire) }
+        operations.onReconfiguration { config, _ in cluster.reconfigure(to: config) }
     }
 
     public var memoryLocked: Bool { arena.statistics.lockFailures == 0 }
@@ -130,26 +131,29 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         let server = try await LocalAPIServer.start(
             configuration: LocalAPIServerConfiguration(socketPath: me.socketPath, socketMode: me.socketMode, socketGroupID: groupID, limits: limits),
             responder: router, group: group, logger: logger)
-        logger.info("serving the local API on \(me.socketPath) (mode \(String(me.socketMode, radix: 8)))")
         var servers = [server]
-        if let host = me.metricsHost, let port = me.metricsPort {
-            do {
-                servers.append(try await LocalAPIServer.startTCP(host: host, port: port, responder: MetricsResponder(metrics: metrics), group: group, logger: logger))
-                logger.info("serving Prometheus metrics on http://\(host):\(port)/metrics")
-            } catch {
-                await server.close()
-                throw DaemonError.startup("nodes.\(me.name).metrics: \(error)")
-            }
-        }
-
-        installReloadHandler()
-
+        // Every listener is bound before any is announced: a port already in use stops the
+        // start with one line, not after the log said the node was serving.
         do {
+            if let host = me.metricsHost, let port = me.metricsPort {
+                do {
+                    servers.append(try await LocalAPIServer.startTCP(host: host, port: port, responder: MetricsResponder(metrics: metrics),
+                                                                     group: group, logger: logger))
+                } catch let error as LocalAPIServerError {
+                    throw DaemonError.startup("nodes.\(me.name).metrics: \(error)")
+                }
+            }
             try await cluster.start()
         } catch {
             for s in servers { await s.close() }
             throw error
         }
+        logger.info("serving the local API on \(me.socketPath) (mode \(String(me.socketMode, radix: 8)))")
+        if let host = me.metricsHost, let port = me.metricsPort {
+            logger.info("serving Prometheus metrics on http://\(host):\(port)/metrics")
+        }
+
+        installReloadHandler()
         // DESIGN.md RAM keys 2: adopt the cluster's keys before generating any.
         let started = monotonicMillis()
         // nil: asked to shut down while still waiting for peers; then no key may be generated.

@@ -369,10 +369,18 @@ extension NodeOperations: ClusterReplica {
     }
 
     func memberChanged(_ member: Member, previous: MemberStatus?) {
+        announceMember(member.node, state: member.status.rawValue, address: member.address, previous: previous)
+    }
+
+    func memberLeft(_ node: String, address: String, previous: MemberStatus?) {
+        announceMember(node, state: MemberState.left.rawValue, address: address, previous: previous)
+    }
+
+    private func announceMember(_ node: String, state: String, address: String, previous: MemberStatus?) {
         var event = Event(type: EventType.member.rawValue)
-        event.member = member.node
-        event.state = member.status.rawValue
-        event.address = member.address
+        event.member = node
+        event.state = state
+        event.address = address
         event.previous = previous?.rawValue
         events.publish(event)
     }

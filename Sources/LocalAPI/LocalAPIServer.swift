@@ -75,7 +75,7 @@ public final class LocalAPIServer: Sendable {
             channel = try await bootstrap.bind(unixDomainSocketPath: path).get()
         } catch {
             umask(oldMask)
-            throw LocalAPIServerError.cannotBind(path: path, reason: "\(error)")
+            throw LocalAPIServerError.cannotBind(path: path, reason: socketErrorDescription(error))
         }
         umask(oldMask)
         if chmod(path, mode_t(configuration.socketMode)) != 0 {
@@ -109,7 +109,7 @@ public final class LocalAPIServer: Sendable {
         do {
             channel = try await bootstrap.bind(host: host, port: port).get()
         } catch {
-            throw LocalAPIServerError.cannotBind(path: "\(host):\(port)", reason: "\(error)")
+            throw LocalAPIServerError.cannotBind(path: "\(host):\(port)", reason: socketErrorDescription(error))
         }
         return LocalAPIServer(configuration: LocalAPIServerConfiguration(socketPath: ""), channel: channel, counters: counters)
     }
@@ -210,4 +210,11 @@ public final class LocalAPIServer: Sendable {
     static func isSomeoneListening(_ path: String) -> Bool {
         probeSocket(path) != .stale
     }
+}
+
+/// What went wrong with a socket call, in the words an operator expects ("Address already in
+/// use"), not NIO's internal call description.
+public func socketErrorDescription(_ error: Error) -> String {
+    if let io = error as? IOError { return String(cString: strerror(io.errnoCode)) }
+    return "\(error)"
 }

@@ -205,10 +205,16 @@ public struct SWIMSettings: Hashable, Sendable {
 
 func log2Double(_ n: Int) -> Double { binaryLogarithm(Double(n)) }
 
-/// log2 without Foundation (the target has no dependencies): exponent plus log2 of the
-/// significand in [1, 2) from the atanh series, accurate to ~1e-9, plenty for timeouts.
+/// log2 without Foundation (the target has no dependencies), 0 below 1: plenty for timeouts.
 func binaryLogarithm(_ x: Double) -> Double {
     guard x > 1 else { return 0 }
+    return naturalLogarithm(x) / 0.693_147_180_559_945_3
+}
+
+/// ln without Foundation: the exponent times ln 2 plus ln of the significand in [1, 2) from the
+/// atanh series, accurate to ~1e-9. Public for the cluster simulation's random delays.
+public func naturalLogarithm(_ x: Double) -> Double {
+    guard x > 0 else { return -.infinity }
     let m = x.significand
     let t = (m - 1) / (m + 1), t2 = t * t
     var term = t, sum = 0.0
@@ -216,5 +222,5 @@ func binaryLogarithm(_ x: Double) -> Double {
         sum += term / Double(k)
         term *= t2
     }
-    return Double(x.exponent) + 2 * sum / 0.693_147_180_559_945_3
+    return Double(x.exponent) * 0.693_147_180_559_945_3 + 2 * sum
 }

@@ -143,6 +143,9 @@ public struct SWIMInstance: Sendable {
     private var nextGossipAt: UInt64
     private var round: UInt64 = 0
     private var lastTick: UInt64?
+    /// The only nodes this instance takes as members once `limitMembershipToKnownNodes()` was
+    /// called (see "Configured membership"); nil: members are learned from gossip.
+    private var allowedMembers: Set<NodeID>?
 
     /// - Parameters:
     ///   - seeds: the other configured nodes. They are pinged (a bounded number per round,
@@ -297,6 +300,7 @@ public struct SWIMInstance: Sendable {
     public mutating func receive(_ message: SWIMMessage, from node: NodeID, instance: UInt64, address: String,
                                  nowMillis now: UInt64) -> [SWIMDirective] {
         guard !node.isEmpty, node != myself.node, instance != 0 else { return [] }
+        guard allowedMembers?.contains(node) ?? true else { return [] }
         if let known = peers[node], known.instance != 0, instance < known.instance { return [] }
         var out: [SWIMDirective] = []
         // A newcomer gets the whole membership, unless it is one of our configured seeds: then
@@ -323,7 +327,7 @@ public struct SWIMInstance: Sendable {
                 // The requester's address for the target wins: it is the one that just failed
                 // for the requester, and the point is to test that very process from elsewhere.
                 let dial = targetAddress.isEmpty ? (peers[target]?.address ?? "") : targetAddress
-                if target.isEmpty || dial.isEmpty || relays.count >= Self.maxRelays {
+                if target.isEmpty || dial.isEmpty || relays.count >= Self.maxRelays || !(allowedMembers?.contains(target) ?? true) {
                     out.append(.send(.nack(sequence: sequence, target: target), to: node, address: address))
                 } else {
                     let mine = takeSequence()
@@ -373,6 +377,7 @@ public struct SWIMInstance: Sendable {
             refuteIfNeeded(update)
             return
         }
+        guard allowedMembers?.contains(update.node) ?? true else { return }
         // Who raised this suspicion; unknown on today's wire, then whoever told us.
         let suspecter = update.origin.isEmpty ? messenger : update.origin
         guard let peer = peers[update.node] else {
@@ -838,5 +843,78 @@ public struct SWIMInstance: Sendable {
             if best.count > count { best.removeLast() }
         }
         return best.map(\.name)
+    }
+
+    // MARK: - Configured membership
+
+    /// From now on only the current seeds and members, and nodes added with `addSeed`, are
+    /// members: messages from any other node and rumours about it are ignored. The node's shell
+    /// calls it because membership is configured, not discovered (docs/config.md): a node
+    /// forms and spreads opinions only about the nodes its own config lists, so nodes whose
+    /// configs differ during a rolling edit never accuse or announce a node the other side
+    /// does not admit.
+    public mutating func limitMembershipToKnownNodes() {
+        allowedMembers = Set(peers.keys)
+    }
+
+    /// A node added to the configuration (reload): pinged like a seed given at start, reported
+    /// `alive` once any process of it is heard of, `dead` if none is before the seed timeout
+    /// (counted, as at start, from when its turn among the pending seeds' pings comes).
+    /// Returns false when the node is already known (then nothing changes).
+    @discardableResult
+    public mutating func addSeed(node: NodeID, address: String, nowMillis now: UInt64) -> Bool {
+        guard !node.isEmpty, node != myself.node else { return false }
+        allowedMembers?.insert(node)
+        guard peers[node] == nil else { return false }
+        seedOrder.append(node)
+        configuredSeeds.insert(node)
+        insertSorted(node)
+        let perRound = max(1, settings.maxPingsPerRoundToUnconfirmed)
+        let pingRounds = UInt64((seedOrder.count + perRound - 1) / perRound)
+        let state = State.unconfirmed(deadline: now &+ max(1, pingRounds) &* effectiveProbeIntervalMillis
+                                      &+ settings.suspicionTimeoutMillis(memberCount: peers.count + 2))
+        peers[node] = Peer(address: address, instance: 0, incarnation: 0, state: state, lastChange: now, lastHeard: nil)
+        track(node, state)
+        return true
+    }
+
+    /// A node removed from the configuration (reload): forgotten at once, with its probes,
+    /// rumours, timers and the pings we relay for it or to it; with
+    /// `limitMembershipToKnownNodes` in effect, nothing it sends and nothing said about it is
+    /// taken any more. Requesters of pings to it get their nack now. Returns its last view
+    /// (nil: it was not reported yet) and the nacks to send. No `statusChanged` is emitted: the
+    /// caller decided this.
+    public mutating func remove(node: NodeID) -> (last: Member?, directives: [SWIMDirective]) {
+        allowedMembers?.remove(node)
+        let last = member(node)
+        peers[node] = nil
+        rumours[node] = nil
+        timed.remove(node)
+        deadMembers.remove(node)
+        configuredSeeds.remove(node)
+        sortedNames.removeAll { $0 == node }
+        if let index = seedOrder.firstIndex(of: node) {
+            seedOrder.remove(at: index)
+            if index < seedPingCursor { seedPingCursor -= 1 }
+        }
+        if let index = probeOrder.firstIndex(of: node) {
+            probeOrder.remove(at: index)
+            if index < probeIndex { probeIndex -= 1 }
+        }
+        queuedInPass.remove(node)
+        toInsert.removeAll { $0 == node }
+        urgent.removeAll { $0 == node }
+        heardSuspect.removeAll { $0 == node }
+        probes.removeAll { $0.target == node }
+        var out: [SWIMDirective] = []
+        for sequence in relays.keys.sorted() {
+            guard let relay = relays[sequence], relay.target == node || relay.requester == node else { continue }
+            relays[sequence] = nil
+            if relay.requester != node {
+                out.append(.send(.nack(sequence: relay.requesterSequence, target: node),
+                                 to: relay.requester, address: relay.requesterAddress))
+            }
+        }
+        return (last, out)
     }
 }

@@ -60,6 +60,14 @@ public struct VersionID: Hashable, Comparable, Sendable, LosslessStringConvertib
     }
 
     private static func parseCanonical(_ digits: ArraySlice<UInt8>, max: UInt64) -> UInt64? {
+        CanonicalDecimal.parse(digits, max: max)
+    }
+}
+
+/// Decimal numbers written one way only (so two spellings never name one value): digits only,
+/// no sign, no leading zero except "0" itself, at most `max`. Version ids and token fields use it.
+public enum CanonicalDecimal {
+    public static func parse(_ digits: ArraySlice<UInt8>, max: UInt64) -> UInt64? {
         guard !digits.isEmpty, digits.count <= 20 else { return nil }
         if digits.count > 1 && digits.first == UInt8(ascii: "0") { return nil }
         var value: UInt64 = 0

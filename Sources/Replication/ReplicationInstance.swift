@@ -35,8 +35,8 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     public typealias Message = ReplicationMessage<Payload>
 
     public let myself: NodeID
-    /// The other configured nodes, sorted.
-    public let peers: [NodeID]
+    /// The other configured nodes, sorted (`addPeer` / `removePeer` follow a reload).
+    public private(set) var peers: [NodeID]
     public let settings: ReplicationSettings
 
     private enum Phase: Sendable {
@@ -408,6 +408,40 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     public mutating func pump(canSend: (NodeID) -> Bool = { _ in true }) -> [Directive] {
         var out: [Directive] = []
         for node in streamingTo where canSend(node) { pumpOne(node, into: &out) }
+        return out
+    }
+
+    // MARK: - Configuration changes
+
+    /// A node added to the configuration (reload). While the join is undecided it is dialled
+    /// now and its answer counts like any other peer's; afterwards it is compared with once
+    /// membership reports it alive. Adding a known node (or this node) changes nothing.
+    public mutating func addPeer(_ node: NodeID, nowMillis: UInt64) -> [Directive] {
+        now = max(now, nowMillis)
+        guard !node.isEmpty, node != myself, state[node] == nil else { return [] }
+        state[node] = Peer()
+        peers.append(node)
+        peers.sort()
+        guard case .joining(let join) = phase, join.startedAt != nil, join.decision == nil else { return [] }
+        state[node]?.lastConnectAt = now
+        return [.connect(node)]
+    }
+
+    /// A node removed from the configuration (reload): its full-state answer, held request and
+    /// join bookkeeping go, so it can never keep the join waiting; the join is evaluated again
+    /// without it (with no peer left, this node is `alone`). Merges of what it sent before
+    /// complete as usual. Directives are never addressed to it again.
+    public mutating func removePeer(_ node: NodeID, nowMillis: UInt64) -> [Directive] {
+        now = max(now, nowMillis)
+        guard state.removeValue(forKey: node) != nil else { return [] }
+        peers.removeAll { $0 == node }
+        var out: [Directive] = []
+        if peers.isEmpty, case .joining(var join) = phase, join.startedAt != nil, join.decision == nil {
+            join.decision = .alone
+            join.waitingFor = Set(pending.keys)
+            phase = .joining(join)
+        }
+        evaluateJoin(into: &out)
         return out
     }
 

@@ -1,3 +1,4 @@
+import ReplicatedStore
 import Foundation
 
 /// MongooseIM's `mod_auth_token` token format (`src/mod_auth_token.erl`), byte for byte, so
@@ -111,19 +112,8 @@ public enum TokenFormat {
         return ParsedToken(body: body, signedBytes: Array(token[..<bodyLength]), mac: mac)
     }
 
-    /// Digits only, no leading zero (except "0" itself), at most `max`.
     static func parseCanonicalDecimal(_ digits: ArraySlice<UInt8>, max: UInt64) -> UInt64? {
-        guard !digits.isEmpty, digits.count <= 20 else { return nil }
-        if digits.count > 1 && digits.first == UInt8(ascii: "0") { return nil }
-        var value: UInt64 = 0
-        for byte in digits {
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            let (times10, o1) = value.multipliedReportingOverflow(by: 10)
-            let (sum, o2) = times10.addingReportingOverflow(UInt64(byte - UInt8(ascii: "0")))
-            guard !o1, !o2, sum <= max else { return nil }
-            value = sum
-        }
-        return value
+        CanonicalDecimal.parse(digits, max: max)
     }
 
     static func decodeHex(_ text: ArraySlice<UInt8>) -> [UInt8]? {

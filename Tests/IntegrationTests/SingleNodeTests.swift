@@ -258,6 +258,39 @@ final class SingleNodeTests: ClusterTestCase {
         _ = cluster
     }
 
+    /// A port already taken stops the start with one readable line, before anything is announced.
+    func testAPortInUseIsReportedPlainlyBeforeTheNodeSaysItServes() throws {
+        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(holder) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) } }
+        XCTAssertEqual(listen(holder, 1), 0)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) } }
+        let taken = Int(UInt16(bigEndian: address.sin_port))
+
+        for field in ["metrics", "peer"] {
+            let cluster = try makeCluster(nodes: ["node1"]) { config in
+                var nodes = config["nodes"] as! [String: Any]
+                var node1 = nodes["node1"] as! [String: Any]
+                node1[field] = "127.0.0.1:\(taken)"
+                nodes["node1"] = node1
+                config["nodes"] = nodes
+            }
+            let node = try cluster.start("node1", waitForSocket: false)
+            node.process.waitUntilExit()
+            XCTAssertNotEqual(node.process.terminationStatus, 0)
+            let lines = node.log.split(separator: "\n").filter { $0.hasPrefix("keystored:") }
+            XCTAssertEqual(lines.count, 1, node.log)
+            XCTAssertTrue(lines.first?.contains("Address already in use") ?? false, node.log)
+            XCTAssertFalse(node.log.contains("bind(descriptor"), "no NIO internals: \(node.log)")
+            XCTAssertFalse(node.log.contains("serving the local API"), "nothing announced before every listener is bound: \(node.log)")
+        }
+    }
+
     func testCurlOverTheUnixSocket() throws {
         let (cluster, _) = try startSingle()
         let output = try SharedCertificates.run("/usr/bin/curl", ["-sS", "--unix-socket", cluster.socketPath("node1"), "http://localhost/v1/domains/first.com/keys/provision_pre_shared"])

@@ -14,6 +14,11 @@ import TestSupport
 /// partition times out (both `.unreachable`); one to a node whose port is flooded completes TCP
 /// but never the handshake (`.unresponsive`). Merges complete asynchronously after `applyMillis`,
 /// like the node's persist-then-apply.
+///
+/// Each node has a config listing the nodes it knows (default: every other name), and follows
+/// the shell's rules for it: it sends to and admits only those, its membership is limited to
+/// them, and `configure` changes them on a running node as a reload does. A connection to a node
+/// that does not list the dialler comes up and is closed at once (the hello is refused).
 final class ReplicationSimulation {
     struct Settings {
         var stepMillis: UInt64 = 10
@@ -93,6 +98,14 @@ final class ReplicationSimulation {
     /// handshake. A property of the port, so it outlives restarts.
     private(set) var flooded: Set<String> = []
     private(set) var minted: [Minted] = []
+    /// Each node's config: the other nodes it lists (absent: every other name).
+    private(set) var configs: [String: Set<String>] = [:]
+    /// Every status change each node's membership reported, in order (`instance` 0: a seed no
+    /// process of which was ever heard of).
+    private(set) var verdicts: [(time: UInt64, observer: String, member: String, instance: UInt64, status: MemberStatus)] = []
+    /// Messages each node handed to the network per destination ("node1→node4"), sent or not.
+    private(set) var sendAttempts: [String: Int] = [:]
+    private(set) var refusedConnections = 0
     private(set) var joins: [Joined] = []
     private(set) var messages = 0
     private(set) var brokenConnections = 0
@@ -114,7 +127,7 @@ final class ReplicationSimulation {
     func start(_ name: String) {
         seed &+= 1
         let instance = max(now, (nodes[name]?.instance ?? 0) + 1)
-        let peers = names.filter { $0 != name }
+        let peers = names.filter { lists(name, $0) }
         var store = ReplicatedStore(graceMillis: settings.graceMillis, bucketCount: 16)
         store.loadCertificates(Array((disks[name] ?? [:]).values))
         var node = Node(name: name, instance: instance, store: store,
@@ -123,6 +136,7 @@ final class ReplicationSimulation {
                         replication: ReplicationInstance(myself: name, peers: peers, settings: settings.replication, nowMillis: now),
                         random: SplitMix64(seed: seed))
         node.skewMillis = nodes[name]?.skewMillis ?? 0
+        node.swim.limitMembershipToKnownNodes()
         nodes[name] = node
         execute(nodes[name]!.replication.startJoin(timeoutMillis: settings.joinTimeoutMillis, nowMillis: now), at: name)
     }
@@ -156,6 +170,31 @@ final class ReplicationSimulation {
     }
 
     func heal() { cut = [] }
+
+    /// Whether `name`'s config lists `other`.
+    func lists(_ name: String, _ other: String) -> Bool {
+        name != other && (configs[name]?.contains(other) ?? names.contains(other))
+    }
+
+    /// Sets the nodes `name`'s config lists; on a running node, applies it like a reload
+    /// (`ClusterShell.reconfigure`): removed nodes are dropped from both cores and their
+    /// connections closed, added ones become seeds and replication peers.
+    func configure(_ name: String, lists listed: [String]) {
+        let before = Set(names.filter { lists(name, $0) })
+        configs[name] = Set(listed).subtracting([name])
+        guard nodes[name]?.up == true else { return }
+        for gone in before.subtracting(listed).sorted() {
+            let (_, nacks) = nodes[name]!.swim.remove(node: gone)
+            execute(nacks, at: name)
+            execute(nodes[name]!.replication.removePeer(gone, nowMillis: now), at: name)
+            nodes[name]?.queued[gone] = nil
+            breakLink(Pair(name, gone))
+        }
+        for added in Set(listed).subtracting(before).subtracting([name]).sorted() {
+            nodes[name]!.swim.addSeed(node: added, address: added, nowMillis: now)
+            execute(nodes[name]!.replication.addPeer(added, nowMillis: now), at: name)
+        }
+    }
 
     // MARK: Local operations (what the node's API does: change the store, then publish)
 
@@ -307,6 +346,7 @@ final class ReplicationSimulation {
             case .send(let message, let to, _):
                 send(.swim(message), from: name, to: to)
             case .statusChanged(let member, let previous):
+                verdicts.append((now, name, member.node, member.instance, member.status))
                 let replica = content(nodes[name]!)
                 execute(nodes[name]!.replication.memberChanged(member, previous: previous, replica: replica), at: name)
             }
@@ -377,6 +417,14 @@ final class ReplicationSimulation {
             } else if targetNode?.up != true {
                 links[pair] = nil
                 linkEvent(initiator, target, .unreachable)
+            } else if !lists(target, initiator) {
+                // TLS completes, then the target's shell refuses the hello and closes.
+                links[pair] = nil
+                refusedConnections += 1
+                nodes[initiator]?.queued[target] = nil
+                linkEvent(initiator, target, .up)
+                linkEvent(initiator, target, .down)
+                nodes[initiator]?.queued[target] = nil
             } else if flooded.contains(target) {
                 guard now >= due + settings.handshakeTimeoutMillis else { continue }
                 links[pair] = nil
@@ -401,6 +449,9 @@ final class ReplicationSimulation {
 
     private func send(_ payload: Payload, from: String, to: String) {
         guard let sender = nodes[from], sender.up, names.contains(to), from != to else { return }
+        sendAttempts["\(from)→\(to)", default: 0] += 1
+        // The shell sends only to nodes its config lists.
+        guard lists(from, to) else { return }
         guard case .up(let epoch)? = links[Pair(from, to)] else {
             nodes[from]!.queued[to, default: []].append(payload)
             connect(from, to)
@@ -418,7 +469,8 @@ final class ReplicationSimulation {
     private func deliver() {
         while let index = inFlight.firstIndex(where: { $0.due <= now }) {
             let envelope = inFlight.remove(at: index)
-            guard var node = nodes[envelope.to], node.up else { continue }
+            // A node removed meanwhile: the receiving shell takes nothing more from it.
+            guard var node = nodes[envelope.to], node.up, lists(envelope.to, envelope.from) else { continue }
             switch envelope.payload {
             case .swim(let message):
                 let directives = node.swim.receive(message, from: envelope.from, instance: envelope.fromInstance,
