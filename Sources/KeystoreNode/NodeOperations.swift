@@ -237,7 +237,8 @@ public final class NodeOperations: Sendable {
         var rewrite: [CertificateRecord] = []
         for row in rows {
             guard let record = CertificateRecord(stored: row) else { continue }
-            if !JID.isPreparedBareASCII(record.id.user), let prepared = JID(record.id.user)?.description, prepared != record.id.user {
+            if !JID.isPreparedBareASCII(record.id.user), let prepared = JID(record.id.user)?.description,
+               !prepared.utf8.elementsEqual(record.id.user.utf8) {
                 renamed.append(record.id)
                 var moved = record
                 moved.id = CertificateID(domain: record.id.domain, user: prepared, sha256: record.id.sha256)
@@ -262,7 +263,7 @@ public final class NodeOperations: Sendable {
         var renamedFloors: [(domain: String, user: String)] = []
         for row in try database.loadTokenSequenceFloors() {
             var floor = TokenSequenceFloor(stored: row)
-            if !JID.isPreparedBareASCII(floor.user), let prepared = JID(floor.user)?.description, prepared != floor.user {
+            if !JID.isPreparedBareASCII(floor.user), let prepared = JID(floor.user)?.description, !prepared.utf8.elementsEqual(floor.user.utf8) {
                 renamedFloors.append((floor.domain, floor.user))
                 floor.user = prepared
             }
