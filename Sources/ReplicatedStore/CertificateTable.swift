@@ -78,7 +78,7 @@ struct CertificateTable: Sendable {
     // MARK: Lookup
 
     func find(_ id: CertificateID) -> Int32? {
-        guard let domain = stringIndex[id.domain] else { return nil }
+        guard let domain = interned(id.domain) else { return nil }
         var index = byID[Self.idKey(id)] ?? -1
         while index >= 0 {
             let slot = slots[Int(index)]
@@ -90,7 +90,7 @@ struct CertificateTable: Sendable {
 
     /// Every slot of the user, in insertion order of the chain (callers sort).
     func slots(domain: String, user: String) -> [Int32] {
-        guard let domainIndex = stringIndex[domain] else { return [] }
+        guard let domainIndex = interned(domain) else { return [] }
         var result: [Int32] = []
         var index = byUser[Self.userKey(domain: domain, user: user)] ?? -1
         while index >= 0 {
@@ -262,13 +262,22 @@ struct CertificateTable: Sendable {
         return slot
     }
 
-    /// Domains and node names: a handful of distinct values, never forgotten.
+    /// Domains and node names: a handful of distinct values, never forgotten. Byte-exact like
+    /// everything else in the table (the digests hash bytes): `stringIndex`, a `String`-keyed
+    /// dictionary, matches canonically equivalent spellings, so a hit with other bytes (only an
+    /// unprepared peer sends one) is resolved by a search among the few strings held.
     private mutating func intern(_ string: String) -> UInt32 {
-        if let index = stringIndex[string] { return index }
+        if let index = interned(string) { return index }
         let index = UInt32(strings.count)
         strings.append(string)
-        stringIndex[string] = index
+        if stringIndex[string] == nil { stringIndex[string] = index }
         return index
+    }
+
+    private func interned(_ string: String) -> UInt32? {
+        guard let index = stringIndex[string] else { return nil }
+        if strings[Int(index)].utf8.elementsEqual(string.utf8) { return index }
+        return strings.firstIndex { $0.utf8.elementsEqual(string.utf8) }.map { UInt32($0) }
     }
 
     // MARK: Helpers

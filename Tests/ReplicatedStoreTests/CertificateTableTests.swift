@@ -98,5 +98,36 @@ final class CertificateTableTests: XCTestCase {
         XCTAssertEqual(Array(table.record(b).id.user.utf8), Array(decomposed.user.utf8))
         XCTAssertEqual(Array(table.record(a).id.user.utf8), Array(composed.user.utf8))
         XCTAssertEqual(table.record(b).content?.jids.map { Array($0.utf8) }, [Array("é@é.example".utf8)])
+
+        // Interned strings (domains, origins) too: a second spelling is a second string.
+        let nfdDomain = CertificateID(domain: "e\u{301}.example", user: "x@e\u{301}.example", sha256: Array(repeating: 9, count: 32))
+        var nfdContent = content
+        nfdContent.origin = "node\u{301}"
+        XCTAssertNil(table.find(nfdDomain))
+        let c = table.insert(CertificateRecord(id: nfdDomain, content: nfdContent, removal: nil), bucket: 0, contentHash: 0, entryHash: 0)
+        XCTAssertEqual(table.find(nfdDomain), c)
+        XCTAssertEqual(Array(table.record(c).id.domain.utf8), Array(nfdDomain.domain.utf8))
+        XCTAssertEqual(Array(table.record(c).id.user.utf8), Array(nfdDomain.user.utf8))
+        XCTAssertEqual(table.record(c).content.map { Array($0.origin.utf8) }, Array("node\u{301}".utf8))
+        XCTAssertEqual(Array(table.record(a).id.domain.utf8), Array(composed.domain.utf8))
+        XCTAssertTrue(table.slots(domain: "é.example", user: "x@é.example").isEmpty)
+        XCTAssertEqual(table.slots(domain: nfdDomain.domain, user: nfdDomain.user), [c])
+    }
+
+    /// Whatever order two spellings of one id arrive in, replicas hold the same and agree on the
+    /// digest (a dictionary keyed by `CertificateID`, whose `==` is Unicode equivalence, kept
+    /// whichever came first under the other's hash).
+    func testCanonicallyEquivalentIdsGiveTheSameDigestInAnyOrder() {
+        let nfc = CertificateID(domain: "first.com", user: "zo\u{E9}@first.com", sha256: Array(repeating: 5, count: 32))
+        let nfd = CertificateID(domain: "first.com", user: "zoe\u{301}@first.com", sha256: Array(repeating: 5, count: 32))
+        let content = CertificateContent(name: "n", der: [1], notBeforeMillis: 0, notAfterMillis: 4_000_000_000_000, jids: ["zoé@first.com"],
+                                         noCertManagement: false, added: HLCTimestamp(wallMillis: 1, logical: 0), origin: "node1")
+        let records = [CertificateRecord(id: nfc, content: content, removal: nil), CertificateRecord(id: nfd, content: content, removal: nil)]
+        var one = ReplicatedStore(graceMillis: 1000), two = ReplicatedStore(graceMillis: 1000)
+        _ = one.merge(StoreDelta(certificates: records), nowMillis: 10)
+        _ = two.merge(StoreDelta(certificates: records.reversed()), nowMillis: 10)
+        XCTAssertEqual(one.rootDigest(), two.rootDigest())
+        XCTAssertEqual(one.allCertificateRecords().count, 2)
+        XCTAssertEqual(Set(one.fullDelta().certificates.map { Array($0.id.user.utf8) }), Set(records.map { Array($0.id.user.utf8) }))
     }
 }
