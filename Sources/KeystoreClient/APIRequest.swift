@@ -171,3 +171,31 @@ public enum CertificateEncoding {
         return Data(bytes).base64EncodedString()
     }
 }
+
+// MARK: Any route, by name
+
+/// Any route of the table, answered as raw bytes: a route added to the contract is reachable
+/// from this client (and from `keystorectl call`) before anyone writes its typed builder above.
+/// What can be checked without the daemon is checked here, so a typo is a usage error naming
+/// the route, not a round trip; the body is sent as given (the server decodes it strictly).
+extension APIRequest where Response == [UInt8] {
+    public static func route(_ endpoint: Endpoint, _ parameters: RouteParameters = RouteParameters(),
+                             query: [(String, String)] = [], body: [UInt8]? = nil) throws(KeystoreClientError) -> Self {
+        let spec = endpoint.spec
+        let used = Set(spec.segments.compactMap { segment -> RouteParameter? in
+            if case .parameter(let parameter) = segment { return parameter }
+            return nil
+        })
+        for parameter in [RouteParameter.domain, .key, .user, .name] where parameters[parameter] != nil && !used.contains(parameter) {
+            throw .invalidArgument("\(endpoint.rawValue) (\(spec.method.rawValue) \(spec.template)) takes no \(parameter.label)")
+        }
+        for (name, _) in query where !spec.query.contains(name) {
+            let accepted = spec.query.isEmpty ? "it takes none" : "it takes: \(spec.query.joined(separator: ", "))"
+            throw .invalidArgument("\(endpoint.rawValue) takes no query parameter '\(name)' (\(accepted))")
+        }
+        if spec.method == .GET, body != nil {
+            throw .invalidArgument("\(endpoint.rawValue) is a GET and takes no body")
+        }
+        return try Self(endpoint, parameters, query: query, body: body)
+    }
+}

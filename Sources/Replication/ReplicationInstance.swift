@@ -99,6 +99,10 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     private var pending: [ApplyID: PendingApply] = [:]
     private var nextApply: UInt64 = 1
     private var nextAntiEntropyAt: UInt64 = 0
+    /// Peers whose connection broke while this node was ready: pushes in flight on it may be
+    /// lost (a reset drops what the peer had not read), so each is compared with at the next
+    /// tick instead of whenever a random anti-entropy pick lands on it (about N seconds away).
+    private var compareSoon: Set<NodeID> = []
     private var now: UInt64
 
     public init(myself: NodeID, peers: [NodeID], settings: ReplicationSettings = ReplicationSettings(), nowMillis: UInt64) {
@@ -333,6 +337,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             // The reply to a repair asked on that connection will not come.
             peer.repairRequestedAt = nil
             state[node] = peer
+            if isReady { compareSoon.insert(node) }
         case .unreachable, .unresponsive:
             // A failed extra attempt while a connection is usable says nothing new.
             guard !peer.linkUp else { return [] }
@@ -392,6 +397,13 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         case .finishing:
             break
         case .ready:
+            if !compareSoon.isEmpty {
+                // Sending dials again; a peer that is gone refuses the dial and nothing follows.
+                for node in compareSoon.sorted() where state[node]?.alive == true {
+                    out.append(.send(.digest(root: replica.rootDigest), to: node))
+                }
+                compareSoon = []
+            }
             guard now >= nextAntiEntropyAt else { break }
             nextAntiEntropyAt = now &+ settings.antiEntropyIntervalMillis
             let alive = peers.filter { state[$0]?.alive == true }

@@ -34,7 +34,7 @@ struct Keystorectl: ParsableCommand {
             """,
         version: keystoreVersion,
         subcommands: [Keys.self, Certs.self, Tokens.self, Cluster.self, Events.self, Reload.self,
-                      HealthCommand.self, Metrics.self])
+                      HealthCommand.self, Metrics.self, Call.self])
 
     @Option(name: .long, help: ArgumentHelp(
         "Path of the daemon's Unix socket (default: $KEYSTORE_SOCKET, else the only *.sock in "
@@ -575,6 +575,76 @@ struct Metrics: ParsableCommand {
 
     func run() throws {
         Output.writeRaw(try root.client().send(.metrics()).body)
+    }
+}
+
+/// Any route of the contract by its name: a route added to the table is usable from the CLI at
+/// once, before it has a command of its own (the route list in the help is the table itself).
+struct Call: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Call any local-API route by name and print its JSON answer.",
+        discussion: """
+            Path parameters are given with --domain, --key, --user and --name, query parameters \
+            with --query NAME=VALUE, a request body with --body (JSON text, @FILE, or - for stdin). \
+            Exit status as for every command (1 when the daemon refuses, with its message).
+
+            Routes:
+            \(routeList)
+            """)
+
+    static var routeList: String {
+        let width = Endpoint.allCases.map(\.rawValue.count).max() ?? 0
+        return Endpoint.allCases.filter { $0 != .events }.map { endpoint in
+            let spec = endpoint.spec
+            let query = spec.query.isEmpty ? "" : " (query: \(spec.query.joined(separator: ", ")))"
+            return "  " + endpoint.rawValue.padding(toLength: width, withPad: " ", startingAt: 0)
+                + "  \(spec.method.rawValue) \(spec.template)\(query)"
+        }.joined(separator: "\n")
+    }
+
+    @ParentCommand var root: Keystorectl
+
+    @Argument(help: "The route's name (see the list below).")
+    var route: String
+
+    @Option(help: "Path parameter {d}.") var domain: String?
+    @Option(help: "Path parameter {k}.") var key: String?
+    @Option(help: "Path parameter {u}.") var user: String?
+    @Option(help: "Path parameter {name}.") var name: String?
+
+    @Option(name: .customLong("query"), help: ArgumentHelp("A query parameter (repeatable).", valueName: "name=value"))
+    var query: [String] = []
+
+    @Option(help: ArgumentHelp("The JSON request body, @FILE to read it from a file, or - for stdin.", valueName: "json"))
+    var body: String?
+
+    func run() throws {
+        guard let endpoint = Endpoint(rawValue: route) else {
+            throw CLIError(description: "no route named '\(route)'; known routes:\n\(Self.routeList)", status: .usage)
+        }
+        guard endpoint != .events else {
+            throw CLIError(description: "events is a stream: use 'keystorectl events'", status: .usage)
+        }
+        let parameters = RouteParameters(domain: domain, key: key, user: user, name: name)
+        for case .parameter(let parameter) in endpoint.spec.segments where parameters[parameter] == nil {
+            throw CLIError(description: "\(route) (\(endpoint.spec.method.rawValue) \(endpoint.spec.template)) needs "
+                           + "--\(parameter.rawValue) (the \(parameter.label))", status: .usage)
+        }
+        let pairs = try query.map { item -> (String, String) in
+            guard let equals = item.firstIndex(of: "="), equals != item.startIndex else {
+                throw CLIError(description: "--query takes NAME=VALUE, got '\(item)'", status: .usage)
+            }
+            return (String(item[..<equals]), String(item[item.index(after: equals)...]))
+        }
+        let response = try root.client().send(APIRequest.route(endpoint, parameters, query: pairs, body: try bodyBytes()))
+        Output.writeRaw(response.body)
+    }
+
+    private func bodyBytes() throws -> [UInt8]? {
+        guard let body else { return nil }
+        if body == "-" { return Array(FileHandle.standardInput.readDataToEndOfFile()) }
+        if body.hasPrefix("@") { return try InputFile.read(String(body.dropFirst()), what: "request body") }
+        return Array(body.utf8)
     }
 }
 

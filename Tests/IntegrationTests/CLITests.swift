@@ -100,4 +100,93 @@ final class CLITests: ClusterTestCase {
             ((try? String(contentsOfFile: output, encoding: .utf8)) ?? "").contains("key_rotated")
         }
     }
+
+    /// `keystorectl call` reaches every route of the table by name (a route added to the contract
+    /// is in the CLI at once), passes bodies and query parameters through, and reports refusals
+    /// with the daemon's code.
+    func testCallReachesEveryRouteOfTheTableByName() throws {
+        let cluster = try makeCluster(nodes: ["node1"])
+        try cluster.start("node1")
+        cluster.waitReady("node1")
+        let socket = cluster.socketPath("node1")
+        _ = try UserCertificates.make(jids: ["grace@first.com"], in: cluster.scratch.path, name: "grace")
+        let pem = try String(contentsOfFile: cluster.scratch.file("grace.pem"), encoding: .utf8)
+        // A second certificate for disableCert (revokeCert takes the first).
+        _ = try UserCertificates.make(jids: ["grace@first.com"], in: cluster.scratch.path, name: "grace-tablet")
+        _ = try cluster.client("node1").addCert(domain: "first.com", user: "grace", name: "tablet",
+                                                certificate: try String(contentsOfFile: cluster.scratch.file("grace-tablet.pem"), encoding: .utf8))
+        func jsonString(_ text: String) throws -> String {
+            String(decoding: try JSONSerialization.data(withJSONObject: [text], options: []), as: UTF8.self).dropFirst().dropLast().description
+        }
+        let input = Data("hello".utf8).base64EncodedString()
+        let bodyFile = cluster.scratch.file("cert-body.json")
+        try Data("{\"name\":\"phone\",\"certificate\":\(try jsonString(pem))}".utf8).write(to: URL(fileURLWithPath: bodyFile))
+
+        // One call per route (every route of the table but the event stream), in an order where
+        // each finds what it needs: the certificate is checked before it is disabled and revoked.
+        let order: [Endpoint] = [.health, .metrics, .cluster, .reload, .listKeys, .getKey, .rotateKey, .signHMAC, .verifyHMAC,
+                                 .addCert, .listCerts, .certStatus, .saslExternal, .disableCert, .revokeCert, .revokeAllCerts,
+                                 .issueToken, .verifyToken, .revokeTokens]
+        XCTAssertEqual(Set(order), Set(Endpoint.allCases).subtracting([.events]), "a new route needs a call here")
+        var answers: [Endpoint: [String: Any]] = [:]
+        for endpoint in order {
+            var arguments = ["call", endpoint.rawValue]
+            for case .parameter(let parameter) in endpoint.spec.segments {
+                let value = ["domain": "first.com", "key": "token_secret", "user": "grace",
+                             "name": endpoint == .disableCert ? "tablet" : "phone"][parameter.rawValue]!
+                arguments += ["--\(parameter.rawValue)", value]
+            }
+            switch endpoint {
+            case .signHMAC: arguments += ["--body", "{\"input\":\"\(input)\",\"algorithm\":\"sha256\"}"]
+            case .verifyHMAC:
+                let mac = answers[.signHMAC]?["mac"] as? String ?? ""
+                arguments += ["--body", "{\"input\":\"\(input)\",\"mac\":\"\(mac)\",\"algorithm\":\"sha256\"}"]
+            case .listCerts: arguments += ["--query", "all=1"]
+            case .addCert: arguments += ["--body", "@" + bodyFile]
+            case .certStatus:
+                let print = (answers[.addCert]?["fingerprint_sha256"] as? String) ?? ""
+                arguments += ["--body", "{\"certs\":[{\"user\":\"grace\",\"fingerprint_sha256\":\"\(print)\"}]}"]
+            case .saslExternal: arguments += ["--body", "{\"certificate\":\(try jsonString(pem))}"]
+            case .issueToken: arguments += ["--body", "{\"type\":\"refresh\",\"jid\":\"grace@first.com\"}"]
+            case .verifyToken: arguments += ["--body", "{\"token\":\"\(answers[.issueToken]?["token"] as? String ?? "")\"}"]
+            default: break
+            }
+            let result = try ctl(socket, arguments)
+            if endpoint == .metrics {
+                XCTAssertTrue(result.output.contains("keystore_build_info"), result.output)
+                continue
+            }
+            XCTAssertEqual(result.status, 0, "\(arguments): \(result.output)")
+            answers[endpoint] = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
+        }
+        XCTAssertEqual(answers[.health]?["ready"] as? Bool, true)
+        XCTAssertEqual(answers[.verifyHMAC]?["valid"] as? Bool, true, "the MAC signed by call verifies by call")
+        XCTAssertEqual(answers[.saslExternal]?["jid"] as? String, "grace@first.com")
+        XCTAssertEqual((answers[.certStatus]?["certs"] as? [[String: Any]])?.first?["state"] as? String, "active")
+        XCTAssertEqual(answers[.verifyToken]?["valid"] as? Bool, true)
+        XCTAssertEqual(answers[.disableCert]?["name"] as? String, "tablet")
+        XCTAssertEqual(answers[.revokeCert]?["name"] as? String, "phone")
+        XCTAssertNotNil(answers[.revokeAllCerts]?["certs"] as? [Any])
+        XCTAssertEqual((answers[.listCerts]?["certs"] as? [Any])?.count, 2)
+
+        // Refusals: the daemon's code and exit 1; what the CLI can tell alone is a usage error (2).
+        let badBody = try ctl(socket, ["call", "signHMAC", "--domain", "first.com", "--key", "token_secret", "--body", "{\"input\":1}"])
+        XCTAssertEqual(badBody.status, 1, badBody.output)
+        XCTAssertTrue(badBody.output.contains("(bad_request)"), badBody.output)
+        let unknownKey = try ctl(socket, ["call", "getKey", "--domain", "first.com", "--key", "nope"])
+        XCTAssertEqual(unknownKey.status, 1, unknownKey.output)
+        XCTAssertTrue(unknownKey.output.contains("(not_found)"), unknownKey.output)
+        for (arguments, expected) in [
+            (["call", "getKey", "--domain", "first.com"], "needs --key"),
+            (["call", "health", "--user", "grace"], "takes no user"),
+            (["call", "listKeys", "--domain", "first.com", "--query", "all=1"], "takes no query parameter 'all'"),
+            (["call", "getKey", "--domain", "first.com", "--key", "token_secret", "--body", "{}"], "is a GET and takes no body"),
+            (["call", "rotate"], "no route named 'rotate'"),
+            (["call", "events"], "use 'keystorectl events'"),
+        ] {
+            let result = try ctl(socket, arguments)
+            XCTAssertEqual(result.status, 2, "\(arguments): \(result.output)")
+            XCTAssertTrue(result.output.contains(expected), "\(arguments): \(result.output)")
+        }
+    }
 }

@@ -146,7 +146,7 @@ final class DataSafetyTests: ClusterTestCase {
         XCTAssertEqual(try addCertificate(cluster, on: "node1", name: "phone", pem: phone).status, 201)
         waitUntil("node2 verifies the registration") { (try? self.verifies(cluster, on: "node2", phone)) == true }
 
-        FileManager.default.createFile(atPath: trigger, contents: nil)
+        XCTAssertTrue(FileManager.default.createFile(atPath: trigger, contents: nil), "cannot create \(trigger)")
         assertRefusedAsNotStored(try api(cluster, "node1", "POST", "/v1/domains/first.com/users/alice/certs/phone/revoke"))
         XCTAssertTrue(try verifies(cluster, on: "node1", phone), "the refused revocation changed nothing")
         try waitForAntiEntropy(cluster, on: "node2")
@@ -167,7 +167,7 @@ final class DataSafetyTests: ClusterTestCase {
         cluster.waitReady("node1")
 
         let phone = try UserCertificates.make(jids: ["alice@first.com"], in: cluster.scratch.path, name: "phone")
-        FileManager.default.createFile(atPath: trigger, contents: nil)
+        XCTAssertTrue(FileManager.default.createFile(atPath: trigger, contents: nil), "cannot create \(trigger)")
         assertRefusedAsNotStored(try addCertificate(cluster, on: "node1", name: "phone", pem: phone))
         XCTAssertFalse(try verifies(cluster, on: "node1", phone))
         XCTAssertEqual(try names(cluster, on: "node1"), [])

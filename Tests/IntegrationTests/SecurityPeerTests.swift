@@ -86,7 +86,7 @@ final class SecurityPeerTests: ClusterTestCase {
                    expected: "peer certificate rejected"),
             // node4's certificate is from the cluster CA, but node4 is not in this cluster's config.
             Attack(name: "unconfigured node name", cert: "\(certs)/node4.pem", key: "\(certs)/node4.key",
-                   payload: PeerFrames.hello(cluster: "test-cluster", node: "node4"), expected: "peer node4 is not in this node's config"),
+                   payload: PeerFrames.hello(cluster: "test-cluster", node: "node4"), expected: "peer node4 is not listed in this node's config"),
             // A valid node4 certificate claiming to be node3, and node3's claiming to be node2 (a live member).
             Attack(name: "node4 claiming node3", cert: "\(certs)/node4.pem", key: "\(certs)/node4.key",
                    payload: PeerFrames.hello(cluster: "test-cluster", node: "node3"), expected: "peer claims to be node3 but its certificate names [\"node4\"]"),

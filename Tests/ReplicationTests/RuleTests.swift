@@ -256,6 +256,27 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(instance.memberChanged(member("node2", .alive), previous: .dead, replica: empty)), ["digest→node2"])
     }
 
+    /// A connection that breaks may have taken pushes with it: the peer is compared with at the
+    /// next tick (sending dials again), not whenever a random anti-entropy pick lands on it.
+    func testABrokenConnectionToAnAliveMemberIsComparedAtTheNextTick() {
+        var instance = readyInstance()
+        // The interval's own digest goes out first, so what follows is only the broken link's.
+        _ = instance.tick(nowMillis: 1_000, random: &random, replica: empty)
+        XCTAssertEqual(summary(instance.linkChanged("node2", .down, nowMillis: 1_010)), [], "nothing before the tick")
+        _ = instance.linkChanged("node3", .down, nowMillis: 1_020)
+        _ = instance.memberChanged(member("node3", .dead), previous: .alive, replica: empty)
+        XCTAssertEqual(summary(instance.tick(nowMillis: 1_100, random: &random, replica: empty)), ["digest→node2"],
+                       "the alive member is compared with at once; the dead one is not dialled")
+        XCTAssertEqual(summary(instance.tick(nowMillis: 1_200, random: &random, replica: empty)), [], "once per break")
+
+        // While joining, a broken link is the join's business (it redials), not anti-entropy's.
+        var joining = Instance(myself: "node1", peers: peers, nowMillis: 0)
+        _ = joining.linkChanged("node2", .up, nowMillis: 0)
+        _ = joining.linkChanged("node2", .down, nowMillis: 1)
+        for node in peers { _ = joining.memberChanged(member(node, .alive), previous: nil, replica: empty) }
+        XCTAssertFalse(summary(joining.tick(nowMillis: 100, random: &random, replica: empty)).contains { $0.hasPrefix("digest") })
+    }
+
     func testADifferingDigestStartsOneRepairPerPeerAtATime() {
         var instance = readyInstance()
         let mine = replica()
