@@ -18,32 +18,19 @@ final class PreparedJIDShortcutTests: XCTestCase {
         for user in refused { XCTAssertFalse(JID.isPreparedBareASCII(user), user) }
     }
 
-    /// Random strings over an alphabet of the characters the shortcut decides on and their
+    /// Every string of up to 4 characters over the characters the shortcut decides on and their
     /// neighbours: whatever it accepts, full preparation leaves unchanged.
     func testShortcutNeverDisagreesWithPreparation() {
-        let alphabet = Array("ab09.-_+@/AZ é:\"".unicodeScalars)
-        var generator = SplitMix64(seed: 16)
+        let alphabet = Array("a0.-_+@AZé/ :".unicodeScalars)
+        var strings = [""]
         var accepted = 0
-        for _ in 0..<100_000 {
-            let length = Int(generator.next() % 10) + 1
-            var user = ""
-            for _ in 0..<length { user.unicodeScalars.append(alphabet[Int(generator.next() % UInt64(alphabet.count))]) }
-            guard JID.isPreparedBareASCII(user) else { continue }
-            accepted += 1
-            XCTAssertEqual(JID(user)?.description, user, user)
+        for _ in 1...4 {
+            strings = strings.flatMap { prefix in alphabet.map { prefix + String($0) } }
+            for user in strings where JID.isPreparedBareASCII(user) {
+                accepted += 1
+                XCTAssertEqual(JID(user)?.description, user, user)
+            }
         }
         XCTAssertGreaterThan(accepted, 100)
-    }
-}
-
-private struct SplitMix64 {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
