@@ -242,9 +242,18 @@ run_converge() {
 }
 
 # --- large state: a fresh node joins a node holding RAM keys and certificates, then restarts ------
-peer_bytes() { # total bytes sent on every TCP socket touching the two peer ports
-    ss -tinH "( sport = :$1 or dport = :$1 or sport = :$2 or dport = :$2 )" 2>/dev/null \
-        | grep -o 'bytes_sent:[0-9]*' | cut -d: -f2 | awk '{ s += $1 } END { print s + 0 }'
+peer_sockets() { # "local peer bytes_sent" for every TCP socket touching the two peer ports
+    ss -tinH "( sport = :$1 or dport = :$1 or sport = :$2 or dport = :$2 )" 2>/dev/null | awk '
+        /^[^ \t]/ { key = $4 " " $5; next }
+        { n = 0; if (match($0, /bytes_sent:[0-9]+/)) n = substr($0, RSTART + 11, RLENGTH - 11); print key, n }'
+}
+# Bytes sent between two peer_sockets samples, per connection: a connection closed or replaced in
+# between (a total over whatever sockets exist went negative when the join's connection closed)
+# counts only what its successor sent; one closed inside the window is not counted.
+bytes_between() {
+    awk 'NR == FNR { before[$1 " " $2] = $3; next }
+         { d = $3 - (($1 " " $2) in before ? before[$1 " " $2] : 0); if (d > 0) sum += d }
+         END { print sum + 0 }' <(printf '%s\n' "$1") <(printf '%s\n' "$2")
 }
 # The three issue-16 figures: fresh node ready (complete and persisted), restart from its own
 # database ready, RSS; then idle peer traffic between the two nodes in agreement.
@@ -278,11 +287,12 @@ run_sync() {
     start_node "$tmp/sync.json" node2
     wait_ready "$tmp/node2.sock" "${pids[-1]}"
     sleep 3
-    local b0 b1 secs=10
-    b0="$(peer_bytes $((port + 1)) $((port + 2)))"; sleep "$secs"; b1="$(peer_bytes $((port + 1)) $((port + 2)))"
+    local s0 s1 sent secs=10
+    s0="$(peer_sockets $((port + 1)) $((port + 2)))"; sleep "$secs"; s1="$(peer_sockets $((port + 1)) $((port + 2)))"
+    sent="$(bytes_between "$s0" "$s1")"
     echo
-    echo "idle peer traffic, 2 nodes in agreement holding $keys keys and $n certificates: $(( (b1 - b0) / secs )) bytes/s both directions" \
-         "(TCP payload incl. TLS; anti-entropy every 1 s per node + SWIM) ≈ $(( (b1 - b0) / secs / 2 )) bytes per anti-entropy round"
+    echo "idle peer traffic, 2 nodes in agreement holding $keys keys and $n certificates: $(( sent / secs )) bytes/s both directions" \
+         "(TCP payload incl. TLS; anti-entropy every 1 s per node + SWIM) ≈ $(( sent / secs / 2 )) bytes per anti-entropy round"
     stop_all
     rm -rf "$tmp/data"
 }

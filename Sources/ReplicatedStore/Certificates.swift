@@ -176,13 +176,19 @@ public struct CertificateRecord: Hashable, Sendable {
         return result.compacted()
     }
 
+    /// True when `compacted()` would change the record (revoked, DER still held): cheaper than
+    /// comparing `compacted()` with the record, which compares the DER.
+    public var needsCompaction: Bool {
+        removal?.kind == .revoked && !(content?.der.isEmpty ?? true)
+    }
+
     /// What a revoked certificate keeps: everything needed to refuse it again and to show it
     /// (fingerprint, name, validity, JIDs, the removal), not the DER, which is the bulk of a
     /// record and is never needed again. A disabled record keeps its DER: XEP-0257 still
     /// lists disabled certificates with their certificate (the API contract shows it), and it
     /// is forgotten at expiry anyway (`ReplicatedStore.expireCertificates`).
     public func compacted() -> CertificateRecord {
-        guard removal?.kind == .revoked, let content, !content.der.isEmpty else { return self }
+        guard needsCompaction else { return self }
         var result = self
         result.content?.der = []
         return result

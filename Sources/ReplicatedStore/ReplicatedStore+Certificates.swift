@@ -46,7 +46,7 @@ extension ReplicatedStore {
     /// forgotten after expiry is unknown again, but its certificate is expired, which the
     /// shell's rules refuse before calling this.
     public mutating func appendCertificate(_ id: CertificateID, _ content: CertificateContent) -> CertificateRecord? {
-        guard certEntries[id] == nil else { return nil }
+        guard certificateTable.find(id) == nil else { return nil }
         let record = CertificateRecord(id: id, content: content, removal: nil)
         applyCertificate(record)
         return record
@@ -84,12 +84,15 @@ extension ReplicatedStore {
         guard Int64(clamping: nowMillis) >= nextCertificateForgettableAtMillis else { return [] }
         var forgotten: [CertificateID] = []
         var next = Int64.max
-        for (id, entry) in certEntries {
-            guard let content = entry.record.content else { continue }
-            if content.isForgettable(atMillis: nowMillis) {
-                forgotten.append(id)
+        let now = Int64(clamping: nowMillis)
+        certificateTable.forEachSlot { index, slot in
+            guard slot.flags & CertificateTable.Flags.hasContent != 0 else { return }
+            let (sum, overflow) = slot.notAfter.addingReportingOverflow(Self.certificateRetentionAfterExpiryMillis)
+            let forgettableAt = overflow ? (slot.notAfter < 0 ? Int64.min : Int64.max) : sum
+            if now >= forgettableAt {
+                forgotten.append(certificateTable.record(index).id)
             } else {
-                next = min(next, content.forgettableAtMillis)
+                next = min(next, forgettableAt)
             }
         }
         for id in forgotten { forgetCertificate(id) }
@@ -104,8 +107,7 @@ extension ReplicatedStore {
     /// them to refuse re-registering a removed certificate), sorted by (added, id); bare
     /// tombstones, having no add time, come last by id.
     public func certificates(domain: String, user: String) -> [CertificateRecord] {
-        guard let ids = certIDsByUser[UserRef(domain: domain, user: user)] else { return [] }
-        return ids.compactMap { certEntries[$0]?.record }.sorted(by: Self.listOrder)
+        certificateTable.slots(domain: domain, user: user).map { certificateTable.record($0) }.sorted(by: Self.listOrder)
     }
 
     /// The records usable for listing and verification: every record with content and no
@@ -117,15 +119,38 @@ extension ReplicatedStore {
 
     /// Every record, sorted by id: what the shell writes to its database.
     public func allCertificateRecords() -> [CertificateRecord] {
-        certEntries.values.map(\.record).sorted { $0.id < $1.id }
+        allCertificatesInSlotOrder().sorted { $0.id < $1.id }
+    }
+
+    /// Every record in slot order (see `CertificateTable`).
+    func allCertificatesInSlotOrder() -> [CertificateRecord] {
+        var records: [CertificateRecord] = []
+        records.reserveCapacity(certificateTable.count)
+        certificateTable.forEachSlot { index, _ in records.append(certificateTable.record(index)) }
+        return records
+    }
+
+    /// Same records, same cached hashes, wherever they sit in the tables.
+    static func sameCertificates(_ lhs: ReplicatedStore, _ rhs: ReplicatedStore) -> Bool {
+        guard lhs.certificateTable.count == rhs.certificateTable.count else { return false }
+        var same = true
+        lhs.certificateTable.forEachSlot { index, slot in
+            guard same else { return }
+            let record = lhs.certificateTable.record(index)
+            guard let other = rhs.certificateTable.find(record.id) else { same = false; return }
+            let theirs = rhs.certificateTable[other]
+            same = theirs.entryHash == slot.entryHash && theirs.contentHash == slot.contentHash && theirs.bucket == slot.bucket
+                && rhs.certificateTable.record(other) == record
+        }
+        return same
     }
 
     /// Records with and without a removal, counted in place (no copy, no sort): cheap enough
     /// for a once-a-second metrics gauge at 100k records.
     public func certificateCounts() -> (registered: Int, removed: Int) {
         var removed = 0
-        for entry in certEntries.values where entry.record.removal != nil { removed += 1 }
-        return (certEntries.count - removed, removed)
+        certificateTable.forEachSlot { _, slot in if slot.removalKind != 0 { removed += 1 } }
+        return (certificateTable.count - removed, removed)
     }
 
     /// Start-up path: joins records read from the local database into the store. Same join as
@@ -140,7 +165,7 @@ extension ReplicatedStore {
 
     /// The record held for `id` (live, removed or a bare tombstone), if any.
     public func certificateRecord(_ id: CertificateID) -> CertificateRecord? {
-        certEntries[id]?.record
+        certificateTable.find(id).map { certificateTable.record($0) }
     }
 
     /// What `merge` would change for these records, without changing anything: the merged
@@ -154,14 +179,18 @@ extension ReplicatedStore {
         var order: [CertificateID] = []
         for record in incoming where record.content != nil || record.removal != nil {
             if let nowMillis, let content = record.content, content.isForgettable(atMillis: nowMillis) { continue }
-            let current = after[record.id] ?? certEntries[record.id]?.record
+            let slot = certificateTable.find(record.id)
+            // The common case of a full sync: the record is held exactly as it is.
+            if after[record.id] == nil, let slot, certificateTable.holds(slot, record) { continue }
+            let current = after[record.id] ?? slot.map { certificateTable.record($0) }
             let merged = current.map { $0.merged(with: record) } ?? record.compacted()
             guard merged != current else { continue }
             if after[record.id] == nil { order.append(record.id) }
             after[record.id] = merged
         }
         return order.compactMap { id in
-            guard let value = after[id], value != certEntries[id]?.record else { return nil }
+            guard let value = after[id] else { return nil }
+            if let slot = certificateTable.find(id), certificateTable.holds(slot, value) { return nil }
             return value
         }
     }
@@ -187,7 +216,7 @@ extension ReplicatedStore {
                 // Rule 2: never admitted. A held record of the same id is then forgotten too if
                 // it is a bare tombstone (rule 3) or expired itself; a held record with a later
                 // validity (only a faulty peer can send two validities for one DER) is kept.
-                if let held = certEntries[record.id]?.record,
+                if let held = certificateRecord(record.id),
                    held.content.map({ $0.isForgettable(atMillis: nowMillis) }) ?? true {
                     touch(record.id, before: held)
                     forgetCertificate(record.id)
@@ -202,7 +231,7 @@ extension ReplicatedStore {
         var newlyRemoved: [CertificateRecord] = []
         var forgotten: [CertificateID] = []
         for (id, before) in touched {
-            guard let after = certEntries[id]?.record else {
+            guard let after = certificateRecord(id) else {
                 if before != nil { forgotten.append(id) }
                 continue
             }
@@ -227,27 +256,30 @@ extension ReplicatedStore {
     /// node's full sync). Not otherwise: most records of a later full sync are already known,
     /// and reserving for all of them would resize (copy) the whole registry for nothing.
     private mutating func reserveCertificateCapacity(_ incoming: Int) {
-        if certEntries.isEmpty && incoming > certEntries.capacity { certEntries.reserveCapacity(incoming) }
+        certificateTable.reserve(incoming)
     }
 
     /// Joins one record into the store and keeps its bucket digest in step. `changedTo` is the
-    /// new stored value (nil: nothing changed), `before` the previous one (nil: id unknown).
+    /// new stored value (nil: nothing changed), `before` the previous one when something changed
+    /// (nil: the id was unknown).
     /// A record with neither content nor removal says nothing and is not stored.
     @discardableResult
     mutating func applyCertificate(_ incoming: CertificateRecord)
         -> (changedTo: CertificateRecord?, before: CertificateRecord?) {
-        if let current = certEntries[incoming.id] {
-            let merged = current.record.merged(with: incoming)
-            guard merged != current.record else { return (nil, current.record) }
-            let contentHash = merged.content == current.record.content
-                ? current.contentHash : merged.content.map(StableHash.content)
+        if let index = certificateTable.find(incoming.id) {
+            let slot = certificateTable[index]
+            if certificateTable.holds(index, incoming) { return (nil, nil) }
+            let current = certificateTable.record(index)
+            let merged = current.merged(with: incoming)
+            guard merged != current else { return (nil, current) }
+            let contentHash = merged.content == current.content
+                ? (current.content == nil ? nil : slot.contentHash) : merged.content.map(StableHash.content)
             let entryHash = StableHash.entry(merged, contentHash: contentHash)
-            bucketSums[current.bucket] &-= current.entryHash
-            bucketSums[current.bucket] &+= entryHash
-            certEntries[incoming.id] = CertificateEntry(record: merged, bucket: current.bucket,
-                                                        contentHash: contentHash, entryHash: entryHash)
+            bucketSums[Int(slot.bucket)] &-= slot.entryHash
+            bucketSums[Int(slot.bucket)] &+= entryHash
+            certificateTable.update(index, merged, contentHash: contentHash, entryHash: entryHash)
             noteForgettable(merged.content)
-            return (merged, current.record)
+            return (merged, current)
         }
         guard incoming.content != nil || incoming.removal != nil else { return (nil, nil) }
         let record = incoming.compacted()
@@ -256,9 +288,7 @@ extension ReplicatedStore {
         let entryHash = StableHash.entry(record, contentHash: contentHash)
         bucketSums[bucket] &+= entryHash
         bucketCounts[bucket] += 1
-        certEntries[record.id] = CertificateEntry(record: record, bucket: bucket,
-                                                  contentHash: contentHash, entryHash: entryHash)
-        certIDsByUser[UserRef(domain: record.id.domain, user: record.id.user), default: []].append(record.id)
+        certificateTable.insert(record, bucket: bucket, contentHash: contentHash, entryHash: entryHash)
         noteForgettable(record.content)
         return (record, nil)
     }
@@ -266,14 +296,11 @@ extension ReplicatedStore {
     /// Removes a record entirely (rule 2/3 of the type's comment), keeping digests and the
     /// per-user index in step.
     private mutating func forgetCertificate(_ id: CertificateID) {
-        guard let entry = certEntries.removeValue(forKey: id) else { return }
-        bucketSums[entry.bucket] &-= entry.entryHash
-        bucketCounts[entry.bucket] -= 1
-        let user = UserRef(domain: id.domain, user: id.user)
-        if var ids = certIDsByUser[user], let index = ids.firstIndex(of: id) {
-            ids.remove(at: index)
-            certIDsByUser[user] = ids.isEmpty ? nil : ids
-        }
+        guard let index = certificateTable.find(id) else { return }
+        let slot = certificateTable[index]
+        bucketSums[Int(slot.bucket)] &-= slot.entryHash
+        bucketCounts[Int(slot.bucket)] -= 1
+        certificateTable.remove(index, id: id)
     }
 
     /// Keeps the earliest instant anything can be forgotten a lower bound (it may lag behind

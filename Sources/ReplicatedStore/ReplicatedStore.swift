@@ -48,14 +48,6 @@ public struct ReplicatedStore: Sendable, Equatable {
         let bucket: Int
     }
 
-    struct CertificateEntry: Sendable, Equatable {
-        var record: CertificateRecord
-        let bucket: Int
-        /// Cached digest inputs: a removal arriving for a stored certificate must not rehash its DER.
-        var contentHash: UInt64?
-        var entryHash: UInt64
-    }
-
     struct UserRef: Hashable, Sendable {
         var domain: String
         var user: String
@@ -64,10 +56,9 @@ public struct ReplicatedStore: Sendable, Equatable {
     private var keys: [KeyRef: KeyEntry] = [:]
     private var psk: [PSKSlot: PSKEntry] = [:]
     /// Records are deleted only once their certificate has expired (see the compaction rule in
-    /// ReplicatedStore+Certificates.swift).
-    var certEntries: [CertificateID: CertificateEntry] = [:]
-    /// Every id of a user, so per-user queries do not scan the whole registry.
-    var certIDsByUser: [UserRef: [CertificateID]] = [:]
+    /// ReplicatedStore+Certificates.swift). Each slot caches the record's bucket, content hash
+    /// (a removal arriving for a stored certificate must not rehash its DER) and entry hash.
+    var certificateTable = CertificateTable()
     /// Lower bound of the earliest instant `expireCertificates` can forget anything.
     var nextCertificateForgettableAtMillis = Int64.max
     var tokenFloors: [UserRef: TokenFloorEntry] = [:]
@@ -91,7 +82,7 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// Replicas are equal when their replicated content is; the digest caches follow from it.
     public static func == (lhs: ReplicatedStore, rhs: ReplicatedStore) -> Bool {
         lhs.graceMillis == rhs.graceMillis && lhs.bucketCount == rhs.bucketCount
-            && lhs.keys == rhs.keys && lhs.psk == rhs.psk && lhs.certEntries == rhs.certEntries
+            && lhs.keys == rhs.keys && lhs.psk == rhs.psk && sameCertificates(lhs, rhs)
             && lhs.tokenFloors == rhs.tokenFloors
     }
 
@@ -287,16 +278,21 @@ public struct ReplicatedStore: Sendable, Equatable {
             delta.keyVersions[key] = entry.versions
         }
         delta.pskFingerprints = psk.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.pskOrder)
-        delta.certificates = certEntries.values.filter { wanted[$0.bucket] }.map(\.record).sorted { $0.id < $1.id }
+        var certificates: [CertificateRecord] = []
+        certificateTable.forEachSlot { index, slot in
+            if wanted[Int(slot.bucket)] { certificates.append(certificateTable.record(index)) }
+        }
+        delta.certificates = certificates.sorted { $0.id < $1.id }
         delta.tokenSequenceFloors = tokenFloors.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.floorOrder)
         return delta
     }
 
     public func fullDelta() -> StoreDelta {
-        // Certificates and floors unsorted: the receiver does not care, and sorting 100k
-        // records costs more than collecting them.
+        // Certificates in slot order (the order they were loaded or received: key order for a
+        // registry loaded from its database), floors unsorted: sorting 100k records costs more
+        // than collecting them.
         StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints(),
-                   certificates: certEntries.values.map(\.record),
+                   certificates: allCertificatesInSlotOrder(),
                    tokenSequenceFloors: tokenFloors.values.map(\.record))
     }
 

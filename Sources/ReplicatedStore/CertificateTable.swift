@@ -1,0 +1,357 @@
+/// The certificate records of a store, laid out for size: a registry of 100,000 records took
+/// ~1 KB of memory per record besides its DER as `[CertificateID: Entry]` plus a per-user
+/// `[UserRef: [CertificateID]]` index (a dictionary sized for 100k entries reserves 262,144
+/// buckets of a 240-byte key and value, every fingerprint and most users a heap object of their
+/// own). Here a record is one fixed-size slot in a contiguous array (~176 bytes): the fingerprint
+/// inline, domains and node names interned, a user stored as its localpart when it is
+/// `local@domain` (a small string, no heap object, for any localpart up to 15 bytes), `jids`
+/// omitted when it is just `[user]`; the two indexes map a seeded hash to the first slot of a
+/// chain (12 bytes a bucket). Hand-written for that reason (measured: `bench/run.sh sync`,
+/// BENCHMARKS.md "Large state").
+///
+/// Slots keep their insertion order (a freed slot is reused), so iterating the table visits
+/// records in the order they were loaded or received: the key order of the database they came
+/// from, which makes a full-state answer arrive in key order and its rows append at the end of
+/// the receiver's table.
+///
+/// The chains are keyed by Swift's per-process seeded `Hasher`, so no peer or user can choose
+/// identities that collide into long chains.
+struct CertificateTable: Sendable {
+    /// One record. `flags` says which optional parts are present.
+    struct Slot: Sendable {
+        /// The localpart when `Flags.userAtDomain` (user == local + "@" + domain), else the user.
+        var user: String
+        var name: String
+        /// Empty when `Flags.jidsAreUser` (the record's jids are exactly `[user]`).
+        var jids: [String]
+        /// Empty for a compacted record and without content.
+        var der: [UInt8]
+        var sha: (UInt64, UInt64, UInt64, UInt64)
+        var notBefore: Int64
+        var notAfter: Int64
+        var addedWall: UInt64
+        var removalWall: UInt64
+        var contentHash: UInt64
+        var entryHash: UInt64
+        var addedLogical: UInt32
+        var removalLogical: UInt32
+        var domain: UInt32
+        var origin: UInt32
+        var removalOrigin: UInt32
+        var bucket: Int32
+        var nextInID: Int32
+        var nextOfUser: Int32
+        var flags: UInt8
+        /// 0 without a removal, else `RemovalKind.rawValue`.
+        var removalKind: UInt8
+    }
+
+    struct Flags {
+        static let inUse: UInt8 = 1
+        static let userAtDomain: UInt8 = 2
+        static let hasContent: UInt8 = 4
+        static let jidsAreUser: UInt8 = 8
+        static let noCertManagement: UInt8 = 16
+        /// The fingerprint is not 32 bytes and lives in `oddFingerprints`.
+        static let oddFingerprint: UInt8 = 32
+    }
+
+    private(set) var count = 0
+    private var slots: [Slot] = []
+    private var freeSlots: [Int32] = []
+    private var byID: [Int: Int32] = [:]
+    private var byUser: [Int: Int32] = [:]
+    private var strings: [String] = []
+    private var stringIndex: [String: UInt32] = [:]
+    private var oddFingerprints: [Int32: [UInt8]] = [:]
+
+    var isEmpty: Bool { count == 0 }
+
+    /// Sizes the table for a bulk load into an empty table.
+    mutating func reserve(_ n: Int) {
+        guard count == 0, n > slots.capacity else { return }
+        slots.reserveCapacity(n)
+        byID.reserveCapacity(n)
+        byUser.reserveCapacity(n)
+    }
+
+    // MARK: Lookup
+
+    func find(_ id: CertificateID) -> Int32? {
+        guard let domain = interned(id.domain) else { return nil }
+        var index = byID[Self.idKey(id)] ?? -1
+        while index >= 0 {
+            let slot = slots[Int(index)]
+            if slot.domain == domain, matches(slot, user: id.user), fingerprintMatches(index, id.sha256) { return index }
+            index = slot.nextInID
+        }
+        return nil
+    }
+
+    /// Every slot of the user, in insertion order of the chain (callers sort).
+    func slots(domain: String, user: String) -> [Int32] {
+        guard let domainIndex = interned(domain) else { return [] }
+        var result: [Int32] = []
+        var index = byUser[Self.userKey(domain: domain, user: user)] ?? -1
+        while index >= 0 {
+            let slot = slots[Int(index)]
+            if slot.domain == domainIndex, matches(slot, user: user) { result.append(index) }
+            index = slot.nextOfUser
+        }
+        return result
+    }
+
+    /// Every slot in use, in slot order.
+    func forEachSlot(_ body: (Int32, Slot) throws -> Void) rethrows {
+        for (index, slot) in slots.enumerated() where slot.flags & Flags.inUse != 0 {
+            try body(Int32(index), slot)
+        }
+    }
+
+    subscript(index: Int32) -> Slot { slots[Int(index)] }
+
+    /// The record in `index`.
+    func record(_ index: Int32) -> CertificateRecord {
+        let slot = slots[Int(index)]
+        let domain = strings[Int(slot.domain)]
+        let user = slot.flags & Flags.userAtDomain != 0 ? slot.user + "@" + domain : slot.user
+        let sha256 = slot.flags & Flags.oddFingerprint != 0 ? (oddFingerprints[index] ?? []) : Self.bytes(slot.sha)
+        var content: CertificateContent?
+        if slot.flags & Flags.hasContent != 0 {
+            content = CertificateContent(name: slot.name, der: slot.der, notBeforeMillis: slot.notBefore, notAfterMillis: slot.notAfter,
+                                         jids: slot.flags & Flags.jidsAreUser != 0 ? [user] : slot.jids,
+                                         noCertManagement: slot.flags & Flags.noCertManagement != 0,
+                                         added: HLCTimestamp(wallMillis: slot.addedWall, logical: slot.addedLogical),
+                                         origin: strings[Int(slot.origin)])
+        }
+        var removal: CertificateRemoval?
+        if let kind = RemovalKind(rawValue: slot.removalKind) {
+            removal = CertificateRemoval(kind: kind, stamp: HLCTimestamp(wallMillis: slot.removalWall, logical: slot.removalLogical),
+                                         origin: strings[Int(slot.removalOrigin)])
+        }
+        return CertificateRecord(id: CertificateID(domain: domain, user: user, sha256: sha256), content: content, removal: removal)
+    }
+
+    /// True when the slot holds exactly `record` (the same comparison as `==` on the rebuilt
+    /// record). Allocates nothing: a full sync compares 100k records that are all already held.
+    func holds(_ index: Int32, _ record: CertificateRecord) -> Bool {
+        let slot = slots[Int(index)]
+        if let removal = record.removal {
+            guard slot.removalKind == removal.kind.rawValue, slot.removalWall == removal.stamp.wallMillis,
+                  slot.removalLogical == removal.stamp.logical, strings[Int(slot.removalOrigin)] == removal.origin else { return false }
+        } else if slot.removalKind != 0 {
+            return false
+        }
+        guard let content = record.content else { return slot.flags & Flags.hasContent == 0 }
+        guard slot.flags & Flags.hasContent != 0, slot.notBefore == content.notBeforeMillis, slot.notAfter == content.notAfterMillis,
+              slot.addedWall == content.added.wallMillis, slot.addedLogical == content.added.logical,
+              (slot.flags & Flags.noCertManagement != 0) == content.noCertManagement,
+              slot.name == content.name, strings[Int(slot.origin)] == content.origin else { return false }
+        if slot.flags & Flags.jidsAreUser != 0 {
+            guard content.jids.count == 1, content.jids[0].utf8.elementsEqual(record.id.user.utf8) else { return false }
+        } else if slot.jids != content.jids {
+            return false
+        }
+        return slot.der == content.der
+    }
+
+    // MARK: Changes
+
+    /// Stores `record` in a new slot (its id must not be held) and returns the slot.
+    @discardableResult
+    mutating func insert(_ record: CertificateRecord, bucket: Int, contentHash: UInt64?, entryHash: UInt64) -> Int32 {
+        let index: Int32
+        if let reused = freeSlots.popLast() {
+            index = reused
+        } else {
+            index = Int32(slots.count)
+            slots.append(Self.emptySlot)
+        }
+        var slot = fill(record, index: index, bucket: bucket, contentHash: contentHash, entryHash: entryHash)
+        let idKey = Self.idKey(record.id), userKey = Self.userKey(domain: record.id.domain, user: record.id.user)
+        slot.nextInID = byID[idKey] ?? -1
+        slot.nextOfUser = byUser[userKey] ?? -1
+        slots[Int(index)] = slot
+        byID[idKey] = index
+        byUser[userKey] = index
+        count += 1
+        return index
+    }
+
+    /// Replaces the record in `index` (same id).
+    mutating func update(_ index: Int32, _ record: CertificateRecord, contentHash: UInt64?, entryHash: UInt64) {
+        let old = slots[Int(index)]
+        var slot = fill(record, index: index, bucket: Int(old.bucket), contentHash: contentHash, entryHash: entryHash)
+        slot.nextInID = old.nextInID
+        slot.nextOfUser = old.nextOfUser
+        slots[Int(index)] = slot
+    }
+
+    /// Frees `index`, unlinking it from both chains.
+    mutating func remove(_ index: Int32, id: CertificateID) {
+        let slot = slots[Int(index)]
+        Self.unlink(index, slots: &slots, chains: &byID, key: Self.idKey(id), next: \.nextInID, following: slot.nextInID)
+        Self.unlink(index, slots: &slots, chains: &byUser, key: Self.userKey(domain: id.domain, user: id.user), next: \.nextOfUser,
+                    following: slot.nextOfUser)
+        slots[Int(index)] = Self.emptySlot
+        oddFingerprints[index] = nil
+        freeSlots.append(index)
+        count -= 1
+    }
+
+    private static func unlink(_ index: Int32, slots: inout [Slot], chains: inout [Int: Int32], key: Int,
+                               next: WritableKeyPath<Slot, Int32>, following: Int32) {
+        guard let head = chains[key] else { return }
+        if head == index {
+            chains[key] = following >= 0 ? following : nil
+            return
+        }
+        var previous = head
+        while previous >= 0 {
+            let successor = slots[Int(previous)][keyPath: next]
+            if successor == index {
+                slots[Int(previous)][keyPath: next] = following
+                return
+            }
+            previous = successor
+        }
+    }
+
+    private mutating func fill(_ record: CertificateRecord, index: Int32, bucket: Int, contentHash: UInt64?, entryHash: UInt64) -> Slot {
+        var slot = Self.emptySlot
+        slot.flags = Flags.inUse
+        slot.bucket = Int32(truncatingIfNeeded: bucket)
+        slot.entryHash = entryHash
+        slot.contentHash = contentHash ?? 0
+        slot.domain = intern(record.id.domain)
+        if let local = Self.localpart(of: record.id.user, domain: record.id.domain) {
+            slot.user = local
+            slot.flags |= Flags.userAtDomain
+        } else {
+            slot.user = record.id.user
+        }
+        if let sha = Self.words(record.id.sha256) {
+            slot.sha = sha
+            oddFingerprints[index] = nil
+        } else {
+            slot.flags |= Flags.oddFingerprint
+            oddFingerprints[index] = record.id.sha256
+        }
+        if let content = record.content {
+            slot.flags |= Flags.hasContent
+            slot.name = content.name
+            slot.der = content.der
+            slot.notBefore = content.notBeforeMillis
+            slot.notAfter = content.notAfterMillis
+            if content.jids.count == 1 && content.jids[0].utf8.elementsEqual(record.id.user.utf8) {
+                slot.flags |= Flags.jidsAreUser
+            } else {
+                slot.jids = content.jids
+            }
+            if content.noCertManagement { slot.flags |= Flags.noCertManagement }
+            slot.addedWall = content.added.wallMillis
+            slot.addedLogical = content.added.logical
+            slot.origin = intern(content.origin)
+        }
+        if let removal = record.removal {
+            slot.removalKind = removal.kind.rawValue
+            slot.removalWall = removal.stamp.wallMillis
+            slot.removalLogical = removal.stamp.logical
+            slot.removalOrigin = intern(removal.origin)
+        }
+        return slot
+    }
+
+    /// Domains and node names: a handful of distinct values, never forgotten. Byte-exact like
+    /// everything else in the table (the digests hash bytes): `stringIndex`, a `String`-keyed
+    /// dictionary, matches canonically equivalent spellings, so a hit with other bytes (only an
+    /// unprepared peer sends one) is resolved by a search among the few strings held.
+    private mutating func intern(_ string: String) -> UInt32 {
+        if let index = interned(string) { return index }
+        let index = UInt32(strings.count)
+        strings.append(string)
+        if stringIndex[string] == nil { stringIndex[string] = index }
+        return index
+    }
+
+    private func interned(_ string: String) -> UInt32? {
+        guard let index = stringIndex[string] else { return nil }
+        if strings[Int(index)].utf8.elementsEqual(string.utf8) { return index }
+        return strings.firstIndex { $0.utf8.elementsEqual(string.utf8) }.map { UInt32($0) }
+    }
+
+    // MARK: Helpers
+
+    private static let emptySlot = Slot(user: "", name: "", jids: [], der: [], sha: (0, 0, 0, 0), notBefore: 0, notAfter: 0,
+                                        addedWall: 0, removalWall: 0, contentHash: 0, entryHash: 0, addedLogical: 0,
+                                        removalLogical: 0, domain: 0, origin: 0, removalOrigin: 0, bucket: 0, nextInID: -1,
+                                        nextOfUser: -1, flags: 0, removalKind: 0)
+
+    /// The hash keys feed the same bytes whether the user is whole or split into localpart and
+    /// domain (0xFF never occurs in UTF-8, so it separates fields unambiguously).
+    private static func idKey(_ id: CertificateID) -> Int {
+        var hasher = Hasher()
+        feed(&hasher, domain: id.domain, user: id.user)
+        hasher.combine(UInt8(0xFF))
+        id.sha256.withUnsafeBytes { hasher.combine(bytes: $0) }
+        return hasher.finalize()
+    }
+
+    private static func userKey(domain: String, user: String) -> Int {
+        var hasher = Hasher()
+        feed(&hasher, domain: domain, user: user)
+        return hasher.finalize()
+    }
+
+    private static func feed(_ hasher: inout Hasher, domain: String, user: String) {
+        var domain = domain, user = user
+        domain.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        hasher.combine(UInt8(0xFF))
+        user.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+    }
+
+    /// `user` without "@domain" when it is exactly localpart + "@" + domain (compared as UTF-8,
+    /// not by Unicode equivalence: ids are byte strings), else nil.
+    static func localpart(of user: String, domain: String) -> String? {
+        let userBytes = user.utf8, domainBytes = domain.utf8
+        guard userBytes.count > domainBytes.count + 1 else { return nil }
+        let localCount = userBytes.count - domainBytes.count - 1
+        let at = userBytes.index(userBytes.startIndex, offsetBy: localCount)
+        guard userBytes[at] == UInt8(ascii: "@"), userBytes[userBytes.index(after: at)...].elementsEqual(domainBytes) else { return nil }
+        return String(decoding: userBytes[..<at], as: UTF8.self)
+    }
+
+    /// Whether the slot's user (whole, or localpart + "@" + domain) equals `user`.
+    private func matches(_ slot: Slot, user: String) -> Bool {
+        guard slot.flags & Flags.userAtDomain != 0 else { return slot.user.utf8.elementsEqual(user.utf8) }
+        let local = slot.user.utf8, domain = strings[Int(slot.domain)].utf8, bytes = user.utf8
+        guard bytes.count == local.count + 1 + domain.count else { return false }
+        var position = bytes.startIndex
+        for byte in local {
+            guard bytes[position] == byte else { return false }
+            position = bytes.index(after: position)
+        }
+        guard bytes[position] == UInt8(ascii: "@") else { return false }
+        return bytes[bytes.index(after: position)...].elementsEqual(domain)
+    }
+
+    private func fingerprintMatches(_ index: Int32, _ sha256: [UInt8]) -> Bool {
+        let slot = slots[Int(index)]
+        if slot.flags & Flags.oddFingerprint != 0 { return oddFingerprints[index] == sha256 }
+        guard let words = Self.words(sha256) else { return false }
+        return words == slot.sha
+    }
+
+    private static func words(_ bytes: [UInt8]) -> (UInt64, UInt64, UInt64, UInt64)? {
+        guard bytes.count == 32 else { return nil }
+        return bytes.withUnsafeBytes { raw in
+            (raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self), raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self),
+             raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self), raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
+        }
+    }
+
+    private static func bytes(_ words: (UInt64, UInt64, UInt64, UInt64)) -> [UInt8] {
+        var copy = words
+        return withUnsafeBytes(of: &copy) { Array($0) }
+    }
+}
