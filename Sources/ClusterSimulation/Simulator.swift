@@ -406,8 +406,13 @@ public final class Simulator {
         // The kernel resets the process's connections: every peer sees them close.
         for peer in linked[i].sorted() { breakLink(i, peer) }
         disturb(i)
-        // Who must notice: every running, reachable member.
-        let observers = Set(nodes.filter { $0.up && !$0.paused && $0.side == node.side && $0.index != i }.map(\.index))
+        // Who must notice: every running, reachable member that does not hold this process dead
+        // already (a member cut off with it by a partition that healed a moment ago still holds
+        // the partition's verdict; no new one is coming, and none is needed).
+        let observers = Set(nodes.filter { observer in
+            observer.up && !observer.paused && observer.side == node.side && observer.index != i
+                && !(observer.swim.member(node.name).map { $0.status == .dead && $0.instance == node.instance } ?? false)
+        }.map(\.index))
         crashTracks.append(CrashTrack(victim: i, instance: node.instance, start: now, pending: observers,
                                       valid: !partitionActive))
         let delay = UInt64.random(in: config.restartAfterMillis, using: &rng)
