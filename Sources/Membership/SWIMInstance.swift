@@ -396,8 +396,7 @@ public struct SWIMInstance: Sendable {
         }
         guard update.instance == peer.instance, let status = peer.state.status else { return }
         var update = update
-        if update.status == .dead, update.incarnation >= peer.incarnation,
-           status == .alive || rumouredDeaths.contains(update.node) {
+        if update.status == .dead, status == .alive || rumouredDeaths.contains(update.node) {
             // A death this node never suspected: it may be a verdict raised on the other side of
             // a partition that has healed, reaching us before the member's refutation (at 1,000
             // members such stale verdicts trickle in for tens of seconds, and each killed a running
