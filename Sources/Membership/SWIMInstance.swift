@@ -136,10 +136,6 @@ public struct SWIMInstance: Sendable {
     private var urgent: [NodeID] = []
     /// Members we heard are suspect; the next tick decides (it has the RNG) whether we probe them.
     private var heardSuspect: [NodeID] = []
-    /// Members suspected here because a peer reported them dead while we held them alive (see
-    /// `merge`): our own probe decides. It failing confirms the death at once; an answer leaves
-    /// the member to refute the suspicion it is told about.
-    private var rumouredDeaths: Set<NodeID> = []
     private var probes: [Probe] = []
     private var relays: [UInt64: Relay] = [:]
     private var nextSequence: UInt64 = 1
@@ -395,21 +391,6 @@ public struct SWIMInstance: Sendable {
             return
         }
         guard update.instance == peer.instance, let status = peer.state.status else { return }
-        var update = update
-        if update.status == .dead, status == .alive || rumouredDeaths.contains(update.node) {
-            // A death this node never suspected: it may be a verdict raised on the other side of
-            // a partition that has healed, reaching us before the member's refutation (at 1,000
-            // members such stale verdicts trickle in for tens of seconds, and each killed a running
-            // member everywhere it arrived first). Suspect it instead and probe it now: a member
-            // that really died fails the probe and is declared dead then (refused connections
-            // fail a probe within a round trip); a running one answers, is told of the suspicion
-            // and refutes it. Further reports meanwhile count as confirmations.
-            update.status = .suspect
-            if status == .alive {
-                rumouredDeaths.insert(update.node)
-                scheduleUrgentProbe(of: update.node)
-            }
-        }
         if case .suspect = peer.state, update.status == .suspect, update.incarnation == peer.incarnation {
             confirmSuspicion(of: update.node, by: suspecter)
             return
@@ -541,11 +522,9 @@ public struct SWIMInstance: Sendable {
         case .dead:
             timed.remove(node)
             deadMembers.insert(node)
-            rumouredDeaths.remove(node)
         case .alive:
             timed.remove(node)
             deadMembers.remove(node)
-            rumouredDeaths.remove(node)
         }
     }
 
@@ -629,11 +608,7 @@ public struct SWIMInstance: Sendable {
         case .alive:
             setState(probe.target, .suspect(Suspicion(since: now, suspecters: [myself.node])), now: now, into: &out)
         case .suspect:
-            if rumouredDeaths.contains(probe.target) {
-                setState(probe.target, .dead, now: now, into: &out)
-            } else {
-                confirmSuspicion(of: probe.target, by: myself.node)
-            }
+            confirmSuspicion(of: probe.target, by: myself.node)
         default:
             break
         }
@@ -930,7 +905,6 @@ public struct SWIMInstance: Sendable {
         toInsert.removeAll { $0 == node }
         urgent.removeAll { $0 == node }
         heardSuspect.removeAll { $0 == node }
-        rumouredDeaths.remove(node)
         probes.removeAll { $0.target == node }
         var out: [SWIMDirective] = []
         for sequence in relays.keys.sorted() {

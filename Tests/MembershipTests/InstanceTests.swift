@@ -37,10 +37,7 @@ final class InstanceTests: XCTestCase {
             (rumour(.alive, 2), rumour(.suspect, 1), .alive, 2, 10, "suspect about an older incarnation ignored"),
             (rumour(.suspect, 1), rumour(.suspect, 2), .suspect, 2, 10, "suspect(i) beats suspect(j) if i > j"),
             (rumour(.suspect, 2), rumour(.suspect, 1), .suspect, 2, 10, "older suspect ignored"),
-            // A death this node never suspected is suspected first (a stale verdict from across a
-            // healed partition must not kill a running member); the next report of it is a death.
-            (rumour(.alive, 5), rumour(.dead, 5), .suspect, 5, 10, "dead about a member held alive is a suspicion"),
-            (rumour(.alive, 5), rumour(.dead, 6), .suspect, 6, 10, "dead about a member held alive is a suspicion"),
+            (rumour(.alive, 5), rumour(.dead, 5), .dead, 5, 10, "dead beats alive of the same incarnation"),
             (rumour(.suspect, 3), rumour(.dead, 3), .dead, 3, 10, "dead beats suspect"),
             (rumour(.suspect, 3), rumour(.dead, 7), .dead, 7, 10, "dead beats suspect"),
             (rumour(.dead, 1), rumour(.alive, 1), .dead, 1, 10, "alive of the declared incarnation cannot revive"),
@@ -66,52 +63,6 @@ final class InstanceTests: XCTestCase {
             XCTAssertEqual(changes(out).count, expectEvent ? 1 : 0, "event count: \(rule)")
             if expectEvent { XCTAssertEqual(changes(out).first?.1, known.status, "previous: \(rule)") }
         }
-    }
-
-    /// A stale `dead` from across a healed partition must not kill a running member here: it is
-    /// suspected and probed at once; if it answers it is told and refutes, and further reports
-    /// meanwhile only confirm the suspicion; if our own probe fails too, it is dead at once.
-    func testARumouredDeathOfAMemberHeldAliveIsSuspectedAndProbed() throws {
-        var rng = SeededRNG(seed: 5)
-        var swim = fresh()
-        hear(&swim, [rumour(.alive, 2)])
-        let out = hear(&swim, [rumour(.dead, 2)], at: now + 5)
-        XCTAssertEqual(swim.member("b")?.status, .suspect)
-        XCTAssertEqual(changes(out).map(\.0.status), [.suspect])
-        // A second report confirms the suspicion; it does not kill.
-        _ = swim.receive(.ping(sequence: 2, gossip: [rumour(.dead, 2)]), from: "d", instance: 78, address: "addr-d", nowMillis: now + 6)
-        XCTAssertEqual(swim.member("b")?.status, .suspect)
-        XCTAssertEqual(swim.suspicionConfirmations(of: "b"), 1)
-        // Probed at once, and passed on as a suspicion, never as a death.
-        let next = swim.tick(nowMillis: now + 50, random: &rng)
-        var probe: UInt64?
-        var gossip: [GossipUpdate] = []
-        for directive in next {
-            guard case .send(let message, let to, _) = directive else { continue }
-            gossip += message.gossip
-            if to == "b", case .ping(let sequence, _) = message { probe = sequence }
-        }
-        let sequence = try XCTUnwrap(probe, "the suspect is probed at the next tick")
-        XCTAssertTrue(gossip.contains { $0.node == "b" && $0.status == .suspect }, "\(gossip)")
-        XCTAssertFalse(gossip.contains { $0.node == "b" && $0.status == .dead }, "\(gossip)")
-        // It answers (and, told of the suspicion, refutes): alive again, no death anywhere.
-        _ = swim.receive(.ack(sequence: sequence, target: "b", gossip: [rumour(.alive, 3)]), from: "b", instance: 10,
-                         address: "addr-b", nowMillis: now + 60)
-        XCTAssertEqual(swim.member("b")?.status, .alive)
-
-        // A member that did die: our own probe fails too, and it is dead long before a suspicion
-        // timer would have said so.
-        var other = fresh()
-        hear(&other, [rumour(.alive, 2)])
-        hear(&other, [rumour(.dead, 2)], at: now + 5)
-        let timer = try XCTUnwrap(other.suspicionDeadline(of: "b"))
-        var t = now + 5
-        while other.member("b")?.status == .suspect && t < timer {
-            t += 50
-            _ = other.tick(nowMillis: t, random: &rng)
-        }
-        XCTAssertEqual(other.member("b")?.status, .dead, "the failed probe confirms the reported death")
-        XCTAssertLessThan(t, timer)
     }
 
     func testRefutesSuspicionAndDeathAboutItself() {
