@@ -104,7 +104,7 @@ final class MembershipReloadTests: ClusterTestCase {
         let port = cluster.ports["node4"]!
         // Until the reload the others keep pinging the stopped node: a listener on its port
         // sees their dials (and shows this check can see one).
-        let watcher = try PortWatcher(port: port)
+        let watcher = try LoopbackListener(port: port)
         waitUntil("a node dials the stopped, still configured node4") { watcher.drain() > 0 }
         let events = EventCollector(socketPath: cluster.socketPath("node2"))
         defer { events.close() }
@@ -236,7 +236,7 @@ final class MembershipReloadTests: ClusterTestCase {
             }
         }
         // The others keep pinging the stopped node3, at its new address only.
-        let watcher = try PortWatcher(port: oldPort)
+        let watcher = try LoopbackListener(port: oldPort)
         waitForAntiEntropy(cluster, ["node1", "node2"], rounds: 4)
         XCTAssertEqual(watcher.drain(), 0, "no dial to the old address after the reload")
         waitUntil("node1 and node2 dialled the new address in vain") {
@@ -257,43 +257,4 @@ final class MembershipReloadTests: ClusterTestCase {
         XCTAssertEqual(keys(cluster), original)
         XCTAssertEqual(["node1", "node2"].map { cluster.processes[$0]!.pid }, pids, "no node restarted")
     }
-}
-
-/// A plain TCP listener on a port a node used to have: counts the connections anyone opens to
-/// it. Connections are completed by the kernel and wait in the backlog until `drain`.
-final class PortWatcher {
-    private let fd: Int32
-
-    init(port: Int) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw POSIXError(.EIO) }
-        var one: Int32 = 1
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = UInt16(port).bigEndian
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard bound == 0, listen(fd, 128) == 0 else {
-            let code = POSIXErrorCode(rawValue: errno) ?? .EADDRINUSE
-            close(fd)
-            throw POSIXError(code)
-        }
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
-    }
-
-    /// Accepts and closes every connection waiting; returns how many there were.
-    func drain() -> Int {
-        var count = 0
-        while true {
-            let connection = accept(fd, nil, nil)
-            guard connection >= 0 else { return count }
-            close(connection)
-            count += 1
-        }
-    }
-
-    deinit { close(fd) }
 }

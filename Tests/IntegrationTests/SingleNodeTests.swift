@@ -260,17 +260,8 @@ final class SingleNodeTests: ClusterTestCase {
 
     /// A port already taken stops the start with one readable line, before anything is announced.
     func testAPortInUseIsReportedPlainlyBeforeTheNodeSaysItServes() throws {
-        let holder = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(holder) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(holder, $0, length) } }
-        XCTAssertEqual(listen(holder, 1), 0)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(holder, $0, &length) } }
-        let taken = Int(UInt16(bigEndian: address.sin_port))
+        let holder = try LoopbackListener()
+        let taken = holder.port
 
         for field in ["metrics", "peer"] {
             let cluster = try makeCluster(nodes: ["node1"]) { config in
@@ -289,6 +280,7 @@ final class SingleNodeTests: ClusterTestCase {
             XCTAssertFalse(node.log.contains("bind(descriptor"), "no NIO internals: \(node.log)")
             XCTAssertFalse(node.log.contains("serving the local API"), "nothing announced before every listener is bound: \(node.log)")
         }
+        withExtendedLifetime(holder) {}  // the port stays taken until every start was tried
     }
 
     func testCurlOverTheUnixSocket() throws {

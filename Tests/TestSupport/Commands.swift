@@ -79,3 +79,51 @@ public func freeTCPPort() throws -> Int {
     guard bound == 0 else { throw POSIXError(.EADDRINUSE) }
     return Int(UInt16(bigEndian: address.sin_port))
 }
+
+/// A plain TCP listener on 127.0.0.1: on a given port (a port a node used to have, to count who
+/// still dials it) or on one the kernel picks (`port: 0`, to hold a port taken while a node tries
+/// to bind it). Connections are completed by the kernel and wait in the backlog until `drain`.
+public final class LoopbackListener {
+    private let fd: Int32
+    /// The bound port (the kernel's pick when created with `port: 0`).
+    public let port: Int
+
+    public init(port: Int = 0) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa -> Int32 in
+                guard bind(fd, sa, length) == 0, listen(fd, 128) == 0 else { return -1 }
+                return getsockname(fd, sa, &length)
+            }
+        }
+        guard bound == 0 else {
+            let code = POSIXErrorCode(rawValue: errno) ?? .EADDRINUSE
+            close(fd)
+            throw POSIXError(code)
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+        self.fd = fd
+        self.port = Int(UInt16(bigEndian: address.sin_port))
+    }
+
+    /// Accepts and closes every connection waiting; returns how many there were.
+    public func drain() -> Int {
+        var count = 0
+        while true {
+            let connection = accept(fd, nil, nil)
+            guard connection >= 0 else { return count }
+            close(connection)
+            count += 1
+        }
+    }
+
+    deinit { close(fd) }
+}
