@@ -73,6 +73,10 @@ public struct RouteSpec: Sendable {
     public let access: RouteAccess
     /// Query parameters the route accepts; any other is a `bad_request`.
     public let query: [String]
+    /// The path parameters of the template, in order.
+    public var parameters: [RouteParameter] {
+        segments.compactMap { if case .parameter(let parameter) = $0 { return parameter } else { return nil } }
+    }
 
     init(_ method: HTTPMethodName, _ template: String, access: RouteAccess, query: [String] = []) {
         self.method = method

@@ -182,11 +182,7 @@ extension APIRequest where Response == [UInt8] {
     public static func route(_ endpoint: Endpoint, _ parameters: RouteParameters = RouteParameters(),
                              query: [(String, String)] = [], body: [UInt8]? = nil) throws(KeystoreClientError) -> Self {
         let spec = endpoint.spec
-        let used = Set(spec.segments.compactMap { segment -> RouteParameter? in
-            if case .parameter(let parameter) = segment { return parameter }
-            return nil
-        })
-        for parameter in [RouteParameter.domain, .key, .user, .name] where parameters[parameter] != nil && !used.contains(parameter) {
+        for parameter in [RouteParameter.domain, .key, .user, .name] where parameters[parameter] != nil && !spec.parameters.contains(parameter) {
             throw .invalidArgument("\(endpoint.rawValue) (\(spec.method.rawValue) \(spec.template)) takes no \(parameter.label)")
         }
         for (name, _) in query where !spec.query.contains(name) {

@@ -626,7 +626,7 @@ struct Call: ParsableCommand {
             throw CLIError(description: "events is a stream: use 'keystorectl events'", status: .usage)
         }
         let parameters = RouteParameters(domain: domain, key: key, user: user, name: name)
-        for case .parameter(let parameter) in endpoint.spec.segments where parameters[parameter] == nil {
+        for parameter in endpoint.spec.parameters where parameters[parameter] == nil {
             throw CLIError(description: "\(route) (\(endpoint.spec.method.rawValue) \(endpoint.spec.template)) needs "
                            + "--\(parameter.rawValue) (the \(parameter.label))", status: .usage)
         }

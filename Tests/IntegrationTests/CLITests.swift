@@ -131,7 +131,7 @@ final class CLITests: ClusterTestCase {
         var answers: [Endpoint: [String: Any]] = [:]
         for endpoint in order {
             var arguments = ["call", endpoint.rawValue]
-            for case .parameter(let parameter) in endpoint.spec.segments {
+            for parameter in endpoint.spec.parameters {
                 let value = ["domain": "first.com", "key": "token_secret", "user": "grace",
                              "name": endpoint == .disableCert ? "tablet" : "phone"][parameter.rawValue]!
                 arguments += ["--\(parameter.rawValue)", value]
