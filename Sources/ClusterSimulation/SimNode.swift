@@ -37,6 +37,12 @@ struct CachedStoreContent: ReplicaContent {
         full.certificates.sort { $0.id < $1.id }  // reproducible chunking
         return plain.chunks(of: full)
     }
+    var durableBucketDigests: [UInt64] { node.store.durableBucketDigests() }
+    func joinChunks(peerDurableDigests: [UInt64]) -> [StoreDelta] {
+        var delta = node.store.joinDelta(peerDurableDigests: peerDurableDigests)
+        delta.certificates.sort { $0.id < $1.id }  // reproducible chunking
+        return plain.chunks(of: delta)
+    }
     func chunks(of payload: StoreDelta) -> [StoreDelta] { plain.chunks(of: payload) }
     private var plain: StoreReplicaContent { StoreReplicaContent(store: node.store) }
 }

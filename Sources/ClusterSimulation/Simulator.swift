@@ -340,7 +340,8 @@ public final class Simulator {
         if generation == 1 && !config.coldStart {
             warmStart(node)
         } else {
-            execute(node.replication.startJoin(timeoutMillis: config.joinTimeoutMillis, nowMillis: node.monotonic(now)), at: node)
+            execute(node.replication.startJoin(timeoutMillis: config.joinTimeoutMillis, nowMillis: node.monotonic(now),
+                                               replica: node.content), at: node)
         }
     }
 
@@ -352,7 +353,7 @@ public final class Simulator {
     /// forms the membership for real. Restarts during the run go through the full join.
     private func warmStart(_ node: SimNode) {
         let mono = node.monotonic(now)
-        _ = node.replication.startJoin(timeoutMillis: config.joinTimeoutMillis, nowMillis: mono)
+        _ = node.replication.startJoin(timeoutMillis: config.joinTimeoutMillis, nowMillis: mono, replica: node.content)
         if node.index == 0 {
             for peer in node.replication.peers {
                 _ = node.replication.linkChanged(peer, .up, nowMillis: mono)

@@ -120,7 +120,7 @@ final class WireSizer {
         case .digest(let root): wire = .digest(root: root)
         case .bucketDigests(let digests): wire = .bucketDigests(digests)
         case .delta(let delta, let purpose): wire = .delta(self.wire(delta), purpose: purpose)
-        case .syncRequest: wire = .syncRequest
+        case .syncRequest(let digests): wire = .syncRequest(durableDigests: digests)
         case .syncDone(let ready): wire = .syncDone(ready: ready)
         }
         return size(.replication(wire, stamp: stamp))

@@ -23,6 +23,8 @@ protocol ClusterReplica: AnyObject, Sendable {
     var bucketDigests: [UInt64] { get }
     func wireDelta(forBuckets buckets: [Int]) -> WireDelta
     func fullWireDelta() -> WireDelta
+    var durableBucketDigests: [UInt64] { get }
+    func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta
 
     /// Merges a peer's entries. Certificate records are persisted before they are applied, and
     /// one that cannot be persisted is not applied (anti-entropy delivers it again later).

@@ -127,6 +127,10 @@ struct NodeReplicaContent: ReplicaContent {
     var bucketDigests: [UInt64] { replica.bucketDigests }
     func chunks(forBuckets buckets: [Int]) -> [WireDelta] { chunks(of: replica.wireDelta(forBuckets: buckets)) }
     func fullStateChunks() -> [WireDelta] { chunks(of: replica.fullWireDelta()) }
+    var durableBucketDigests: [UInt64] { replica.durableBucketDigests }
+    func joinChunks(peerDurableDigests: [UInt64]) -> [WireDelta] {
+        chunks(of: replica.joinWireDelta(peerDurableDigests: peerDurableDigests))
+    }
     func chunks(of payload: WireDelta) -> [WireDelta] {
         payload.isEmpty ? [] : PeerFrameCodec.chunks(of: payload, limit: chunkBytes)
     }
@@ -188,6 +192,12 @@ final class ClusterLoop {
     private var random = SystemRandomNumberGenerator()
     private var links: [String: PeerLinks] = [:]
     private var identities: [String: PeerIdentity] = [:]
+    /// A state request with durable digests for a peer whose hello has not said yet whether it
+    /// decodes them (a restarting node dials before it knows anyone's version). It goes out when
+    /// the hello arrives (a 0.2 peer answers our dial with one at once), or bare, asking for the
+    /// full state, after `stateRequestHelloWaitMillis` (a 0.1 peer only says so when it dials us).
+    private var stateRequestsAwaitingHello: [String: (message: PeerMessage, since: UInt64)] = [:]
+    private static let stateRequestHelloWaitMillis: UInt64 = 1000
     /// Monotonic time of the last frame received from a node, on any connection.
     private var lastFrame: [String: UInt64] = [:]
     /// Monotonic time another member last relayed an ack for a node (an indirect probe confirmed it).
@@ -262,7 +272,7 @@ final class ClusterLoop {
     func startJoin(timeoutMillis: UInt64) -> EventLoopFuture<JoinOutcome?> {
         let promise = loop.makePromise(of: JoinOutcome?.self)
         joinPromise = promise
-        execute(replication.startJoin(timeoutMillis: timeoutMillis, nowMillis: monotonicMillis()))
+        execute(replication.startJoin(timeoutMillis: timeoutMillis, nowMillis: monotonicMillis(), replica: content))
         return promise.futureResult
     }
 
@@ -352,6 +362,7 @@ final class ClusterLoop {
             logger.info("peer \(hello.node) connected (instance \(hello.instance), version \(hello.softwareVersion))")
         }
         identities[hello.node] = identity
+        if let held = stateRequestsAwaitingHello.removeValue(forKey: hello.node) { send(held.message, to: hello.node) }
         return identity
     }
 
@@ -471,6 +482,8 @@ final class ClusterLoop {
     private func lostPath(_ channel: Channel, for node: String) {
         guard let link = links[node], link.path === channel else { return }
         links[node]?.path = nil
+        // The core asks again on the next usable connection.
+        stateRequestsAwaitingHello[node] = nil
         linkEvent(node, .down)
         // The peer's process may have exited: probe it now rather than at its turn.
         if !stopped { swim.connectionClosed(to: node) }
@@ -508,8 +521,12 @@ final class ClusterLoop {
     }
 
     /// Sends on the path to `node`, or queues (bounded in bytes) and dials.
-    private func send(_ message: PeerMessage, to node: String) {
+    private func send(_ message: PeerMessage, to node: String, awaitingHello: Bool = true) {
         guard !stopped, peers[node] != nil else { return }
+        if awaitingHello, identities[node] == nil, case .replication(.syncRequest(_?), _) = message {
+            stateRequestsAwaitingHello[node] = (message, monotonicMillis())
+            return
+        }
         guard let frame = encode(message, for: identities[node]?.features ?? .version0_1) else { return }
         metrics.gossip(direction: "out", type: message.kindLabel, bytes: frame.readableBytes)
         var link = links[node] ?? PeerLinks()
@@ -545,7 +562,7 @@ final class ClusterLoop {
                 logger.warning("ignoring a message from \(peer.node): \(error)")
                 return
             }
-            if case .syncRequest = message { logger.debug("\(peer.node) asks for the cluster state") }
+            if case .syncRequest(let held) = message { logStateRequest(from: peer.node, holding: held) }
             execute(replication.receive(message, from: peer.node, nowMillis: now, replica: content))
         }
     }
@@ -656,6 +673,11 @@ final class ClusterLoop {
             logger.warning("the cluster loop ran no timer for \(now - last) ms")
         }
         lastTick = now
+        for (node, held) in stateRequestsAwaitingHello where now >= held.since &+ Self.stateRequestHelloWaitMillis {
+            stateRequestsAwaitingHello[node] = nil
+            logger.info("\(node) has not said its version within \(Self.stateRequestHelloWaitMillis) ms; asking it for the full cluster state")
+            send(held.message, to: node, awaitingHello: false)
+        }
         execute(swim.tick(nowMillis: now, random: &random))
         // The node's becomeReady (keys generated) happens outside the shell; notice it here.
         if !replication.isReady && replica.isReady {
@@ -779,6 +801,21 @@ final class ClusterLoop {
 }
 
 extension ClusterLoop {
+    /// A node joining; rare, and what it costs this node depends on what it kept, so say it.
+    fileprivate func logStateRequest(from node: String, holding durableDigests: [UInt64]?) {
+        guard replication.isReady else {
+            logger.debug("\(node) asks for the cluster state; this node has not finished its own join")
+            return
+        }
+        guard let durableDigests else {
+            logger.info("\(node) asks for the cluster state holding no registry records: sending all of it")
+            return
+        }
+        let mine = content.durableBucketDigests
+        let differing = ReplicatedStore.differingBuckets(mine: mine, theirs: durableDigests).count
+        logger.info("\(node) asks for the cluster state holding registry records from its database: sending every RAM key and \(differing) of \(mine.count) registry buckets")
+    }
+
     /// The replication core's view of a peer, in the API's vocabulary.
     private func syncState(with node: String) -> SyncState {
         switch replication.repairState(with: node) {

@@ -297,6 +297,8 @@ extension NodeOperations: ClusterReplica {
     var bucketDigests: [UInt64] { state.bucketDigests }
     func wireDelta(forBuckets buckets: [Int]) -> WireDelta { state.wireDelta(forBuckets: buckets) }
     func fullWireDelta() -> WireDelta { state.fullWireDelta() }
+    var durableBucketDigests: [UInt64] { state.durableBucketDigests }
+    func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta { state.joinWireDelta(peerDurableDigests: peerDurableDigests) }
 
     /// Key versions and key declarations live in memory only: applied at once. Registry
     /// records (certificates, token floors) are persisted first, on the registry writer (see

@@ -386,6 +386,12 @@ final class NodeState: Sendable {
         inner.withLock { Self.wire(for: $0.store.fullDelta(), secrets: $0.ramSecrets) }
     }
 
+    func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta {
+        inner.withLock { Self.wire(for: $0.store.joinDelta(peerDurableDigests: peerDurableDigests), secrets: $0.ramSecrets) }
+    }
+
+    var durableBucketDigests: [UInt64] { inner.withLock { $0.store.durableBucketDigests() } }
+
     func wireDelta(forBuckets buckets: [Int]) -> WireDelta {
         inner.withLock { Self.wire(for: $0.store.delta(forBuckets: buckets), secrets: $0.ramSecrets) }
     }

@@ -199,9 +199,14 @@ public enum PeerFrameCodec {
             out.writeInteger(UInt32(delta.certificates.count))
             for record in delta.certificates { try writeCertificate(record, features, &out) }
             try writeDeltaSections(delta, features, &out)
-        case .syncRequest:
+        case .syncRequest(let durableDigests):
             out.writeInteger(MessageType.syncRequest.rawValue)
             writeStamp(stamp, &out)
+            // Optional tail: absent means "nothing durable held" (and is all 0.1 decodes).
+            if let durableDigests, features.syncRequestDigests {
+                out.writeInteger(UInt32(durableDigests.count))
+                for d in durableDigests { out.writeInteger(d) }
+            }
         case .syncDone(let ready):
             out.writeInteger(MessageType.syncDone.rawValue)
             writeStamp(stamp, &out)
@@ -276,7 +281,13 @@ public enum PeerFrameCodec {
             try readDeltaSections(&b, into: &delta)
             return .replication(.delta(delta, purpose: purpose), stamp: stamp)
         case .syncRequest:
-            return .replication(.syncRequest, stamp: try readStamp(&b))
+            let stamp = try readStamp(&b)
+            guard b.readableBytes > 0 else { return .replication(.syncRequest(durableDigests: nil), stamp: stamp) }
+            let count = try readCount(&b, minimumElementBytes: 8, "durable bucket digests")
+            var digests: [UInt64] = []
+            digests.reserveCapacity(count)
+            for _ in 0..<count { digests.append(try read(&b, "durable bucket digest")) }
+            return .replication(.syncRequest(durableDigests: digests), stamp: stamp)
         case .syncDone:
             let stamp = try readStamp(&b)
             let ready: UInt8 = try read(&b, "ready flag")

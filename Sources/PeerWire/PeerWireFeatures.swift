@@ -17,17 +17,25 @@ public struct PeerWireFeatures: Sendable, Equatable {
     /// dialer closes a dialed connection on which anything arrives: it keeps getting answers
     /// over the accepting node's own dial, and rolling upgrades from 0.1.0 keep working.
     public var answersOnDialedConnection: Bool
+    /// A state request carrying the requester's durable bucket digests (0.2.0+), so a node that
+    /// restarts from its database is sent only the certificate records it lacks. An older peer
+    /// gets the bare request (it refuses trailing bytes) and answers with its full state.
+    public var syncRequestDigests: Bool
 
-    public init(tokenSequenceFloors: Bool, compactedCertificates: Bool, answersOnDialedConnection: Bool) {
+    public init(tokenSequenceFloors: Bool, compactedCertificates: Bool, answersOnDialedConnection: Bool,
+                syncRequestDigests: Bool) {
         self.tokenSequenceFloors = tokenSequenceFloors
         self.compactedCertificates = compactedCertificates
         self.answersOnDialedConnection = answersOnDialedConnection
+        self.syncRequestDigests = syncRequestDigests
     }
 
     /// Everything this build encodes.
-    public static let current = PeerWireFeatures(tokenSequenceFloors: true, compactedCertificates: true, answersOnDialedConnection: true)
+    public static let current = PeerWireFeatures(tokenSequenceFloors: true, compactedCertificates: true, answersOnDialedConnection: true,
+                                                 syncRequestDigests: true)
     /// What keystored 0.1.0 decodes.
-    public static let version0_1 = PeerWireFeatures(tokenSequenceFloors: false, compactedCertificates: false, answersOnDialedConnection: false)
+    public static let version0_1 = PeerWireFeatures(tokenSequenceFloors: false, compactedCertificates: false, answersOnDialedConnection: false,
+                                                    syncRequestDigests: false)
 
     /// From the `softwareVersion` of a peer's hello ("major.minor.patch", optionally followed by
     /// "-suffix" or "+build"). 0.2.0 and later get `current`; 0.1.x, and anything that does not

@@ -296,6 +296,47 @@ public struct ReplicatedStore: Sendable, Equatable {
                    tokenSequenceFloors: tokenFloors.values.map(\.record))
     }
 
+    // MARK: - Join of a node that kept its database
+
+    /// Per-bucket digests of the durable entries only: certificate records and token floors, the
+    /// ones a node keeps in its database across a restart. A restarting node sends them with its
+    /// state request, so that a ready peer streams the durable buckets that differ instead of
+    /// 100,000 records the node already holds (RAM key versions and PSK fingerprints are not
+    /// durable and always travel). O(records) over the cached entry hashes; asked once per join.
+    public func durableBucketDigests() -> [UInt64] {
+        var sums = Array(repeating: UInt64(0), count: bucketCount)
+        var counts = Array(repeating: UInt64(0), count: bucketCount)
+        certificateTable.forEachSlot { _, slot in
+            sums[Int(slot.bucket)] &+= slot.entryHash
+            counts[Int(slot.bucket)] += 1
+        }
+        for entry in tokenFloors.values {
+            sums[entry.bucket] &+= entry.entryHash
+            counts[entry.bucket] += 1
+        }
+        return (0..<bucketCount).map { Self.bucketDigest(sum: sums[$0], count: counts[$0]) }
+    }
+
+    /// The state answer for a joining peer whose durable entries have `peerDurableDigests`
+    /// (`durableBucketDigests()` on its side): every key version and PSK fingerprint, and the
+    /// certificate records and token floors of each durable bucket whose digest differs from
+    /// this replica's. Where a digest is equal the peer already holds exactly this replica's
+    /// records of that bucket (the 64-bit digest is the same trust anti-entropy places in it),
+    /// so after merging the answer it holds everything `fullDelta()` would have given it.
+    public func joinDelta(peerDurableDigests: [UInt64]) -> StoreDelta {
+        var wanted = Array(repeating: false, count: bucketCount)
+        for b in Self.differingBuckets(mine: durableBucketDigests(), theirs: peerDurableDigests) where b < bucketCount {
+            wanted[b] = true
+        }
+        var certificates: [CertificateRecord] = []
+        certificateTable.forEachSlot { index, slot in
+            if wanted[Int(slot.bucket)] { certificates.append(certificateTable.record(index)) }
+        }
+        return StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints(),
+                          certificates: certificates,
+                          tokenSequenceFloors: tokenFloors.values.filter { wanted[$0.bucket] }.map(\.record))
+    }
+
     /// Bucket indices whose digests differ. If the lists have different lengths the peers use
     /// different bucket counts, so indices mean nothing: every index either side has is returned
     /// (the shell then effectively exchanges full state).

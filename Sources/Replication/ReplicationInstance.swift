@@ -19,6 +19,9 @@ import ReplicatedStore
 ///   waiting, because that peer may hold the cluster's keys. Until the node calls `markReady`
 ///   (after generating the keys still missing), state requests are held, not answered "not
 ///   ready", so no peer mistakes a node finishing its join for a cluster that is starting.
+///   A node that restarts from its database says what it holds (durable bucket digests), and
+///   the answer carries every key version but only the certificate records and token floors
+///   of the buckets that differ.
 /// - **Push.** A local change goes to every alive member (changes are rare; no member then waits
 ///   for a rumour). What a merge of a push found new is forwarded to ⌈√N⌉ random alive members
 ///   (at least `minimumFanout`), not back to the sender.
@@ -52,6 +55,13 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         /// Chosen outcome, emitted once every apply in `waitingFor` has completed.
         var decision: JoinOutcome?
         var waitingFor: Set<ApplyID> = []
+        /// Sent with every state request: what this node already holds from its database.
+        var durableDigests: [UInt64]?
+    }
+
+    /// A state request waiting for `markReady`, with what the requester said it holds.
+    private struct HeldRequest: Sendable {
+        var durableDigests: [UInt64]?
     }
 
     /// Latest evidence about reaching a peer.
@@ -79,7 +89,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         /// Our full-state answer to this peer, in progress.
         var stream: Stream?
         /// A state request that arrived while this node was finishing its join.
-        var heldSyncRequest = false
+        var heldSyncRequest: HeldRequest?
         // Join bookkeeping (only while joining).
         var answer: Answer?
         var requestedOnLink = false
@@ -156,12 +166,18 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     // MARK: - Join
 
     /// Starts the join: connects to every peer (state requests follow on each `.up`), or
-    /// finishes at once when no other node is configured.
-    public mutating func startJoin(timeoutMillis: UInt64, nowMillis: UInt64) -> [Directive] {
+    /// finishes at once when no other node is configured. `replica` is what the node loaded
+    /// from its database: its durable digests go with every state request (none when it holds
+    /// nothing durable), so a ready peer does not send again what the node already has. Merges
+    /// during the join only add to it, so the digests stay a safe statement of what it holds.
+    public mutating func startJoin(timeoutMillis: UInt64, nowMillis: UInt64,
+                                   replica: some ReplicaContent<Payload>) -> [Directive] {
         now = max(now, nowMillis)
         guard case .joining(var join) = phase, join.startedAt == nil else { return [] }
         join.startedAt = now
         join.timeoutMillis = timeoutMillis
+        let digests = replica.durableBucketDigests
+        join.durableDigests = digests.allSatisfy { $0 == 0 } ? nil : digests
         phase = .joining(join)
         var out: [Directive] = []
         if peers.isEmpty {
@@ -187,9 +203,10 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         phase = .ready
         nextAntiEntropyAt = now &+ settings.antiEntropyIntervalMillis
         var out: [Directive] = []
-        for node in peers where state[node]?.heldSyncRequest == true {
-            state[node]?.heldSyncRequest = false
-            startStream(to: node, replica: replica, into: &out)
+        for node in peers {
+            guard let held = state[node]?.heldSyncRequest else { continue }
+            state[node]?.heldSyncRequest = nil
+            startStream(to: node, holding: held.durableDigests, replica: replica, into: &out)
         }
         for node in peers where state[node]?.alive == true {
             out.append(.send(.digest(root: replica.rootDigest), to: node))
@@ -206,17 +223,17 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         guard state[node] != nil else { return [] }
         var out: [Directive] = []
         switch message {
-        case .syncRequest:
+        case .syncRequest(let durableDigests):
             switch phase {
             case .joining:
                 out.append(.send(.syncDone(ready: false), to: node))
             case .finishing:
-                state[node]?.heldSyncRequest = true
+                state[node]?.heldSyncRequest = HeldRequest(durableDigests: durableDigests)
             case .ready:
                 // Asked again on the same connection while answering: the answer under way ends
                 // with its `syncDone`; starting over would never finish for a peer that re-asks.
                 guard state[node]?.stream == nil else { break }
-                startStream(to: node, replica: replica, into: &out)
+                startStream(to: node, holding: durableDigests, replica: replica, into: &out)
             }
 
         case .syncDone(let ready):
@@ -358,7 +375,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             // A state answer to a process that is gone would hold a copy of everything until
             // it came back; its next process asks anew.
             state[member.node]?.stream = nil
-            state[member.node]?.heldSyncRequest = false
+            state[member.node]?.heldSyncRequest = nil
         }
         return []
     }
@@ -385,7 +402,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
                     // The starter is generating the keys, or (past the timeout, still waiting)
                     // one that was starting may be ready now: ask again.
                     state[node]?.awaitingAnswer = true
-                    out.append(.send(.syncRequest, to: node))
+                    out.append(.send(.syncRequest(durableDigests: join.durableDigests), to: node))
                 }
             }
             evaluateJoin(into: &out)
@@ -453,11 +470,15 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         if case .ready? = peer.answer { return }
         state[node]?.requestedOnLink = true
         state[node]?.awaitingAnswer = true
-        out.append(.send(.syncRequest, to: node))
+        out.append(.send(.syncRequest(durableDigests: join.durableDigests), to: node))
     }
 
-    private mutating func startStream(to node: NodeID, replica: some ReplicaContent<Payload>, into out: inout [Directive]) {
-        state[node]?.stream = Stream(chunks: replica.fullStateChunks().filter { !$0.isEmpty })
+    /// `durableDigests`: what the requester said it holds from its database (nil: nothing, or a
+    /// peer too old to say), so only the durable buckets that differ are sent.
+    private mutating func startStream(to node: NodeID, holding durableDigests: [UInt64]?,
+                                      replica: some ReplicaContent<Payload>, into out: inout [Directive]) {
+        let chunks = durableDigests.map { replica.joinChunks(peerDurableDigests: $0) } ?? replica.fullStateChunks()
+        state[node]?.stream = Stream(chunks: chunks.filter { !$0.isEmpty })
         if state[node]?.linkUp == true { pumpOne(node, into: &out) }
     }
 

@@ -45,6 +45,12 @@ public protocol ReplicaContent<Payload> {
     func chunks(forBuckets buckets: [Int]) -> [Payload]
     /// The whole replicated state, in message-sized chunks, for a joining peer.
     func fullStateChunks() -> [Payload]
+    /// Per-bucket digests of the durable entries (certificate records, token floors: what a
+    /// node reloads from its database), all zero when it holds none.
+    var durableBucketDigests: [UInt64] { get }
+    /// The state for a joining peer whose durable entries have `peerDurableDigests`: every
+    /// non-durable entry, and the durable entries of the buckets that differ, in chunks.
+    func joinChunks(peerDurableDigests: [UInt64]) -> [Payload]
     /// `payload` in message-sized chunks.
     func chunks(of payload: Payload) -> [Payload]
 }
@@ -69,8 +75,11 @@ public enum ReplicationMessage<Payload: ReplicationPayload>: Sendable {
     /// Answer to a differing digest: my per-bucket digests.
     case bucketDigests([UInt64])
     case delta(Payload, purpose: DeltaPurpose)
-    /// A starting node asks for the full state (DESIGN.md RAM keys 2).
-    case syncRequest
+    /// A starting node asks for the cluster's state (DESIGN.md RAM keys 2). `durableDigests`:
+    /// the per-bucket digests of the certificate records and token floors it loaded from its
+    /// own database (`ReplicaContent.durableBucketDigests`), nil when it holds none; a ready peer
+    /// then sends those only for the buckets that differ (every key version still travels).
+    case syncRequest(durableDigests: [UInt64]?)
     /// End of the full-state answer. `ready` tells whether the sender had finished its own join:
     /// only a ready peer's state can be adopted as "the cluster's".
     case syncDone(ready: Bool)

@@ -19,6 +19,10 @@ public struct StoreReplicaContent: ReplicaContent {
     public var bucketDigests: [UInt64] { store.bucketDigests() }
     public func chunks(forBuckets buckets: [Int]) -> [StoreDelta] { chunks(of: store.delta(forBuckets: buckets)) }
     public func fullStateChunks() -> [StoreDelta] { chunks(of: store.fullDelta()) }
+    public var durableBucketDigests: [UInt64] { store.durableBucketDigests() }
+    public func joinChunks(peerDurableDigests: [UInt64]) -> [StoreDelta] {
+        chunks(of: store.joinDelta(peerDurableDigests: peerDurableDigests))
+    }
 
     public func chunks(of payload: StoreDelta) -> [StoreDelta] {
         guard !payload.isEmpty else { return [] }

@@ -118,6 +118,11 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
         let error = apiError { _ = try cluster.client("node3").verifyCert(domain: "first.com", certificate: cert) }
         XCTAssertEqual(error?.0, 403, "node3's database still had the live record; the cluster's tombstone must win")
         XCTAssertTrue(cluster.processes["node3"]!.log.contains("loaded 1 certificate records"), cluster.processes["node3"]!.log)
+        // node3 said what it kept; a ready peer sent the keys and only the bucket with the
+        // revoked record (every other bucket is empty on both sides).
+        let answered = ["node1", "node2"].map { cluster.processes[$0]!.log }.joined()
+        XCTAssertTrue(answered.contains("node3 asks for the cluster state holding registry records from its database: sending every RAM key and 1 of 1024 registry buckets"),
+                      answered)
     }
 
     func testRegistrationsSurviveAFullClusterRestart() throws {

@@ -41,8 +41,37 @@ final class PeerFrameCodecTests: XCTestCase {
         XCTAssertEqual(digests, [1, 2, UInt64.max])
         guard case .replication(.syncDone(let ready), _) = try roundTrip(.replication(.syncDone(ready: true), stamp: stamp)) else { return XCTFail() }
         XCTAssertTrue(ready)
-        guard case .replication(.syncRequest, let rs) = try roundTrip(.replication(.syncRequest, stamp: stamp)) else { return XCTFail() }
+        guard case .replication(.syncRequest(nil), let rs) = try roundTrip(.replication(.syncRequest(durableDigests: nil), stamp: stamp)) else { return XCTFail() }
         XCTAssertEqual(rs, stamp)
+    }
+
+    func testAStateRequestCarriesTheDurableDigestsOnlyToPeersThatDecodeThem() throws {
+        let stamp = HLCTimestamp(wallMillis: 7, logical: 1)
+        let digests: [UInt64] = [0, 1, UInt64.max, 42]
+        guard case .replication(.syncRequest(let decoded), let s) = try roundTrip(.replication(.syncRequest(durableDigests: digests), stamp: stamp))
+        else { return XCTFail() }
+        XCTAssertEqual(decoded, digests)
+        XCTAssertEqual(s, stamp)
+        // 0.1 refuses trailing bytes after the stamp: it gets the bare request (and answers with
+        // its full state), byte for byte what it always got.
+        var old = ByteBufferAllocator().buffer(capacity: 64), bare = ByteBufferAllocator().buffer(capacity: 64)
+        try PeerFrameCodec.encode(.replication(.syncRequest(durableDigests: digests), stamp: stamp), into: &old, for: .version0_1)
+        try PeerFrameCodec.encode(.replication(.syncRequest(durableDigests: nil), stamp: stamp), into: &bare)
+        XCTAssertEqual(old, bare)
+        let frame = try XCTUnwrap(try PeerFrameCodec.nextFrame(from: &old))
+        guard case .replication(.syncRequest(nil), _) = try PeerFrameCodec.decode(frame, arena: arena) else { return XCTFail() }
+        // A hostile count is checked against the bytes that follow, and a cut digest is named.
+        var hostile = ByteBufferAllocator().buffer(capacity: 64)
+        try PeerFrameCodec.encode(.replication(.syncRequest(durableDigests: nil), stamp: stamp), into: &hostile)
+        var body = Array(hostile.readableBytesView.dropFirst(4))
+        body += [0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3]
+        var cut = ByteBufferAllocator().buffer(capacity: 64)
+        cut.writeInteger(UInt32(body.count))
+        cut.writeBytes(body)
+        let hostileFrame = try XCTUnwrap(try PeerFrameCodec.nextFrame(from: &cut))
+        XCTAssertThrowsError(try PeerFrameCodec.decode(hostileFrame, arena: arena)) { error in
+            XCTAssertEqual(error as? PeerWireError, .truncated("durable bucket digests"))
+        }
     }
 
     func testOnlyDialersFromVersion02OnTakeAnswersOnTheirOwnConnection() {
@@ -135,7 +164,7 @@ final class PeerFrameCodecTests: XCTestCase {
         XCTAssertEqual(decodeError([1, 1, 0, 2, 0xC3, 0x28]), .invalidField("cluster name (not UTF-8)"))
         // Trailing garbage after a valid message.
         var digest = ByteBufferAllocator().buffer(capacity: 32)
-        try PeerFrameCodec.encode(.replication(.syncRequest, stamp: .zero), into: &digest)
+        try PeerFrameCodec.encode(.replication(.syncDone(ready: true), stamp: .zero), into: &digest)
         var body = Array(digest.readableBytesView.dropFirst(4))
         body.append(0)
         XCTAssertEqual(decodeError(body), .trailingBytes(1))

@@ -92,4 +92,41 @@ final class DigestTests: XCTestCase {
         XCTAssertTrue(store.delta(forBuckets: [-1, 7, Int.max]).isEmpty)
         XCTAssertNotEqual(populated(keys: 50, bucketCount: 8).rootDigest(), populated(keys: 50, bucketCount: 16).rootDigest())
     }
+
+    /// The join of a node that kept its database: durable digests cover certificate records and
+    /// token floors only, and the answer carries every key and PSK fingerprint but only the
+    /// durable entries of the buckets that differ.
+    func testDurableDigestsCoverOnlyRecordsAndFloorsAndTheJoinAnswerSendsOnlyDifferingBuckets() {
+        var disk = ReplicatedStore(graceMillis: 60_000, bucketCount: 16)
+        for i in 0..<40 {
+            _ = disk.appendCertificate(certID("u\(i)@first.com", UInt8(i)), certContent("d", added: ts(10), origin: "node1"))
+        }
+        disk.raiseTokenSequenceFloor(domain: "first.com", user: "u1@first.com", stamp: ts(11), origin: "node1")
+        var cluster = populated(keys: 100, bucketCount: 16)
+        _ = cluster.merge(disk.fullDelta(), nowMillis: 2_000)
+        XCTAssertEqual(cluster.durableBucketDigests(), disk.durableBucketDigests(), "keys and PSK fingerprints are not durable")
+        XCTAssertNotEqual(cluster.bucketDigests(), disk.bucketDigests())
+        XCTAssertTrue(ReplicatedStore(graceMillis: 1, bucketCount: 16).durableBucketDigests().allSatisfy { $0 == 0 })
+
+        var answer = cluster.joinDelta(peerDurableDigests: disk.durableBucketDigests())
+        XCTAssertEqual(answer.keyVersions, cluster.fullDelta().keyVersions)
+        XCTAssertEqual(answer.pskFingerprints, cluster.pskFingerprints())
+        XCTAssertEqual(answer.certificates, [])
+        XCTAssertEqual(answer.tokenSequenceFloors, [])
+
+        // Revoked and a floor raised on the cluster while the node was down: just those buckets.
+        _ = cluster.removeCertificates(domain: "first.com", user: "u7@first.com", name: "d", kind: .revoked, stamp: ts(20), origin: "node2")
+        cluster.raiseTokenSequenceFloor(domain: "first.com", user: "u1@first.com", stamp: ts(21), origin: "node2")
+        answer = cluster.joinDelta(peerDurableDigests: disk.durableBucketDigests())
+        XCTAssertTrue(answer.certificates.contains { $0.id.user == "u7@first.com" && $0.removal?.kind == .revoked })
+        XCTAssertLessThan(answer.certificates.count, 40)
+        XCTAssertEqual(answer.tokenSequenceFloors.map(\.floor), [3])
+        var restarted = disk
+        _ = restarted.merge(answer, nowMillis: 2_000)
+        XCTAssertEqual(restarted, cluster, "what the full state would have given")
+
+        // A peer with another bucket count: indices mean nothing, every durable entry goes.
+        XCTAssertEqual(cluster.joinDelta(peerDurableDigests: Array(repeating: 1, count: 8)).certificates.count, 40)
+        XCTAssertEqual(cluster.joinDelta(peerDurableDigests: []).certificates.count, 40)
+    }
 }

@@ -9,7 +9,7 @@ extension RuleTests {
     func testAPeerAddedDuringTheJoinIsDialledAndCanBeTheOneWhoseStateIsAdopted() {
         var instance = Instance(myself: "node1", peers: ["node2"], nowMillis: 0)
         XCTAssertEqual(summary(instance.addPeer("node5", nowMillis: 0)), [], "before the join starts: dialled by startJoin")
-        XCTAssertEqual(summary(instance.startJoin(timeoutMillis: 1000, nowMillis: 0)), ["connect→node2", "connect→node5"])
+        XCTAssertEqual(summary(instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)), ["connect→node2", "connect→node5"])
         XCTAssertEqual(summary(instance.addPeer("node3", nowMillis: 10)), ["connect→node3"])
         XCTAssertEqual(instance.peers, ["node2", "node3", "node5"])
         XCTAssertEqual(summary(instance.addPeer("node3", nowMillis: 11)), [], "already a peer")
@@ -47,7 +47,7 @@ extension RuleTests {
 
     func testARemovedPeerCanNeverKeepTheJoinWaiting() {
         var instance = Instance(myself: "node1", peers: ["node2", "node3"], nowMillis: 0)
-        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         _ = instance.linkChanged("node2", .up, nowMillis: 10)
         _ = instance.linkChanged("node3", .up, nowMillis: 10)
         _ = instance.receive(.syncDone(ready: false), from: "node2", nowMillis: 20, replica: empty)
@@ -62,7 +62,7 @@ extension RuleTests {
 
     func testRemovingTheLastPeerDuringTheJoinLeavesTheNodeAloneOnceItsMergesAreDone() {
         var instance = Instance(myself: "node1", peers: ["node2"], nowMillis: 0)
-        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         _ = instance.linkChanged("node2", .up, nowMillis: 10)
         let merge = applyIDs(instance.receive(syncChunk(), from: "node2", nowMillis: 20, replica: empty))
         XCTAssertEqual(summary(instance.removePeer("node2", nowMillis: 30)), [], "a merge of what it sent is still running")
@@ -73,7 +73,7 @@ extension RuleTests {
     func testARemovedPeerGetsNoStateAnswerNoDigestAndNoPush() {
         let big = replica(certificates: 20, chunk: 2)
         var instance = readyInstance()
-        let started = summary(instance.receive(.syncRequest, from: "node2", nowMillis: 10, replica: big))
+        let started = summary(instance.receive(.syncRequest(durableDigests: nil), from: "node2", nowMillis: 10, replica: big))
         XCTAssertEqual(started, ["sync→node2"])
         XCTAssertEqual(instance.streamingTo, ["node2"])
         XCTAssertEqual(summary(instance.removePeer("node2", nowMillis: 20)), [])
@@ -81,7 +81,7 @@ extension RuleTests {
         XCTAssertEqual(summary(instance.pump()), [])
         XCTAssertNil(instance.repairState(with: "node2"))
         // Anything it still sends is ignored; nothing is addressed to it any more.
-        XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node2", nowMillis: 30, replica: big)), [])
+        XCTAssertEqual(summary(instance.receive(.syncRequest(durableDigests: nil), from: "node2", nowMillis: 30, replica: big)), [])
         XCTAssertEqual(summary(instance.receive(.digest(root: 1), from: "node2", nowMillis: 30, replica: big)), [])
         XCTAssertEqual(summary(instance.receive(.delta(big.fullStateChunks()[0], purpose: .push), from: "node2", nowMillis: 30, replica: big)), [])
         XCTAssertEqual(summary(instance.memberChanged(member("node2", .alive), previous: nil, replica: big)), [])
@@ -102,11 +102,11 @@ extension RuleTests {
     func testAStateRequestHeldWhileFinishingIsDroppedWithItsPeer() {
         var instance = Instance(myself: "node1", peers: peers, nowMillis: 0)
         for node in peers { _ = instance.linkChanged(node, .up, nowMillis: 0) }
-        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         for node in peers { _ = instance.receive(.syncDone(ready: false), from: node, nowMillis: 0, replica: empty) }
         XCTAssertEqual(instance.joinOutcome, .clusterStarting)
-        _ = instance.receive(.syncRequest, from: "node2", nowMillis: 5, replica: empty)
-        _ = instance.receive(.syncRequest, from: "node3", nowMillis: 5, replica: empty)
+        _ = instance.receive(.syncRequest(durableDigests: nil), from: "node2", nowMillis: 5, replica: empty)
+        _ = instance.receive(.syncRequest(durableDigests: nil), from: "node3", nowMillis: 5, replica: empty)
         _ = instance.removePeer("node2", nowMillis: 6)
         XCTAssertEqual(summary(instance.markReady(nowMillis: 10, replica: replica())), ["sync→node3"],
                        "only the remaining peer's held request is answered")

@@ -72,7 +72,7 @@ final class RuleTests: XCTestCase {
     func readyInstance(now: UInt64 = 0) -> Instance {
         var instance = Instance(myself: "node1", peers: peers, nowMillis: now)
         for node in peers { _ = instance.linkChanged(node, .up, nowMillis: now) }
-        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: now)
+        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: now, replica: empty)
         for node in peers { _ = instance.receive(.syncDone(ready: false), from: node, nowMillis: now, replica: empty) }
         _ = instance.markReady(nowMillis: now, replica: empty)
         for node in peers { _ = instance.memberChanged(member(node, .alive), previous: nil, replica: empty) }
@@ -85,7 +85,7 @@ final class RuleTests: XCTestCase {
     func testJoinConnectsToEveryPeerAndAsksOncePerConnection() {
         var instance = Instance(myself: "node1", peers: peers + ["node1"], nowMillis: 0)
         XCTAssertEqual(instance.peers, peers, "itself is not a peer")
-        XCTAssertEqual(summary(instance.startJoin(timeoutMillis: 1000, nowMillis: 0)), ["connect→node2", "connect→node3", "connect→node4"])
+        XCTAssertEqual(summary(instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)), ["connect→node2", "connect→node3", "connect→node4"])
         XCTAssertEqual(summary(instance.linkChanged("node2", .up, nowMillis: 10)), ["syncRequest→node2"])
         XCTAssertEqual(summary(instance.linkChanged("node2", .up, nowMillis: 20)), [], "one request per connection")
         XCTAssertEqual(summary(instance.linkChanged("node2", .down, nowMillis: 30)), [])
@@ -98,7 +98,7 @@ final class RuleTests: XCTestCase {
 
     func testAdoptionWaitsForEveryMergeIssuedBeforeTheDecidingSyncDone() {
         var instance = Instance(myself: "node1", peers: peers, nowMillis: 0)
-        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         _ = instance.linkChanged("node3", .up, nowMillis: 1)
         let first = applyIDs(instance.receive(syncChunk(), from: "node3", nowMillis: 2, replica: empty))
         let second = applyIDs(instance.receive(syncChunk(), from: "node3", nowMillis: 3, replica: empty))
@@ -117,7 +117,7 @@ final class RuleTests: XCTestCase {
 
     func testBootstrapsAloneOnlyAfterTheTimeoutAndOnlyWhenNoPeerCanBeReached() {
         var instance = Instance(myself: "node1", peers: peers, nowMillis: 0)
-        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         for node in peers { XCTAssertEqual(summary(instance.linkChanged(node, .unreachable, nowMillis: 10)), []) }
         XCTAssertEqual(summary(instance.tick(nowMillis: 999, random: &random, replica: empty)).filter { $0.hasPrefix("finished") }, [])
         XCTAssertNil(instance.joinProblem, "not a problem before the timeout")
@@ -127,7 +127,7 @@ final class RuleTests: XCTestCase {
 
     func testAPeerThatIsReachableButSilentKeepsTheJoinWaitingAndIsReported() {
         var instance = Instance(myself: "node1", peers: peers, nowMillis: 0)
-        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = instance.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         _ = instance.linkChanged("node2", .unreachable, nowMillis: 10)
         _ = instance.linkChanged("node3", .unresponsive, nowMillis: 10)
         _ = instance.linkChanged("node4", .up, nowMillis: 10)
@@ -149,8 +149,8 @@ final class RuleTests: XCTestCase {
     func testOnlyTheStarterGeneratesKeysForAClusterStartingTogether() {
         var starter = Instance(myself: "node1", peers: peers, nowMillis: 0)
         var other = Instance(myself: "node3", peers: ["node1", "node2", "node4"], nowMillis: 0)
-        _ = starter.startJoin(timeoutMillis: 1000, nowMillis: 0)
-        _ = other.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = starter.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
+        _ = other.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         for node in peers { _ = starter.linkChanged(node, .up, nowMillis: 1) }
         for node in ["node1", "node2", "node4"] { _ = other.linkChanged(node, .up, nowMillis: 1) }
         var finished: [String] = []
@@ -173,7 +173,7 @@ final class RuleTests: XCTestCase {
                        ["finished:adopted(from: \"node1\")"])
         // If the starter cannot be reached any more, the next one in line takes over.
         var third = Instance(myself: "node2", peers: ["node1", "node3", "node4"], nowMillis: 0)
-        _ = third.startJoin(timeoutMillis: 1000, nowMillis: 0)
+        _ = third.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
         for node in ["node1", "node3", "node4"] {
             _ = third.linkChanged(node, .up, nowMillis: 1)
             _ = third.receive(.syncDone(ready: false), from: node, nowMillis: 2, replica: empty)
@@ -186,11 +186,11 @@ final class RuleTests: XCTestCase {
     func testStateRequestsWhileJoiningAreRefusedAndWhileFinishingAreHeldUntilReady() {
         var instance = Instance(myself: "node1", peers: peers, nowMillis: 0)
         let state = replica(certificates: 5, chunk: 2)
-        XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node2", nowMillis: 1, replica: state)), ["syncDone(false)→node2"])
-        _ = instance.startJoin(timeoutMillis: 10, nowMillis: 1)
+        XCTAssertEqual(summary(instance.receive(.syncRequest(durableDigests: nil), from: "node2", nowMillis: 1, replica: state)), ["syncDone(false)→node2"])
+        _ = instance.startJoin(timeoutMillis: 10, nowMillis: 1, replica: empty)
         for node in peers { _ = instance.linkChanged(node, .unreachable, nowMillis: 2) }
         XCTAssertEqual(summary(instance.tick(nowMillis: 20, random: &random, replica: state)).last, "finished:timedOut")
-        XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node3", nowMillis: 21, replica: state)), [], "held, not refused")
+        XCTAssertEqual(summary(instance.receive(.syncRequest(durableDigests: nil), from: "node3", nowMillis: 21, replica: state)), [], "held, not refused")
         _ = instance.linkChanged("node3", .up, nowMillis: 22)
         XCTAssertEqual(summary(instance.markReady(nowMillis: 30, replica: state)), ["sync→node3"])
         XCTAssertTrue(instance.isReady)
@@ -203,7 +203,7 @@ final class RuleTests: XCTestCase {
         let state = replica(certificates: 11, chunk: 2) // 1 version + 11 records = 6 chunks
         XCTAssertEqual(state.fullStateChunks().count, 6)
         _ = instance.linkChanged("node2", .down, nowMillis: 1)
-        XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node2", nowMillis: 2, replica: state)), [], "no chunk behind a dial")
+        XCTAssertEqual(summary(instance.receive(.syncRequest(durableDigests: nil), from: "node2", nowMillis: 2, replica: state)), [], "no chunk behind a dial")
         XCTAssertEqual(instance.streamingTo, [])
         XCTAssertEqual(summary(instance.pump()), [])
         XCTAssertEqual(summary(instance.linkChanged("node2", .up, nowMillis: 3)), [])
@@ -213,7 +213,7 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(instance.pump()), ["sync→node2"])
         // Asked again on the same connection: the answer under way goes on (a requester that
         // re-asks faster than a large answer takes would otherwise never get one).
-        XCTAssertEqual(summary(instance.receive(.syncRequest, from: "node2", nowMillis: 3, replica: state)), [])
+        XCTAssertEqual(summary(instance.receive(.syncRequest(durableDigests: nil), from: "node2", nowMillis: 3, replica: state)), [])
         // The connection breaks mid-stream: the next one gets the whole answer again.
         _ = instance.linkChanged("node2", .down, nowMillis: 4)
         XCTAssertEqual(summary(instance.pump()), [])
@@ -222,12 +222,58 @@ final class RuleTests: XCTestCase {
         while !instance.streamingTo.isEmpty { sent += summary(instance.pump()) }
         XCTAssertEqual(sent, Array(repeating: "sync→node2", count: 6) + ["syncDone(true)→node2"])
         // An answer to a member that died is dropped, not kept for its return.
-        _ = instance.receive(.syncRequest, from: "node3", nowMillis: 6, replica: state)
+        _ = instance.receive(.syncRequest(durableDigests: nil), from: "node3", nowMillis: 6, replica: state)
         XCTAssertEqual(instance.streamingTo, ["node3"])
         _ = instance.memberChanged(member("node3", .suspect), previous: .alive, replica: state)
         XCTAssertEqual(instance.streamingTo, ["node3"], "a suspect member keeps its transfer")
         _ = instance.memberChanged(member("node3", .dead), previous: .suspect, replica: state)
         XCTAssertEqual(instance.streamingTo, [])
+    }
+
+    func testANodeThatKeptItsDatabaseSaysWhatItHoldsAndIsSentEveryKeyButOnlyTheRecordsItLacks() {
+        // The restarting node loaded 11 records from its database; a node that loaded nothing
+        // asks with no digests (and is sent everything, as before).
+        let held = replica(certificates: 11)
+        var joiner = Instance(myself: "node5", peers: ["node1"], nowMillis: 0)
+        _ = joiner.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: held)
+        let request = joiner.linkChanged("node1", .up, nowMillis: 1)
+        guard case .send(.syncRequest(let digests?), "node1")? = request.first else { return XCTFail("\(summary(request))") }
+        XCTAssertEqual(digests, held.durableBucketDigests)
+        var fresh = Instance(myself: "node6", peers: ["node1"], nowMillis: 0)
+        _ = fresh.startJoin(timeoutMillis: 1000, nowMillis: 0, replica: empty)
+        guard case .send(.syncRequest(nil), "node1")? = fresh.linkChanged("node1", .up, nowMillis: 1).first else { return XCTFail() }
+
+        // The ready peer holds the same 11 records plus one registered while the node was down.
+        var theirs = replica(certificates: 12).store
+        /// What a ready peer streams for the request (the first chunk comes with `receive`).
+        func answer(from replica: StoreReplicaContent) -> StoreDelta {
+            var peer = readyInstance()
+            var directives = peer.receive(.syncRequest(durableDigests: digests), from: "node2", nowMillis: 2, replica: replica)
+            while !peer.streamingTo.isEmpty { directives += peer.pump() }
+            var answer = StoreDelta()
+            for case .send(.delta(let chunk, .sync), "node2") in directives {
+                answer.certificates += chunk.certificates
+                answer.keyVersions.merge(chunk.keyVersions) { $0 + $1 }
+            }
+            XCTAssertEqual(directives.count { if case .send(.syncDone(true), "node2") = $0 { true } else { false } }, 1)
+            return answer
+        }
+        let sent = answer(from: StoreReplicaContent(store: theirs))
+        XCTAssertEqual(sent.keyVersions.count, 1, "RAM keys are not durable: every key travels")
+        XCTAssertTrue(sent.certificates.contains { $0.id.user == "u11" }, "the record registered meanwhile")
+        XCTAssertLessThan(sent.certificates.count, 12, "only the buckets that differ")
+        var merged = held.store
+        _ = merged.merge(sent, nowMillis: 3)
+        XCTAssertEqual(merged, theirs, "what the full state would have given")
+
+        // Same durable state: no record at all; a revocation the node missed is sent.
+        XCTAssertEqual(answer(from: held).certificates, [])
+        theirs = held.store
+        XCTAssertEqual(theirs.removeCertificates(domain: "first.com", user: "u3", name: "d", kind: .revoked,
+                                                 stamp: HLCTimestamp(wallMillis: 9, logical: 0), origin: "node1").count, 1)
+        merged = held.store
+        _ = merged.merge(answer(from: StoreReplicaContent(store: theirs)), nowMillis: 3)
+        XCTAssertEqual(merged, theirs)
     }
 
     // MARK: Anti-entropy

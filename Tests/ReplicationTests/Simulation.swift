@@ -108,6 +108,8 @@ final class ReplicationSimulation {
     private(set) var refusedConnections = 0
     private(set) var joins: [Joined] = []
     private(set) var messages = 0
+    /// Certificate records sent in state answers (`delta` with purpose `sync`).
+    private(set) var certificatesStreamed = 0
     private(set) var brokenConnections = 0
     private var inFlight: [Envelope] = []
     private var network: SplitMix64
@@ -138,7 +140,8 @@ final class ReplicationSimulation {
         node.skewMillis = nodes[name]?.skewMillis ?? 0
         node.swim.limitMembershipToKnownNodes()
         nodes[name] = node
-        execute(nodes[name]!.replication.startJoin(timeoutMillis: settings.joinTimeoutMillis, nowMillis: now), at: name)
+        execute(nodes[name]!.replication.startJoin(timeoutMillis: settings.joinTimeoutMillis, nowMillis: now,
+                                                        replica: content(nodes[name]!)), at: name)
     }
 
     func startAll() { for name in names { start(name) } }
@@ -151,6 +154,9 @@ final class ReplicationSimulation {
         nodes[name]?.queued = [:]
         for pair in links.keys where pair.a == name || pair.b == name { breakLink(pair) }
     }
+
+    /// The node's database is gone too (a replaced disk): its next start holds nothing.
+    func loseDisk(_ name: String) { disks[name] = nil }
 
     func setUnresponsive(_ name: String, _ isFlooded: Bool) {
         if isFlooded { flooded.insert(name) } else { flooded.remove(name) }
@@ -458,6 +464,7 @@ final class ReplicationSimulation {
             return
         }
         messages += 1
+        if case .replication(.delta(let delta, .sync), _) = payload { certificatesStreamed += delta.certificates.count }
         if settings.breakProbability > 0, Double.random(in: 0..<1, using: &network) < settings.breakProbability {
             breakLink(Pair(from, to))
             return

@@ -138,14 +138,26 @@ final class SimulationTests: XCTestCase {
         let sim = startConverged(three, settings: settings)
         for i in 0..<60 { sim.register(user: "user\(i)", name: "device", fingerprint: UInt8(i), on: "node\(i % 3 + 1)") }
         XCTAssertNotNil(sim.run(until: { sim.converged }, within: 10_000))
+        // Restarted with its database: it says what it holds and is sent no record again.
         sim.crash("node3")
         sim.advance(by: 100)
+        var streamedBefore = sim.certificatesStreamed
+        sim.start("node3")
+        XCTAssertNotNil(sim.run(until: { sim.nodes["node3"]?.ready == true }, within: 10_000))
+        let expected = sim.nodes["node1"]!.store.certificateCounts()
+        XCTAssertEqual(sim.nodes["node3"]!.store.certificateCounts().registered, expected.registered)
+        XCTAssertEqual(sim.certificatesStreamed - streamedBefore, 0, "records it loaded from its database")
+        // Restarted without it (a replaced disk): the whole registry, many chunks.
+        sim.crash("node3")
+        sim.loseDisk("node3")
+        sim.advance(by: 100)
+        streamedBefore = sim.certificatesStreamed
         let sentBefore = sim.messages
         sim.start("node3")
         XCTAssertNotNil(sim.run(until: { sim.nodes["node3"]?.ready == true }, within: 10_000))
         // Ready means complete: every record was merged before the join finished.
-        let expected = sim.nodes["node1"]!.store.certificateCounts()
         XCTAssertEqual(sim.nodes["node3"]!.store.certificateCounts().registered, expected.registered)
+        XCTAssertGreaterThanOrEqual(sim.certificatesStreamed - streamedBefore, 60)
         XCTAssertGreaterThan(sim.messages - sentBefore, 30, "the state went out in many chunks")
         XCTAssertEqual(sim.minted.filter { $0.node == "node3" }, [], "the restarted node generated nothing")
         XCTAssertNotNil(sim.run(until: { sim.converged }, within: 5_000))
