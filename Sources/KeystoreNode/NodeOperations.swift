@@ -308,7 +308,9 @@ extension NodeOperations: ClusterReplica {
         for ref in forgotten { logger.info("\(ref): no member declares this ram key any more; its versions are forgotten and zeroed") }
         for ref in keys.primaryChanged {
             let primary = state.primaryVersionID(ref)
-            logger.info("\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")
+            // While joining, every key is "new": 10,000 lines would say nothing the ready line does not.
+            logger.log(level: state.isReady ? .info : .debug,
+                       "\(ref): new primary version \(primary.map(\.description) ?? "?") learned from \(node)")
             if state.isReady, let primary {
                 metrics.counter("keystore_key_rotations_total", [("origin", "peer")])
                 announceRotation(ref, primary: primary)

@@ -55,6 +55,10 @@ public struct ReplicatedStore: Sendable, Equatable {
 
     private var keys: [KeyRef: KeyEntry] = [:]
     private var psk: [PSKSlot: PSKEntry] = [:]
+    /// Counts changes to the PSK fingerprints and key declarations, so a caller can cache what
+    /// it derives from them (`pskMismatches` costs O(declared keys × nodes), and `/v1/health`
+    /// asks for it on every call). Not replicated state: not part of `==`.
+    public private(set) var pskChanges: UInt64 = 0
     /// Records are deleted only once their certificate has expired (see the compaction rule in
     /// ReplicatedStore+Certificates.swift). Each slot caches the record's bucket, content hash
     /// (a removal arriving for a stored certificate must not rehash its DER) and entry hash.
@@ -510,10 +514,12 @@ public struct ReplicatedStore: Sendable, Equatable {
         let slot = PSKSlot(node: record.node, key: record.key)
         if let current = psk[slot] {
             guard record.supersedes(current.record) else { return false }
+            pskChanges &+= 1
             bucketSums[current.bucket] &-= StableHash.entry(current.record)
             bucketSums[current.bucket] &+= StableHash.entry(record)
             psk[slot] = PSKEntry(record: record, bucket: current.bucket)
         } else {
+            pskChanges &+= 1
             let bucket = Int(StableHash.identity(node: record.node, key: record.key) % UInt64(bucketCount))
             bucketSums[bucket] &+= StableHash.entry(record)
             bucketCounts[bucket] += 1

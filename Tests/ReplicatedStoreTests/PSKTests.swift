@@ -48,6 +48,21 @@ final class PSKTests: XCTestCase {
         XCTAssertEqual(out.forwardable.pskFingerprints, [fp("n1", psk1, [2], 12), fp("n2", psk1, [1], 3)])
     }
 
+    /// `pskChanges` is what the node's caches of mismatches and declarations are keyed on: it
+    /// must move with every accepted record and only then.
+    func testPSKChangesCountsEveryAcceptedRecordAndNothingElse() {
+        var store = ReplicatedStore(graceMillis: 1)
+        XCTAssertEqual(store.pskChanges, 0)
+        _ = store.merge(StoreDelta(pskFingerprints: [fp("n1", psk1, [1], 1), fp("n2", psk1, [1], 1)]), nowMillis: 0)
+        XCTAssertEqual(store.pskChanges, 2)
+        _ = store.merge(StoreDelta(pskFingerprints: [fp("n1", psk1, [1], 1), fp("n2", psk1, [9], 0)]), nowMillis: 0)
+        XCTAssertEqual(store.pskChanges, 2, "a repeat and an older record change nothing")
+        XCTAssertTrue(store.setLocalPSKFingerprint(fp("n1", psk1, [2], 2)))
+        XCTAssertEqual(store.pskChanges, 3)
+        _ = store.merge(StoreDelta(keyVersions: [psk2: [KeyVersion(id: vid(5, "n1"), generation: 0)]]), nowMillis: 0)
+        XCTAssertEqual(store.pskChanges, 3, "key versions are not fingerprints")
+    }
+
     func testMismatchesAmongAliveNodes() {
         var store = ReplicatedStore(graceMillis: 1)
         let records = [fp("n1", psk1, [1], 1), fp("n2", psk1, [1], 1), fp("n3", psk1, [2], 1),
