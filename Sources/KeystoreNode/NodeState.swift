@@ -580,4 +580,17 @@ final class NodeState: Sendable {
             state.store.loadTokenSequenceFloors(floors)
         }
     }
+
+    /// The records held for these ids (after a load joined renamed rows into them).
+    func certificateRecords(_ ids: [CertificateID]) -> [CertificateRecord] {
+        inner.withLock { state in ids.compactMap { state.store.certificateRecord($0) } }
+    }
+
+    /// Certificate records held, removed ones included.
+    var certificateRecordCount: Int {
+        inner.withLock { state in
+            let counts = state.store.certificateCounts()
+            return counts.registered + counts.removed
+        }
+    }
 }

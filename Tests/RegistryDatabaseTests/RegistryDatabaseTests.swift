@@ -126,6 +126,22 @@ final class RegistryDatabaseTests: XCTestCase {
         XCTAssertEqual(try db.loadAll(), sorted([a, b]))
     }
 
+    /// Start-up reads in batches so the store can index one while the next is read: the batches
+    /// are the rows of `loadAll`, in order, none empty and none over the size.
+    func testBatchesAreTheRowsOfLoadAllInOrder() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        var batches: [[StoredCertificate]] = []
+        try db.forEachCertificateBatch(batchSize: 2) { batches.append($0) }
+        XCTAssertEqual(batches, [])
+        let records = (0..<5).map { fullRecord($0) }
+        try db.upsert(records)
+        try db.forEachCertificateBatch(batchSize: 2) { batches.append($0) }
+        XCTAssertEqual(batches.map(\.count), [2, 2, 1])
+        XCTAssertEqual(batches.flatMap { $0 }, try db.loadAll())
+        XCTAssertEqual(try db.loadAll(), sorted(records))
+    }
+
     func testEmptyUpsertIsANoOp() throws {
         let db = try RegistryDatabase(directory: dataDir)
         defer { db.close() }
