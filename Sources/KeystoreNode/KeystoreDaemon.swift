@@ -81,7 +81,7 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         let arena = try SecretArena { message in warningLogger.critical("\(message)") }
         let state = NodeState(config: config, arena: arena)
         do {
-            _ = try state.loadFileKeys()
+            _ = try state.loadFileKeys(declaring: false)
         } catch let error as ConfigError {
             throw DaemonError.config(error.description)
         }

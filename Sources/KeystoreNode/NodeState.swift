@@ -139,18 +139,41 @@ final class NodeState: Sendable {
     }
 
     /// (Re)reads every PSK file and installs what changed. Returns the keys whose content
-    /// changed and this node's new declaration records (for peers).
-    func loadFileKeys() throws -> (changed: [KeyRef], declarations: [PSKFingerprint]) {
+    /// changed and this node's new declaration records (for peers). At start-up (`declaring`
+    /// false) the declarations wait for the join: `becomeReady` makes only those that differ
+    /// from what the cluster holds for this node.
+    func loadFileKeys(declaring: Bool = true) throws -> (changed: [KeyRef], declarations: [PSKFingerprint]) {
         let loaded = try readFileKeys()
         return inner.withLock { state in
-            let (changed, records) = Self.install(fileKeys: loaded, into: &state, nodeName: nodeName)
-            return (changed, records + Self.declareRAMKeys(&state, nodeName: nodeName))
+            let (changed, records) = Self.install(fileKeys: loaded, into: &state, nodeName: nodeName, declaring: declaring)
+            return (changed, declaring ? records + Self.declareRAMKeys(&state, nodeName: nodeName) : [])
         }
     }
 
+    /// After the join: this node's declarations, as far as they differ from what the cluster
+    /// holds for it (its records came back with the cluster's state). A restart with an
+    /// unchanged config declares nothing: fresh stamps on 10,000 unchanged declarations made
+    /// every anti-entropy bucket differ, and the first repair after each restart exchanged the
+    /// whole state again. A key removed from this node's config while it was down is withdrawn.
+    private static func declareOwnKeys(_ state: inout Inner, nodeName: String) -> [PSKFingerprint] {
+        let now = wallClockMillis()
+        var records: [PSKFingerprint] = []
+        let configured = Set(state.layout.ramKeys.keys).union(state.layout.fileKeyPaths.keys)
+        for held in state.store.pskFingerprints(from: nodeName) where !held.isDeletion && !configured.contains(held.key) {
+            let record = PSKFingerprint(node: nodeName, key: held.key, fingerprint: [], stamp: state.clock.now(wallMillis: now))
+            if state.store.setLocalPSKFingerprint(record) { records.append(record) }
+        }
+        for (ref, key) in state.fileKeys.sorted(by: { $0.key < $1.key }) {
+            if state.store.pskFingerprint(node: nodeName, key: ref)?.fingerprint == key.fingerprint { continue }
+            let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: key.fingerprint, stamp: state.clock.now(wallMillis: now))
+            if state.store.setLocalPSKFingerprint(record) { records.append(record) }
+        }
+        return records + declareRAMKeys(&state, nodeName: nodeName)
+    }
+
     /// Replaces the file keys (keeping the original load time of an unchanged file).
-    private static func install(fileKeys loaded: [KeyRef: FileKey], into state: inout Inner, nodeName: String)
-        -> (changed: [KeyRef], declarations: [PSKFingerprint]) {
+    private static func install(fileKeys loaded: [KeyRef: FileKey], into state: inout Inner, nodeName: String,
+                                declaring: Bool = true) -> (changed: [KeyRef], declarations: [PSKFingerprint]) {
         var changed: [KeyRef] = []
         var records: [PSKFingerprint] = []
         let now = wallClockMillis()
@@ -159,6 +182,7 @@ final class NodeState: Sendable {
             state.fileKeys[ref] = new
             state.prepared.invalidate(ref)
             changed.append(ref)
+            guard declaring else { continue }
             let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: new.fingerprint, stamp: state.clock.now(wallMillis: now))
             if state.store.setLocalPSKFingerprint(record) { records.append(record) }
         }
@@ -290,7 +314,8 @@ final class NodeState: Sendable {
     }
 
     /// After the join decision: generate every configured RAM key the cluster did not give us,
-    /// then serve. Returns the versions this node created (to be pushed to peers).
+    /// then serve. Returns the versions this node created and the declarations it (re)made
+    /// (to be pushed to peers).
     func becomeReady() throws(NodeError) -> StoreDelta {
         try mintMissingKeys(andBecomeReady: true)
     }
@@ -317,7 +342,10 @@ final class NodeState: Sendable {
                     delta.keyVersions[ref, default: []].append(version)
                 }
             }
-            if andBecomeReady { state.ready = true }
+            if andBecomeReady {
+                delta.pskFingerprints = Self.declareOwnKeys(&state, nodeName: nodeName)
+                state.ready = true
+            }
             state.prepared.invalidate(delta.keyVersions.keys)
             if andBecomeReady { state.prepared.invalidateAll() }
             return delta

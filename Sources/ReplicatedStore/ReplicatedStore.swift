@@ -228,6 +228,16 @@ public struct ReplicatedStore: Sendable, Equatable {
         return result
     }
 
+    /// One node's record for one key (nil: none held).
+    public func pskFingerprint(node: NodeID, key: KeyRef) -> PSKFingerprint? {
+        psk[PSKSlot(node: node, key: key)]?.record
+    }
+
+    /// Every record one node made, deletions included.
+    public func pskFingerprints(from node: NodeID) -> [PSKFingerprint] {
+        psk.values.lazy.map(\.record).filter { $0.node == node }.sorted(by: Self.pskOrder)
+    }
+
     /// The records of every node for one key, deletions included.
     public func pskFingerprints(of key: KeyRef) -> [PSKFingerprint] {
         psk.values.lazy.map(\.record).filter { $0.key == key }.sorted(by: Self.pskOrder)

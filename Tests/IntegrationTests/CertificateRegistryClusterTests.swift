@@ -123,6 +123,17 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
         let answered = ["node1", "node2"].map { cluster.processes[$0]!.log }.joined()
         XCTAssertTrue(answered.contains("node3 asks for the cluster state holding registry records from its database: sending every RAM key and 1 of 1024 registry buckets"),
                       answered)
+        // Ready means equal to the cluster: anti-entropy then finds nothing to repair (node3's
+        // key declarations are the ones the cluster already held, not fresh copies that made
+        // every bucket differ and had the whole state exchanged again after each restart).
+        let digestsBefore = cluster.gossipMessages("node3", direction: "in", type: "digest")
+        waitUntil("node3 took part in a few anti-entropy rounds") {
+            cluster.gossipMessages("node3", direction: "in", type: "digest") >= digestsBefore + 4
+        }
+        for direction in ["in", "out"] {
+            XCTAssertEqual(cluster.gossipMessages("node3", direction: direction, type: "bucket_digests"), 0, "digests differed (\(direction))")
+            XCTAssertEqual(cluster.gossipMessages("node3", direction: direction, type: "delta_repair"), 0, "a repair (\(direction))")
+        }
     }
 
     func testRegistrationsSurviveAFullClusterRestart() throws {

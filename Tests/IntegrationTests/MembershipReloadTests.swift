@@ -49,21 +49,13 @@ final class MembershipReloadTests: ClusterTestCase {
         ((try? cluster.client(observer).clusterStatus())?.members ?? []).filter { $0.state != .alive }.map { "\($0.node) \($0.state.rawValue)" }
     }
 
-    private func counter(_ cluster: ClusterHarness, _ node: String, direction: String, type: String) -> Int {
-        guard let response = try? KeystoreConnection(socketPath: cluster.socketPath(node)).request("GET", "/metrics") else { return -1 }
-        let line = response.bodyText.split(separator: "\n").first {
-            $0.hasPrefix("keystore_gossip_messages_total{") && $0.contains("direction=\"\(direction)\"") && $0.contains("type=\"\(type)\"")
-        }
-        return line.flatMap { Int(Double($0.split(separator: " ").last ?? "") ?? -1) } ?? 0
-    }
-
     /// Waits until each of `nodes` has received `rounds` more anti-entropy digests: that many
     /// comparisons with its peers, and many more membership probe rounds (one per 300 ms).
     private func waitForAntiEntropy(_ cluster: ClusterHarness, _ nodes: [String], rounds: Int) {
-        let start = Dictionary(uniqueKeysWithValues: nodes.map { ($0, counter(cluster, $0, direction: "in", type: "digest")) })
+        let start = Dictionary(uniqueKeysWithValues: nodes.map { ($0, cluster.gossipMessages($0, direction: "in", type: "digest")) })
         for node in nodes {
             waitUntil("\(node) received \(rounds) more anti-entropy digests", timeout: 30) {
-                counter(cluster, node, direction: "in", type: "digest") >= start[node]! + rounds
+                cluster.gossipMessages(node, direction: "in", type: "digest") >= start[node]! + rounds
             }
         }
     }
@@ -182,9 +174,9 @@ final class MembershipReloadTests: ClusterTestCase {
         let deadline = Date().addingTimeInterval(60)
         var quiet = false
         while !quiet && Date() < deadline {
-            let repairs = founders.map { counter(cluster, $0, direction: "out", type: "bucket_digests") }
+            let repairs = founders.map { cluster.gossipMessages($0, direction: "out", type: "bucket_digests") }
             waitForAntiEntropy(cluster, founders, rounds: 4)
-            quiet = founders.map { counter(cluster, $0, direction: "out", type: "bucket_digests") } == repairs
+            quiet = founders.map { cluster.gossipMessages($0, direction: "out", type: "bucket_digests") } == repairs
         }
         XCTAssertTrue(quiet, "no repair loop between nodes whose configs differ: 4 anti-entropy rounds without a repair")
         for node in ["node2", "node3"] {

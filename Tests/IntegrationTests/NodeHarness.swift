@@ -214,6 +214,15 @@ final class ClusterHarness {
     }
 
     /// The primary key (base64) each running node serves for `domain/name`.
+    /// `keystore_gossip_messages_total` of one direction and frame type on `node` (-1: no answer).
+    func gossipMessages(_ node: String, direction: String, type: String) -> Int {
+        guard let response = try? KeystoreConnection(socketPath: socketPath(node)).request("GET", "/metrics") else { return -1 }
+        let line = response.bodyText.split(separator: "\n").first {
+            $0.hasPrefix("keystore_gossip_messages_total{") && $0.contains("direction=\"\(direction)\"") && $0.contains("type=\"\(type)\"")
+        }
+        return line.flatMap { Int(Double($0.split(separator: " ").last ?? "") ?? -1) } ?? 0
+    }
+
     func primaries(_ domain: String = "first.com", _ name: String = "token_secret") -> [String: String] {
         var result: [String: String] = [:]
         for (node, process) in processes where process.isRunning {
