@@ -292,7 +292,7 @@ run_sync() {
     sent="$(bytes_between "$s0" "$s1")"
     echo
     echo "idle peer traffic, 2 nodes in agreement holding $keys keys and $n certificates: $(( sent / secs )) bytes/s both directions" \
-         "(TCP payload incl. TLS; anti-entropy every 1 s per node + SWIM) ≈ $(( sent / secs / 2 )) bytes per anti-entropy round"
+         "(TCP payload incl. TLS; anti-entropy every 500 ms per node + SWIM) ≈ $(( sent / secs / 2 )) bytes per anti-entropy round"
     stop_all
     rm -rf "$tmp/data"
 }
