@@ -32,12 +32,7 @@ final class APIRouterTests: XCTestCase {
     let loop = EmbeddedEventLoop()
 
     override func setUpWithError() throws {
-        directory = NSTemporaryDirectory() + "router-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for name in ["ca.pem", "node1.pem", "node1.key"] {
-            _ = FileManager.default.createFile(atPath: "\(directory!)/\(name)", contents: Data("x".utf8), attributes: [.posixPermissions: 0o600])
-        }
-        _ = FileManager.default.createFile(atPath: "\(directory!)/psk", contents: Data(" psk-value \n".utf8), attributes: [.posixPermissions: 0o600])
+        directory = try scratchNodeDirectory("router", files: ["psk": " psk-value \n"])
         let json = """
         { "cluster": "c", "tls": { "ca": "ca.pem", "cert": "{node}.pem", "key": "{node}.key" },
           "nodes": { "node1": { "peer": "127.0.0.1:7401", "socket": "/tmp/r.sock", "data_dir": "data" } },

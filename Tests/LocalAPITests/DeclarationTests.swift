@@ -16,12 +16,7 @@ final class DeclarationTests: XCTestCase {
     private let dropped = KeyRef(domain: "first.com", name: "dropped_while_down")
 
     override func setUpWithError() throws {
-        directory = NSTemporaryDirectory() + "declarations-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for name in ["ca.pem", "node1.pem", "node1.key"] {
-            _ = FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("x".utf8), attributes: [.posixPermissions: 0o600])
-        }
-        _ = FileManager.default.createFile(atPath: "\(directory)/provision.psk", contents: Data("the-psk\n".utf8), attributes: [.posixPermissions: 0o600])
+        directory = try scratchNodeDirectory("declarations", files: ["provision.psk": "the-psk\n"])
     }
 
     override func tearDownWithError() throws {

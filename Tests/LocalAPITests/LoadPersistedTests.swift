@@ -13,11 +13,7 @@ final class LoadPersistedTests: XCTestCase {
     private var directory = ""
 
     override func setUpWithError() throws {
-        directory = NSTemporaryDirectory() + "load-persisted-\(UUID().uuidString)"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        for name in ["ca.pem", "node1.pem", "node1.key"] {
-            _ = FileManager.default.createFile(atPath: "\(directory)/\(name)", contents: Data("x".utf8), attributes: [.posixPermissions: 0o600])
-        }
+        directory = try scratchNodeDirectory("load-persisted")
     }
 
     override func tearDownWithError() throws {
