@@ -245,8 +245,7 @@ public final class NodeOperations: Sendable {
                 batch.reserveCapacity(rows.count)
                 for row in rows {
                     guard let record = CertificateRecord(stored: row) else { continue }
-                    if !JID.isPreparedBareASCII(record.id.user), let prepared = JID(record.id.user)?.description,
-                       !prepared.utf8.elementsEqual(record.id.user.utf8) {
+                    if let prepared = JID.preparedIfDifferent(record.id.user) {
                         renamed.append(record.id)
                         var moved = record
                         moved.id = CertificateID(domain: record.id.domain, user: prepared, sha256: record.id.sha256)
@@ -276,7 +275,7 @@ public final class NodeOperations: Sendable {
         var renamedFloors: [(domain: String, user: String)] = []
         for row in try database.loadTokenSequenceFloors() {
             var floor = TokenSequenceFloor(stored: row)
-            if !JID.isPreparedBareASCII(floor.user), let prepared = JID(floor.user)?.description, !prepared.utf8.elementsEqual(floor.user.utf8) {
+            if let prepared = JID.preparedIfDifferent(floor.user) {
                 renamedFloors.append((floor.domain, floor.user))
                 floor.user = prepared
             }
@@ -443,6 +442,13 @@ extension RegistryWriter {
 // MARK: Mapping between store records and database rows
 
 extension JID {
+    /// The prepared form of a stored user when it differs from what is stored (a row written by
+    /// an older version), nil when the stored user is already prepared or does not parse.
+    static func preparedIfDifferent(_ user: String) -> String? {
+        guard !isPreparedBareASCII(user), let prepared = JID(user)?.description, !prepared.utf8.elementsEqual(user.utf8) else { return nil }
+        return prepared
+    }
+
     /// True for `local@domain` in lowercase ASCII letters, digits and `.-_+` (the domain without
     /// `_+`), each part 1...1023 bytes and the domain without empty labels: nodeprep and nameprep
     /// map such a string to itself, so `JID(user)?.description == user` without asking libidn.

@@ -285,20 +285,36 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// certificate records, tombstones included).
     /// Out-of-range indices are ignored.
     public func delta(forBuckets buckets: [Int]) -> StoreDelta {
-        var wanted = Array(repeating: false, count: bucketCount)
-        for b in buckets where b >= 0 && b < bucketCount { wanted[b] = true }
+        let wanted = bucketMask(buckets)
         var delta = StoreDelta()
         for (key, entry) in keys where wanted[entry.bucket] {
             delta.keyVersions[key] = entry.versions
         }
         delta.pskFingerprints = psk.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.pskOrder)
+        delta.certificates = certificates(inBuckets: wanted).sorted { $0.id < $1.id }
+        delta.tokenSequenceFloors = floors(inBuckets: wanted).sorted(by: Self.floorOrder)
+        return delta
+    }
+
+    /// `wanted[b]` for each bucket index in `buckets`; out-of-range indices are ignored.
+    private func bucketMask(_ buckets: [Int]) -> [Bool] {
+        var wanted = Array(repeating: false, count: bucketCount)
+        for b in buckets where b >= 0 && b < bucketCount { wanted[b] = true }
+        return wanted
+    }
+
+    /// The certificate records of the wanted buckets, in slot order.
+    private func certificates(inBuckets wanted: [Bool]) -> [CertificateRecord] {
         var certificates: [CertificateRecord] = []
         certificateTable.forEachSlot { index, slot in
             if wanted[Int(slot.bucket)] { certificates.append(certificateTable.record(index)) }
         }
-        delta.certificates = certificates.sorted { $0.id < $1.id }
-        delta.tokenSequenceFloors = tokenFloors.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.floorOrder)
-        return delta
+        return certificates
+    }
+
+    /// The token floors of the wanted buckets, unsorted.
+    private func floors(inBuckets wanted: [Bool]) -> [TokenSequenceFloor] {
+        tokenFloors.values.filter { wanted[$0.bucket] }.map(\.record)
     }
 
     public func fullDelta() -> StoreDelta {
@@ -338,17 +354,9 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// records of that bucket (the 64-bit digest is the same trust anti-entropy places in it),
     /// so after merging the answer it holds everything `fullDelta()` would have given it.
     public func joinDelta(peerDurableDigests: [UInt64]) -> StoreDelta {
-        var wanted = Array(repeating: false, count: bucketCount)
-        for b in Self.differingBuckets(mine: durableBucketDigests(), theirs: peerDurableDigests) where b < bucketCount {
-            wanted[b] = true
-        }
-        var certificates: [CertificateRecord] = []
-        certificateTable.forEachSlot { index, slot in
-            if wanted[Int(slot.bucket)] { certificates.append(certificateTable.record(index)) }
-        }
+        let wanted = bucketMask(Self.differingBuckets(mine: durableBucketDigests(), theirs: peerDurableDigests))
         return StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints(),
-                          certificates: certificates,
-                          tokenSequenceFloors: tokenFloors.values.filter { wanted[$0.bucket] }.map(\.record))
+                          certificates: certificates(inBuckets: wanted), tokenSequenceFloors: floors(inBuckets: wanted))
     }
 
     /// Bucket indices whose digests differ. If the lists have different lengths the peers use
@@ -524,17 +532,16 @@ public struct ReplicatedStore: Sendable, Equatable {
         let slot = PSKSlot(node: record.node, key: record.key)
         if let current = psk[slot] {
             guard record.supersedes(current.record) else { return false }
-            pskChanges &+= 1
             bucketSums[current.bucket] &-= StableHash.entry(current.record)
             bucketSums[current.bucket] &+= StableHash.entry(record)
             psk[slot] = PSKEntry(record: record, bucket: current.bucket)
         } else {
-            pskChanges &+= 1
             let bucket = Int(StableHash.identity(node: record.node, key: record.key) % UInt64(bucketCount))
             bucketSums[bucket] &+= StableHash.entry(record)
             bucketCounts[bucket] += 1
             psk[slot] = PSKEntry(record: record, bucket: bucket)
         }
+        pskChanges &+= 1
         return true
     }
 }
