@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <malloc.h>
 #include "CSystemShims.h"
 #include <sys/prctl.h>
 
@@ -86,4 +87,8 @@ int ks_install_fatal_signal_reporter(void) {
         if (sigaction(ks_fatal_signals[i].signo, &action, NULL) != 0) return -1;
     }
     return 0;
+}
+
+int ks_malloc_trim(void) {
+    return malloc_trim(0);
 }

@@ -179,6 +179,11 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
             logger.info("ready: single-node cluster; generated \(generated) ram keys")
         }
 
+        // The load and the join leave their transient buffers free but resident (see ProcessMemory).
+        let trimStarted = monotonicMillis()
+        ProcessMemory.releaseFreedHeap()
+        logger.debug("returned the heap freed by the start-up load and the join to the system in \(monotonicMillis() - trimStarted) ms")
+
         let housekeeping = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
             operations.expireVersions()
             operations.retryPendingPeerRecords()

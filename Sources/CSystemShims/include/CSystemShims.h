@@ -20,4 +20,8 @@ int ks_signal_pipe(const int *signals, int count);
 /// process still dies by that signal. Call first thing in main, before any secret exists.
 /// Returns 0, or -1 with errno set if a handler could not be installed.
 int ks_install_fatal_signal_reporter(void);
+
+/// malloc_trim(0): returns every whole free page of every glibc arena to the kernel (the Glibc
+/// module does not export <malloc.h>). Returns 1 if memory was released, 0 otherwise.
+int ks_malloc_trim(void);
 #endif
