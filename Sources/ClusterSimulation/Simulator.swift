@@ -686,19 +686,25 @@ public final class Simulator {
                 send(.swim(message), from: node, to: target)
             case .statusChanged(let member, let previous):
                 guard let subject = indexByName[member.node] else { continue }
-                if member.status == .dead { judgeDeath(of: subject, instance: member.instance, seenBy: node) }
+                if member.status == .dead { judgeDeath(of: subject, member: member, previous: previous, seenBy: node) }
                 execute(node.replication.memberChanged(member, previous: previous, replica: node.content), at: node)
             }
         }
     }
 
-    private func judgeDeath(of subject: Int, instance: UInt64, seenBy observer: SimNode) {
+    private func judgeDeath(of subject: Int, member: Member, previous: MemberStatus?, seenBy observer: SimNode) {
+        let instance = member.instance
         let target = nodes[subject]
         if target.up && target.instance == instance && !partitionActive && now >= partitionQuietUntil {
             falseDeaths += 1
             let paused = pausedUntil[subject].map { " (paused until t=\($0) ms)" } ?? ""
             if falseDeaths <= 5 {
-                log.append("false death: \(observer.name) declared \(target.name) dead at t=\(now) ms while it ran\(paused)")
+                // What tells the mechanism apart: a verdict on an incarnation the target already
+                // refuted means the refutation had not reached the observer.
+                let heard = member.lastHeardMillis.map { "\(observer.monotonic(now) &- $0) ms before" } ?? "never"
+                log.append("false death: \(observer.name) declared \(target.name) dead at t=\(now) ms while it ran\(paused); "
+                    + "it held it \(previous.map(\.rawValue) ?? "unknown") at incarnation \(member.incarnation), the process was at "
+                    + "\(target.swim.myself.incarnation); last heard from it directly: \(heard)")
             }
         }
         for index in crashTracks.indices where crashTracks[index].victim == subject && crashTracks[index].instance == instance

@@ -147,6 +147,8 @@ public struct SWIMSettings: Hashable, Sendable {
     /// only piggybacked on probes: at 1,000 nodes the probe traffic alone spreads news in ~3 s.
     public var gossipIntervalMillis: UInt64 = 200
     public var gossipFanout: Int = 5
+    /// Rumours piggybacked per message; with a backlog (a quarter of it is more) up to four
+    /// times as many, so the verdicts queued when a partition heals do not hold up news.
     public var gossipPerMessage: Int = 8
     /// λ in "each update is piggybacked λ·log2(n) times".
     public var retransmitMultiplier: Int = 3

@@ -99,6 +99,8 @@ public struct SWIMInstance: Sendable {
     private struct Rumour: Sendable {
         var update: GossipUpdate
         var sent: Int
+        /// When it was queued (a counter): among rumours sent equally often the newest goes first.
+        var queued: UInt64
     }
 
     /// Caps so a confused or hostile peer cannot make this node's memory grow without bound.
@@ -113,6 +115,8 @@ public struct SWIMInstance: Sendable {
 
     private var peers: [NodeID: Peer] = [:]
     private var rumours: [NodeID: Rumour] = [:]
+    /// Counts rumours queued, to order equally sent ones newest first.
+    private var rumoursQueued: UInt64 = 0
     /// Members with a running timer (suspect or unconfirmed), so a tick does not scan everyone.
     private var timed: Set<NodeID> = []
     /// No timer in `timed` expires before this (0: unknown, scan at the next tick).
@@ -798,7 +802,8 @@ public struct SWIMInstance: Sendable {
     }
 
     private mutating func enqueue(_ update: GossipUpdate) {
-        rumours[update.node] = Rumour(update: update, sent: 0)
+        rumoursQueued &+= 1
+        rumours[update.node] = Rumour(update: update, sent: 0, queued: rumoursQueued)
     }
 
     /// Piggyback for one message: our own record (so the receiver learns our incarnation from
@@ -817,7 +822,11 @@ public struct SWIMInstance: Sendable {
         }
         guard !rumours.isEmpty else { return result }
         let limit = settings.retransmitLimit(memberCount: peers.count + 1)
-        for name in leastSentRumours(max(0, settings.gossipPerMessage)) {
+        // A backlog (after a partition heals every member queues a verdict per member it lost)
+        // drains up to 4× faster: at 8 per message a crash verdict queued behind it reached the
+        // last of 1,000 members ~3 s after the others.
+        let perMessage = max(0, settings.gossipPerMessage)
+        for name in leastSentRumours(min(4 * perMessage, max(perMessage, rumours.count / 4))) {
             guard let rumour = rumours[name] else { continue }
             let repeatsHint = hint.map {
                 $0.node == rumour.update.node && $0.instance == rumour.update.instance
@@ -829,17 +838,24 @@ public struct SWIMInstance: Sendable {
         return result
     }
 
-    /// The `count` rumours sent least often (ties by name): a bounded selection, not a sort,
-    /// since a large cluster's start-up queues a rumour per member.
+    /// The `count` rumours sent least often, the newest first among equals (memberlist's
+    /// order): after a partition heals every member queues hundreds of verdicts from its side,
+    /// and a refutation queued behind them (ties broken by name) reached some members only after
+    /// their own suspicion of the refuting member expired (`keystore-sim --nodes 1000
+    /// --rotations 0 --registrations 0`: 311 false deaths, 303 of them a stale suspicion).
+    /// A bounded selection, not a sort, since a large cluster's start-up queues a rumour per member.
     private func leastSentRumours(_ count: Int) -> [NodeID] {
         guard count > 0 else { return [] }
-        var best: [(sent: Int, name: NodeID)] = []
+        func before(_ a: (sent: Int, queued: UInt64), _ b: (sent: Int, queued: UInt64)) -> Bool {
+            a.sent != b.sent ? a.sent < b.sent : a.queued > b.queued
+        }
+        var best: [(sent: Int, queued: UInt64, name: NodeID)] = []
         best.reserveCapacity(count + 1)
         for (name, rumour) in rumours {
-            let entry = (sent: rumour.sent, name: name)
-            if best.count == count, let last = best.last, !(entry < last) { continue }
-            let position = best.firstIndex { entry < $0 } ?? best.count
-            best.insert(entry, at: position)
+            let entry = (sent: rumour.sent, queued: rumour.queued)
+            if best.count == count, let last = best.last, !before(entry, (last.sent, last.queued)) { continue }
+            let position = best.firstIndex { before(entry, ($0.sent, $0.queued)) } ?? best.count
+            best.insert((entry.sent, entry.queued, name), at: position)
             if best.count > count { best.removeLast() }
         }
         return best.map(\.name)
