@@ -160,6 +160,20 @@ final class APIRouterTests: XCTestCase {
         XCTAssertNil(APIRequest.decodePath("/%C3"), "invalid UTF-8 after decoding")
     }
 
+    func testQueryIsWhatFollowsTheFirstQuestionMarkUpToAFragment() {
+        func query(_ uri: String) -> String {
+            String(APIRequest(method: .GET, uri: uri, headers: [:], body: ByteBuffer(),
+                              caller: PeerCredentials(pid: 1, uid: 0, gid: 0), requestID: 1).query)
+        }
+        XCTAssertEqual(query("/v1/domains/first.com/users/a%40first.com/certs?all=1"), "all=1")
+        XCTAssertEqual(query("/v1/events?since=42&x=%3F#frag?no"), "since=42&x=%3F")
+        XCTAssertEqual(query("/v1/events?a=b?c"), "a=b?c", "a later '?' belongs to the query")
+        XCTAssertEqual(query("/v1/é/x?q=é#f"), "q=é", "non-ASCII around the delimiters")
+        XCTAssertEqual(query("/v1/health?"), "")
+        XCTAssertEqual(query("/v1/health#f"), "")
+        XCTAssertEqual(query("/v1/health"), "")
+    }
+
     // MARK: Prepared get-key bodies (PreparedResponses.swift)
 
     private func rawGetKey(_ uri: String) throws -> (status: UInt, body: [UInt8]) {
