@@ -846,16 +846,15 @@ public struct SWIMInstance: Sendable {
     /// A bounded selection, not a sort, since a large cluster's start-up queues a rumour per member.
     private func leastSentRumours(_ count: Int) -> [NodeID] {
         guard count > 0 else { return [] }
-        func before(_ a: (sent: Int, queued: UInt64), _ b: (sent: Int, queued: UInt64)) -> Bool {
-            a.sent != b.sent ? a.sent < b.sent : a.queued > b.queued
-        }
-        var best: [(sent: Int, queued: UInt64, name: NodeID)] = []
+        // Tuples compare in order; `~queued` makes a later rumour compare smaller (the counter
+        // is unique, so the name never decides).
+        var best: [(sent: Int, age: UInt64, name: NodeID)] = []
         best.reserveCapacity(count + 1)
         for (name, rumour) in rumours {
-            let entry = (sent: rumour.sent, queued: rumour.queued)
-            if best.count == count, let last = best.last, !before(entry, (last.sent, last.queued)) { continue }
-            let position = best.firstIndex { before(entry, ($0.sent, $0.queued)) } ?? best.count
-            best.insert((entry.sent, entry.queued, name), at: position)
+            let entry = (sent: rumour.sent, age: ~rumour.queued, name: name)
+            if best.count == count, let last = best.last, !(entry < last) { continue }
+            let position = best.firstIndex { entry < $0 } ?? best.count
+            best.insert(entry, at: position)
             if best.count > count { best.removeLast() }
         }
         return best.map(\.name)
