@@ -5,8 +5,9 @@
 /// own). Here a record is one fixed-size slot in a contiguous array (~176 bytes): the fingerprint
 /// inline, domains and node names interned, a user stored as its localpart when it is
 /// `local@domain` (a small string, no heap object, for any localpart up to 15 bytes), `jids`
-/// omitted when it is just `[user]`; the two indexes map a seeded hash to the first slot of a
-/// chain (12 bytes a bucket). Hand-written for that reason (measured: `bench/run.sh sync`,
+/// omitted when it is just `[user]`; the two indexes are arrays of chain heads (4 bytes a
+/// bucket, one bucket per record at most: a `[Int: Int32]` of hash to head took 32 bytes a
+/// record each, 6.4 MB at 100,000). Hand-written for that reason (measured: `bench/run.sh sync`,
 /// BENCHMARKS.md "Large state").
 ///
 /// Slots keep their insertion order (a freed slot is reused), so iterating the table visits
@@ -59,8 +60,10 @@ struct CertificateTable: Sendable {
     private(set) var count = 0
     private var slots: [Slot] = []
     private var freeSlots: [Int32] = []
-    private var byID: [Int: Int32] = [:]
-    private var byUser: [Int: Int32] = [:]
+    /// Chain heads (-1: empty), indexed by the id's (`byID`) or the user's (`byUser`) hash
+    /// masked to the array's size, a power of two kept at least `count` (`growIndexes`).
+    private var byID: [Int32] = []
+    private var byUser: [Int32] = []
     private var strings: [String] = []
     private var stringIndex: [String: UInt32] = [:]
     private var oddFingerprints: [Int32: [UInt8]] = [:]
@@ -71,19 +74,25 @@ struct CertificateTable: Sendable {
     mutating func reserve(_ n: Int) {
         guard count == 0, n > slots.capacity else { return }
         slots.reserveCapacity(n)
-        byID.reserveCapacity(n)
-        byUser.reserveCapacity(n)
+        growIndexes(toHold: n)
     }
 
     // MARK: Lookup
 
+    /// The chain walks read single fields (`slots[i].x`), never a whole `Slot`: a copy retains
+    /// its four references, and a chain now holds every id whose hash shares the bucket, so a
+    /// lookup of a new id visits ~1 other slot (profiled: with whole-slot copies a fresh node's
+    /// join of 100,000 records took ~10 % more CPU).
     func find(_ id: CertificateID) -> Int32? {
-        guard let domain = interned(id.domain) else { return nil }
-        var index = byID[Self.idKey(id)] ?? -1
+        guard let domain = interned(id.domain), !byID.isEmpty else { return nil }
+        let words = Self.words(id.sha256)
+        var index = byID[Self.idKey(id) & (byID.count - 1)]
         while index >= 0 {
-            let slot = slots[Int(index)]
-            if slot.domain == domain, matches(slot, user: id.user), fingerprintMatches(index, id.sha256) { return index }
-            index = slot.nextInID
+            let i = Int(index)
+            let fingerprintMatches = slots[i].flags & Flags.oddFingerprint != 0
+                ? oddFingerprints[index] == id.sha256 : words.map { $0 == slots[i].sha } ?? false
+            if fingerprintMatches, slots[i].domain == domain, matches(i, user: id.user) { return index }
+            index = slots[i].nextInID
         }
         return nil
     }
@@ -92,11 +101,12 @@ struct CertificateTable: Sendable {
     func slots(domain: String, user: String) -> [Int32] {
         guard let domainIndex = interned(domain) else { return [] }
         var result: [Int32] = []
-        var index = byUser[Self.userKey(domain: domain, user: user)] ?? -1
+        guard !byUser.isEmpty else { return [] }
+        var index = byUser[Self.userKey(domain: domain, user: user) & (byUser.count - 1)]
         while index >= 0 {
-            let slot = slots[Int(index)]
-            if slot.domain == domainIndex, matches(slot, user: user) { result.append(index) }
-            index = slot.nextOfUser
+            let i = Int(index)
+            if slots[i].domain == domainIndex, matches(i, user: user) { result.append(index) }
+            index = slots[i].nextOfUser
         }
         return result
     }
@@ -160,6 +170,7 @@ struct CertificateTable: Sendable {
     /// Stores `record` in a new slot (its id must not be held) and returns the slot.
     @discardableResult
     mutating func insert(_ record: CertificateRecord, bucket: Int, contentHash: UInt64?, entryHash: UInt64) -> Int32 {
+        growIndexes(toHold: count + 1)
         let index: Int32
         if let reused = freeSlots.popLast() {
             index = reused
@@ -168,12 +179,13 @@ struct CertificateTable: Sendable {
             slots.append(Self.emptySlot)
         }
         var slot = fill(record, index: index, bucket: bucket, contentHash: contentHash, entryHash: entryHash)
-        let idKey = Self.idKey(record.id), userKey = Self.userKey(domain: record.id.domain, user: record.id.user)
-        slot.nextInID = byID[idKey] ?? -1
-        slot.nextOfUser = byUser[userKey] ?? -1
+        let idBucket = Self.idKey(record.id) & (byID.count - 1)
+        let userBucket = Self.userKey(domain: record.id.domain, user: record.id.user) & (byUser.count - 1)
+        slot.nextInID = byID[idBucket]
+        slot.nextOfUser = byUser[userBucket]
         slots[Int(index)] = slot
-        byID[idKey] = index
-        byUser[userKey] = index
+        byID[idBucket] = index
+        byUser[userBucket] = index
         count += 1
         return index
     }
@@ -190,20 +202,21 @@ struct CertificateTable: Sendable {
     /// Frees `index`, unlinking it from both chains.
     mutating func remove(_ index: Int32, id: CertificateID) {
         let slot = slots[Int(index)]
-        Self.unlink(index, slots: &slots, chains: &byID, key: Self.idKey(id), next: \.nextInID, following: slot.nextInID)
-        Self.unlink(index, slots: &slots, chains: &byUser, key: Self.userKey(domain: id.domain, user: id.user), next: \.nextOfUser,
-                    following: slot.nextOfUser)
+        Self.unlink(index, slots: &slots, heads: &byID, bucket: Self.idKey(id) & (byID.count - 1), next: \.nextInID,
+                    following: slot.nextInID)
+        Self.unlink(index, slots: &slots, heads: &byUser, bucket: Self.userKey(domain: id.domain, user: id.user) & (byUser.count - 1),
+                    next: \.nextOfUser, following: slot.nextOfUser)
         slots[Int(index)] = Self.emptySlot
         oddFingerprints[index] = nil
         freeSlots.append(index)
         count -= 1
     }
 
-    private static func unlink(_ index: Int32, slots: inout [Slot], chains: inout [Int: Int32], key: Int,
+    private static func unlink(_ index: Int32, slots: inout [Slot], heads: inout [Int32], bucket: Int,
                                next: WritableKeyPath<Slot, Int32>, following: Int32) {
-        guard let head = chains[key] else { return }
+        let head = heads[bucket]
         if head == index {
-            chains[key] = following >= 0 ? following : nil
+            heads[bucket] = following
             return
         }
         var previous = head
@@ -240,7 +253,13 @@ struct CertificateTable: Sendable {
         if let content = record.content {
             slot.flags |= Flags.hasContent
             slot.name = content.name
-            slot.der = content.der
+            // A copy on purpose. The array passed in was allocated by whoever decoded the record
+            // (a peer frame decoder on an event loop, the start-up reader), among that thread's
+            // short-lived allocations; kept, the 100,000 DERs of a join held ~25 MB of freed heap
+            // around them in place, which `malloc_trim` cannot return. The copy is allocated
+            // here, next to the table's other long-lived data (`bench/run.sh sync`, fresh node:
+            // 178 -> 153 MiB; BENCHMARKS.md "Large state").
+            slot.der = content.der.withUnsafeBufferPointer { Array($0) }
             slot.notBefore = content.notBeforeMillis
             slot.notAfter = content.notAfterMillis
             if content.jids.count == 1 && content.jids[0].utf8.elementsEqual(record.id.user.utf8) {
@@ -278,6 +297,59 @@ struct CertificateTable: Sendable {
         guard let index = stringIndex[string] else { return nil }
         if strings[Int(index)].utf8.elementsEqual(string.utf8) { return index }
         return strings.firstIndex { $0.utf8.elementsEqual(string.utf8) }.map { UInt32($0) }
+    }
+
+    /// Doubles both head arrays (from 16) until they have a bucket per record for `n` records,
+    /// relinking every record: the chains hang off hash & (size - 1), so a new size moves them.
+    /// The keys are recomputed from the slots (`idKey(of:)`), which is cheaper in memory than
+    /// keeping them (8 bytes a record each) for the few resizes of a table's life.
+    private mutating func growIndexes(toHold n: Int) {
+        guard n > byID.count else { return }
+        var size = max(16, byID.count)
+        while size < n { size *= 2 }
+        byID = Array(repeating: -1, count: size)
+        byUser = Array(repeating: -1, count: size)
+        for index in slots.indices where slots[index].flags & Flags.inUse != 0 {
+            let idBucket = idKey(of: Int32(index)) & (size - 1), userBucket = userKey(of: index) & (size - 1)
+            slots[index].nextInID = byID[idBucket]
+            slots[index].nextOfUser = byUser[userBucket]
+            byID[idBucket] = Int32(index)
+            byUser[userBucket] = Int32(index)
+        }
+    }
+
+    /// `idKey(record.id)` of the record in `index`, from the slot's parts (no record built).
+    private func idKey(of index: Int32) -> Int {
+        var hasher = Hasher()
+        feed(&hasher, Int(index))
+        hasher.combine(UInt8(0xFF))
+        if slots[Int(index)].flags & Flags.oddFingerprint != 0 {
+            (oddFingerprints[index] ?? []).withUnsafeBytes { hasher.combine(bytes: $0) }
+        } else {
+            withUnsafeBytes(of: slots[Int(index)].sha) { hasher.combine(bytes: $0) }
+        }
+        return hasher.finalize()
+    }
+
+    /// `userKey(domain:user:)` of the record in `index`.
+    private func userKey(of index: Int) -> Int {
+        var hasher = Hasher()
+        feed(&hasher, index)
+        return hasher.finalize()
+    }
+
+    /// The bytes `feed(_:domain:user:)` gives `Hasher` for the slot's domain and user, the
+    /// user fed in parts when it is stored as a localpart (a hasher sees one byte stream
+    /// however it is split).
+    private func feed(_ hasher: inout Hasher, _ index: Int) {
+        var domain = strings[Int(slots[index].domain)], user = slots[index].user
+        domain.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        hasher.combine(UInt8(0xFF))
+        user.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        if slots[index].flags & Flags.userAtDomain != 0 {
+            hasher.combine(UInt8(ascii: "@"))
+            domain.withUTF8 { hasher.combine(bytes: UnsafeRawBufferPointer($0)) }
+        }
     }
 
     // MARK: Helpers
@@ -322,9 +394,9 @@ struct CertificateTable: Sendable {
     }
 
     /// Whether the slot's user (whole, or localpart + "@" + domain) equals `user`.
-    private func matches(_ slot: Slot, user: String) -> Bool {
-        guard slot.flags & Flags.userAtDomain != 0 else { return slot.user.utf8.elementsEqual(user.utf8) }
-        let local = slot.user.utf8, domain = strings[Int(slot.domain)].utf8, bytes = user.utf8
+    private func matches(_ i: Int, user: String) -> Bool {
+        guard slots[i].flags & Flags.userAtDomain != 0 else { return slots[i].user.utf8.elementsEqual(user.utf8) }
+        let local = slots[i].user.utf8, domain = strings[Int(slots[i].domain)].utf8, bytes = user.utf8
         guard bytes.count == local.count + 1 + domain.count else { return false }
         var position = bytes.startIndex
         for byte in local {
@@ -335,12 +407,6 @@ struct CertificateTable: Sendable {
         return bytes[bytes.index(after: position)...].elementsEqual(domain)
     }
 
-    private func fingerprintMatches(_ index: Int32, _ sha256: [UInt8]) -> Bool {
-        let slot = slots[Int(index)]
-        if slot.flags & Flags.oddFingerprint != 0 { return oddFingerprints[index] == sha256 }
-        guard let words = Self.words(sha256) else { return false }
-        return words == slot.sha
-    }
 
     private static func words(_ bytes: [UInt8]) -> (UInt64, UInt64, UInt64, UInt64)? {
         guard bytes.count == 32 else { return nil }

@@ -83,6 +83,54 @@ final class CertificateTableTests: XCTestCase {
         }
     }
 
+    /// The indexes are head arrays relinked at every doubling from the slots' own parts (a
+    /// localpart plus the interned domain, the fingerprint inline or apart): after thousands of
+    /// inserts through many resizes, with frees and reuse between them, every id and every
+    /// user is still found, and nothing else is.
+    func testEveryRecordIsFoundAfterTheIndexesGrow() {
+        var table = CertificateTable()
+        var held: [CertificateID: Int32] = [:]
+        func id(_ n: Int) -> CertificateID {
+            let domain = ["first.com", "é.example", "b"][n % 3]
+            let user = n % 5 == 0 ? "user\(n)@\(domain)x" : "u\(n)@\(domain)"  // every fifth not local@domain
+            var sha = Array(repeating: UInt8(truncatingIfNeeded: n), count: n % 7 == 0 ? 20 : 32)  // every seventh odd
+            sha[0] = UInt8(truncatingIfNeeded: n >> 8)
+            return CertificateID(domain: domain, user: user, sha256: sha)
+        }
+        func insert(_ n: Int) {
+            let content = CertificateContent(name: "n\(n)", der: [0x30, UInt8(truncatingIfNeeded: n)], notBeforeMillis: 0, notAfterMillis: 1,
+                                             jids: [id(n).user], noCertManagement: false, added: HLCTimestamp(wallMillis: 1, logical: 0),
+                                             origin: "node1")
+            held[id(n)] = table.insert(CertificateRecord(id: id(n), content: content, removal: nil), bucket: n % 64, contentHash: 0, entryHash: 0)
+        }
+        func check(_ step: String) {
+            XCTAssertEqual(table.count, held.count, step)
+            for (id, index) in held {
+                XCTAssertEqual(table.find(id), index, "\(step): \(id)")
+                XCTAssertEqual(table.slots(domain: id.domain, user: id.user), [index], "\(step): \(id.user)")
+            }
+        }
+        for n in 0..<3_000 { insert(n) }
+        check("after 3,000 inserts")
+        for n in stride(from: 0, to: 3_000, by: 2) {
+            table.remove(held[id(n)]!, id: id(n))
+            held[id(n)] = nil
+            XCTAssertNil(table.find(id(n)))
+        }
+        check("after removing half")
+        for n in 3_000..<9_000 { insert(n) }  // reuses the freed slots, then grows twice more
+        check("after 6,000 more")
+        for n in stride(from: 0, to: 3_000, by: 2) { XCTAssertNil(table.find(id(n)), "removed \(id(n))") }
+
+        var reserved = CertificateTable()
+        reserved.reserve(5_000)
+        let record = CertificateRecord(id: id(1), content: nil, removal: CertificateRemoval(kind: .revoked, stamp: HLCTimestamp(wallMillis: 1, logical: 0),
+                                                                                           origin: "node1"))
+        let index = reserved.insert(record, bucket: 0, contentHash: 0, entryHash: 0)
+        XCTAssertEqual(reserved.find(id(1)), index)
+        XCTAssertNil(reserved.find(id(2)))
+    }
+
     func testRecordsComeBackByteForByte() {
         // Canonically equivalent spellings are different ids: the table must not fold them.
         var table = CertificateTable()
