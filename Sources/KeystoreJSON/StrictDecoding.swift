@@ -1,4 +1,4 @@
-import Foundation
+import FoundationEssentials
 
 /// A JSON body whose accepted member names are known, so a misspelt field is refused instead
 /// of silently ignored (the same rule the config loader applies).

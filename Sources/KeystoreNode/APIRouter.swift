@@ -1,6 +1,6 @@
 import CertificateRegistry
 import Dispatch
-import Foundation
+import FoundationEssentials
 import KeystoreAPI
 import KeystoreConfig
 import KeystoreJSON
@@ -347,7 +347,7 @@ public final class APIRouter: APIResponder {
     }
 
     static func parseFingerprint(_ text: String) -> [UInt8]? {
-        let hex = text.replacingOccurrences(of: ":", with: "").lowercased()
+        let hex = String(text.filter { $0 != ":" }).lowercased()
         guard hex.utf8.count == 64 else { return nil }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(32)

@@ -1,6 +1,7 @@
 internal import COpenSSL
 internal import COpenSSLShims
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// The cluster's TLS configuration: the CA every peer must chain to, and this node's certificate and key.
 ///

@@ -1,5 +1,5 @@
 import ReplicatedStore
-import Foundation
+import FoundationEssentials
 
 /// MongooseIM's `mod_auth_token` token format (`src/mod_auth_token.erl`), byte for byte, so
 /// tokens made here are accepted by MongooseIM and the other way round.
