@@ -1,5 +1,6 @@
 #define _GNU_SOURCE
 #include <malloc.h>
+#include <stdio.h>
 #include "CSystemShims.h"
 #include <sys/prctl.h>
 
@@ -91,4 +92,20 @@ int ks_install_fatal_signal_reporter(void) {
 
 int ks_malloc_trim(void) {
     return malloc_trim(0);
+}
+
+long long ks_resident_free_heap_bytes(void) {
+    FILE *status = fopen("/proc/self/status", "re");
+    if (status == NULL) return -1;
+    char line[256];
+    long long anonymous = -1, locked = 0, kilobytes;
+    while (fgets(line, sizeof line, status) != NULL) {
+        if (sscanf(line, "RssAnon: %lld kB", &kilobytes) == 1) anonymous = kilobytes * 1024;
+        else if (sscanf(line, "VmLck: %lld kB", &kilobytes) == 1) locked = kilobytes * 1024;
+    }
+    fclose(status);
+    if (anonymous < 0) return -1;
+    struct mallinfo2 info = mallinfo2();
+    long long free = anonymous - locked - (long long)(info.uordblks + info.hblkhd);
+    return free < 0 ? 0 : free;
 }

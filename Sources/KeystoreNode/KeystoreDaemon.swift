@@ -1,3 +1,4 @@
+import Dispatch
 import KeystoreAPI
 import KeystoreConfig
 import LocalAPI
@@ -181,7 +182,8 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
 
         // The load and the join leave their transient buffers free but resident (see ProcessMemory).
         let trimStarted = monotonicMillis()
-        ProcessMemory.releaseFreedHeap()
+        let heapTrimmer = HeapTrimmer()
+        heapTrimmer.trim()
         logger.debug("returned the heap freed by the start-up load and the join to the system in \(monotonicMillis() - trimStarted) ms")
 
         let housekeeping = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in
@@ -190,12 +192,22 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
             operations.expireCertificates()
             recordGauges()
         }
+        // Answering a join, or a large repair, frees as much as the start did (HeapTrimmer); the
+        // check walks every arena, so it runs off the event loops.
+        let heapCheck = group.next().scheduleRepeatedTask(initialDelay: .seconds(10), delay: .seconds(10)) { [logger] _ in
+            DispatchQueue.global(qos: .utility).async {
+                if let freed = heapTrimmer.trimIfWorthIt() {
+                    logger.debug("returned \(freed >> 20) MiB of freed heap to the system")
+                }
+            }
+        }
         declareCounters()
         recordGauges()
 
         // Suspends until SIGTERM/SIGINT (or the ServiceGroup ends).
         try? await gracefulShutdown()
         housekeeping.cancel()
+        heapCheck.cancel()
         logger.info("shutting down")
         for s in servers { await s.close() }
         await cluster.shutdown()

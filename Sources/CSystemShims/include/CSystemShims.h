@@ -24,4 +24,10 @@ int ks_install_fatal_signal_reporter(void);
 /// malloc_trim(0): returns every whole free page of every glibc arena to the kernel (the Glibc
 /// module does not export <malloc.h>). Returns 1 if memory was released, 0 otherwise.
 int ks_malloc_trim(void);
+
+/// Resident memory glibc's heap holds free, in bytes: the process's resident anonymous memory
+/// (RssAnon) less its locked memory (VmLck: libsodium's secret pages) and less the heap in use
+/// (mallinfo2 uordblks + hblkhd). Includes thread stacks and other anonymous mappings (a few MiB,
+/// constant). -1 if /proc/self/status cannot be read.
+long long ks_resident_free_heap_bytes(void);
 #endif
