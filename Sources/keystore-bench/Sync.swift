@@ -3,13 +3,13 @@ import Foundation
 import KeystoreClient
 
 /// Memory figures of one process, from /proc (kB).
-func procStatus(pid: Int32) -> (rss: Int, locked: Int)? {
+func procStatus(pid: Int32) -> (rss: Int, locked: Int, peak: Int)? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
     func field(_ name: String) -> Int {
         guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix(name + ":") }) else { return -1 }
         return Int(line.split(separator: " ", omittingEmptySubsequences: true).dropFirst().first ?? "") ?? -1
     }
-    return (field("VmRSS"), field("VmLck"))
+    return (field("VmRSS"), field("VmLck"), field("VmHWM"))
 }
 
 /// The large-state figures (issue 16): a fresh node joins a running node that holds the RAM keys
@@ -67,6 +67,17 @@ struct Sync: ParsableCommand {
             print("| \(label) | \(refKeys.count) | \(certificates) | \(fmt(s.socketUpMillis, 0)) | **\(fmt(s.readyMillis, 0))** | \(s.keysSame)/\(s.keysTotal) | \(count(s.persisted)) | \(count(s.registeredGauge)) | **\(mib(s.rss))** | \(mib(s.locked)) |")
         }
         print("| (running node, before) | \(refKeys.count) | \(certificates) | | | | | | \(mib(refMem?.rss)) | \(mib(refMem?.locked)) |")
+        // What answering the joins left behind (the whole state encoded for the fresh node), and
+        // whether the running node's next heap check (every 10 s) gave it back.
+        let after = procStatus(pid: referencePid)
+        var lowest = after
+        let deadline = Date().addingTimeInterval(12)
+        while Date() < deadline {
+            usleep(100_000)
+            if let now = procStatus(pid: referencePid), now.rss < (lowest?.rss ?? Int.max) { lowest = now }
+        }
+        print("| (running node, after answering both; peak VmHWM \(mib(after?.peak)) MiB) | \(refKeys.count) | \(certificates) | | | | | | \(mib(after?.rss)) | \(mib(after?.locked)) |")
+        print("| (running node, lowest in the 12 s after) | \(refKeys.count) | \(certificates) | | | | | | \(mib(lowest?.rss)) | \(mib(lowest?.locked)) |")
         fflush(nil)
         let failed = [first, second].compactMap { $0 }.contains { s in
             s.keysSame != s.keysTotal || (certificates > 0 && database != nil && s.persisted != certificates)
