@@ -42,7 +42,8 @@ final class ClusterTests: ClusterTestCase {
         XCTAssertEqual(try cluster.client(origin).getKey(domain: "first.com", name: "token_secret").primary?.key, key,
                        "a node restarting while peers live must adopt the cluster's key")
         XCTAssertEqual(cluster.waitForAgreement(), key)
-        XCTAssertTrue(cluster.processes[origin]!.log.contains("adopted the cluster's keys"), cluster.processes[origin]!.log)
+        // The line follows `ready` (the daemon logs it after becoming ready): wait for it.
+        waitUntil("\(origin) logs that it adopted the cluster's keys") { cluster.processes[origin]!.log.contains("adopted the cluster's keys") }
     }
 
     func testRollingRestartOfEveryNodeKeepsTheKeyAndStoppingAllMakesANewOne() throws {

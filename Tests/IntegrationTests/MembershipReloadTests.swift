@@ -79,7 +79,8 @@ final class MembershipReloadTests: ClusterTestCase {
 
         try cluster.start("node4")
         cluster.waitReady("node4")
-        XCTAssertTrue(cluster.processes["node4"]!.log.contains("adopted the cluster's keys from"), cluster.processes["node4"]!.log)
+        // The line follows `ready` (the daemon logs it after becoming ready): wait for it.
+        waitUntil("node4 logs that it adopted the cluster's keys") { cluster.processes["node4"]!.log.contains("adopted the cluster's keys from") }
         XCTAssertEqual(keys(cluster), original, "node4 serves the cluster's RAM keys")
         for observer in founders + ["node4"] {
             waitUntil("\(observer) sees every member alive") {
@@ -150,7 +151,9 @@ final class MembershipReloadTests: ClusterTestCase {
         // node1 reloads: node4 joins through it.
         XCTAssertEqual(try cluster.client("node1").reload().config, ["node node4 added"])
         cluster.waitReady("node4")
-        XCTAssertTrue(cluster.processes["node4"]!.log.contains("adopted the cluster's keys from node1"), cluster.processes["node4"]!.log)
+        waitUntil("node4 logs that it adopted the cluster's keys from node1") {
+            cluster.processes["node4"]!.log.contains("adopted the cluster's keys from node1")
+        }
         XCTAssertEqual(keys(cluster), original, "node4 serves the cluster's RAM keys")
         waitUntil("node1 and node4 see each other alive") {
             self.state(of: "node4", on: "node1", in: cluster) == .alive && self.state(of: "node1", on: "node4", in: cluster) == .alive
