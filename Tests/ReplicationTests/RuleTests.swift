@@ -338,6 +338,48 @@ final class RuleTests: XCTestCase {
         XCTAssertEqual(summary(answer), ["apply←node2", "repairReply→node2"])
     }
 
+    /// A repair comes in as many chunks as its content needs, each naming the same buckets: it is
+    /// answered once, not once per chunk (a 12-chunk repair of every bucket drew 12 whole answers
+    /// from a node holding 100,000 certificates). A later repair of the same buckets, after the
+    /// cooldown or on a new connection, is a new one and is answered.
+    func testARepairSentInSeveralChunksIsAnsweredOnce() {
+        let theirs = replica(certificates: 10, chunk: 3)  // their repair: 4 chunks (key + 10 records, 3 a chunk)
+        let mine = replica(versionAt: 20, certificates: 7, chunk: 3)
+        var sender = readyInstance()
+        let repair = sender.receive(.bucketDigests(mine.bucketDigests), from: "node2", nowMillis: 1, replica: theirs)
+        let chunks = repair.compactMap { directive -> (StoreDelta, [Int])? in
+            guard case .send(.delta(let payload, .repair(let buckets)), "node2") = directive else { return nil }
+            return (payload, buckets)
+        }
+        XCTAssertGreaterThan(chunks.count, 1, summary(repair).joined(separator: " "))
+
+        func replies(_ out: [Directive]) -> Int {
+            out.filter { if case .send(.delta(_, .repairReply), _) = $0 { return true } else { return false } }.count
+        }
+        var receiver = readyInstance()
+        let whole = nonEmptyReplyCount(mine, chunks[0].1)
+        var answered = 0
+        for (index, (payload, buckets)) in chunks.enumerated() {
+            answered += replies(receiver.receive(.delta(payload, purpose: .repair(buckets: buckets)), from: "node2",
+                                                 nowMillis: 10 + UInt64(index), replica: mine))
+        }
+        XCTAssertEqual(answered, whole, "one answer (\(whole) chunks) for the whole repair")
+
+        let later = receiver.receive(.delta(chunks[0].0, purpose: .repair(buckets: chunks[0].1)), from: "node2", nowMillis: 6_000, replica: mine)
+        XCTAssertEqual(replies(later), whole, "after the cooldown the same buckets are a new repair")
+        _ = receiver.linkChanged("node2", .down, nowMillis: 6_001)
+        _ = receiver.linkChanged("node2", .up, nowMillis: 6_002)
+        let reconnected = receiver.receive(.delta(chunks[0].0, purpose: .repair(buckets: chunks[0].1)), from: "node2", nowMillis: 6_003,
+                                           replica: mine)
+        XCTAssertEqual(replies(reconnected), whole, "on a new connection too")
+        let otherBuckets = receiver.receive(.delta(StoreDelta(), purpose: .repair(buckets: [0])), from: "node2", nowMillis: 6_004, replica: mine)
+        XCTAssertGreaterThan(replies(otherBuckets), 0, "a repair of other buckets is answered at once")
+    }
+
+    private func nonEmptyReplyCount(_ replica: StoreReplicaContent, _ buckets: [Int]) -> Int {
+        max(1, replica.chunks(forBuckets: buckets).filter { !$0.isEmpty }.count)
+    }
+
     // MARK: Push
 
     func testALocalChangeGoesToEveryAliveMemberAndNewsIsForwardedToARandomSquareRoot() {
