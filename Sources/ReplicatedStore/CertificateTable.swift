@@ -99,9 +99,8 @@ struct CertificateTable: Sendable {
 
     /// Every slot of the user, in insertion order of the chain (callers sort).
     func slots(domain: String, user: String) -> [Int32] {
-        guard let domainIndex = interned(domain) else { return [] }
+        guard let domainIndex = interned(domain), !byUser.isEmpty else { return [] }
         var result: [Int32] = []
-        guard !byUser.isEmpty else { return [] }
         var index = byUser[Self.userKey(domain: domain, user: user) & (byUser.count - 1)]
         while index >= 0 {
             let i = Int(index)
