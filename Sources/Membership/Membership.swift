@@ -226,3 +226,16 @@ public func naturalLogarithm(_ x: Double) -> Double {
     }
     return Double(x.exponent) * 0.693_147_180_559_945_3 + 2 * sum
 }
+
+extension Array where Element: Comparable {
+    /// Where `element` is or belongs in this sorted array (binary search). Public for the
+    /// replication core, which keeps its alive peers sorted the same way as SWIM's names.
+    public func sortedInsertionIndex(of element: Element) -> Int {
+        var low = 0, high = count
+        while low < high {
+            let mid = (low + high) / 2
+            if self[mid] < element { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+}

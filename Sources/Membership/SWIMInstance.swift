@@ -508,11 +508,7 @@ public struct SWIMInstance: Sendable {
     }
 
     private mutating func insertSorted(_ node: NodeID) {
-        var low = 0, high = sortedNames.count
-        while low < high {
-            let mid = (low + high) / 2
-            if sortedNames[mid] < node { low = mid + 1 } else { high = mid }
-        }
+        let low = sortedNames.sortedInsertionIndex(of: node)
         if low == sortedNames.count || sortedNames[low] != node { sortedNames.insert(node, at: low) }
     }
 
