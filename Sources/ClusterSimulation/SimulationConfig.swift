@@ -59,6 +59,8 @@ public struct SimulationConfig: Sendable, Equatable {
         var parts = ["swift run -c release keystore-sim", "--nodes \(nodes)", "--seed \(seed)",
                      "--steady \(steadySeconds)", "--chaos \(chaosSeconds)"]
         let defaults = SimulationConfig()
+        if joinSeconds != defaults.joinSeconds { parts.append("--join-seconds \(joinSeconds)") }
+        if quiesceSeconds != defaults.quiesceSeconds { parts.append("--quiesce-seconds \(quiesceSeconds)") }
         if lossRate != defaults.lossRate { parts.append("--loss \(lossRate)") }
         if crashesPerMinute != defaults.crashesPerMinute { parts.append("--crashes \(crashesPerMinute)") }
         if pausesPerMinute != defaults.pausesPerMinute { parts.append("--pauses \(pausesPerMinute)") }

@@ -29,6 +29,10 @@ struct KeystoreSim: ParsableCommand {
     @Option(help: "Seed of the run.") var seed: UInt64 = 1
     @Option(help: "Steady phase, simulated seconds.") var steady = 20
     @Option(help: "Chaos phase, simulated seconds.") var chaos = 60
+    @Option(name: .customLong("join-seconds"), help: "Longest start-up phase, simulated seconds (membership forms in ~N/27 s at most: every node confirms each configured peer itself).")
+    var joinSeconds = 120
+    @Option(name: .customLong("quiesce-seconds"), help: "Longest final phase before the invariants are judged, simulated seconds.")
+    var quiesceSeconds = 60
     @Option(help: "Message loss rate (0...1).") var loss = 0.001
     @Option(help: "Crashes per simulated minute (chaos phase).") var crashes = 10.0
     @Option(help: "Pauses per simulated minute (chaos phase).") var pauses = 10.0
@@ -50,6 +54,8 @@ struct KeystoreSim: ParsableCommand {
         config.seed = seed
         config.steadySeconds = steady
         config.chaosSeconds = chaos
+        config.joinSeconds = joinSeconds
+        config.quiesceSeconds = quiesceSeconds
         config.lossRate = loss
         config.crashesPerMinute = crashes
         config.pausesPerMinute = pauses
@@ -62,6 +68,7 @@ struct KeystoreSim: ParsableCommand {
         config.coldStart = coldStart
         config.progress = verbose
         guard nodes >= 3 else { throw ValidationError("--nodes must be at least 3") }
+        guard joinSeconds > 0, quiesceSeconds > 0 else { throw ValidationError("--join-seconds and --quiesce-seconds must be positive") }
         let simulator = try Simulator(config: config)
         let report = simulator.run()
         for finding in simulator.findings.prefix(20) { print("finding: \(finding)") }

@@ -27,6 +27,17 @@ final class ClusterSimulationTests: XCTestCase {
         }
     }
 
+    /// A failing run prints the command that replays it: the phase limits are part of it once
+    /// they differ from the defaults (a 5,000-node run needs a longer start-up).
+    func testReplayCommandCarriesThePhaseLimits() {
+        var config = SimulationConfig()
+        config.nodes = 5000
+        XCTAssertFalse(config.replayCommand.contains("--join-seconds"))
+        config.joinSeconds = 300
+        config.quiesceSeconds = 240
+        XCTAssertTrue(config.replayCommand.contains("--join-seconds 300 --quiesce-seconds 240"), config.replayCommand)
+    }
+
     func testSameSeedReplaysTheSameRun() throws {
         var config = SimulationConfig()
         config.nodes = 30
