@@ -58,6 +58,9 @@ struct CertificateTable: Sendable {
     }
 
     private(set) var count = 0
+    /// Records holding a removal (revoked, disabled, expired), kept as slots change: the metrics
+    /// gauge asks every second, and counting meant walking every slot under the state lock.
+    private(set) var removedCount = 0
     private var slots: [Slot] = []
     private var freeSlots: [Int32] = []
     /// Chain heads (-1: empty), indexed by the id's (`byID`) or the user's (`byUser`) hash
@@ -186,6 +189,7 @@ struct CertificateTable: Sendable {
         byID[idBucket] = index
         byUser[userBucket] = index
         count += 1
+        if slot.removalKind != 0 { removedCount += 1 }
         return index
     }
 
@@ -196,6 +200,7 @@ struct CertificateTable: Sendable {
         slot.nextInID = old.nextInID
         slot.nextOfUser = old.nextOfUser
         slots[Int(index)] = slot
+        removedCount += (slot.removalKind != 0 ? 1 : 0) - (old.removalKind != 0 ? 1 : 0)
     }
 
     /// Frees `index`, unlinking it from both chains.
@@ -209,6 +214,7 @@ struct CertificateTable: Sendable {
         oddFingerprints[index] = nil
         freeSlots.append(index)
         count -= 1
+        if slot.removalKind != 0 { removedCount -= 1 }
     }
 
     private static func unlink(_ index: Int32, slots: inout [Slot], heads: inout [Int32], bucket: Int,

@@ -67,6 +67,7 @@ final class CertificateTableTests: XCTestCase {
                 slotOf[key] = index
             }
             XCTAssertEqual(table.count, model.count)
+            XCTAssertEqual(table.removedCount, model.values.filter { $0.removal != nil }.count, "step \(step)")
             if step % 500 == 0 {
                 for domain in Self.domains {
                     for user in Self.users {
