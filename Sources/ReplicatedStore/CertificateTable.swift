@@ -58,7 +58,7 @@ struct CertificateTable: Sendable {
     }
 
     private(set) var count = 0
-    /// Records holding a removal (revoked, disabled, expired), kept as slots change: the metrics
+    /// Records holding a removal (revoked or disabled), kept as slots change: the metrics
     /// gauge asks every second, and counting meant walking every slot under the state lock.
     private(set) var removedCount = 0
     private var slots: [Slot] = []

@@ -81,7 +81,6 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     private struct Peer: Sendable {
         var linkUp = false
         var reach = Reach.unknown
-        var alive = false
         var lastConnectAt: UInt64?
         /// Anti-entropy verdict (nil: unknown).
         var sync: RepairState?
@@ -482,13 +481,13 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
 
     // MARK: - Internals
 
+    /// `alivePeers` is the one record of who is alive (callers pass configured peers only).
     private mutating func setAlive(_ node: NodeID, _ alive: Bool) {
-        guard let wasAlive = state[node]?.alive, wasAlive != alive else { return }
-        state[node]?.alive = alive
         let index = alivePeers.sortedInsertionIndex(of: node)
-        if alive {
+        let held = index < alivePeers.count && alivePeers[index] == node
+        if alive && !held {
             alivePeers.insert(node, at: index)
-        } else if index < alivePeers.count, alivePeers[index] == node {
+        } else if !alive && held {
             alivePeers.remove(at: index)
         }
     }
