@@ -31,7 +31,10 @@ struct CachedStoreContent: ReplicaContent {
         return value
     }
     var bucketDigests: [UInt64] { node.store.bucketDigests() }
-    func chunks(forBuckets buckets: [Int]) -> [StoreDelta] { plain.chunks(forBuckets: buckets) }
+    var sectionDigests: SectionDigests { node.store.sectionDigests() }
+    func chunks(forBuckets buckets: [Int], sections: [BucketSections]) -> [StoreDelta] {
+        plain.chunks(forBuckets: buckets, sections: sections)
+    }
     func fullStateChunks() -> [StoreDelta] {
         var full = node.store.fullDelta()
         full.certificates.sort { $0.id < $1.id }  // reproducible chunking

@@ -118,7 +118,7 @@ final class WireSizer {
         let wire: ReplicationMessage<WireDelta>
         switch message {
         case .digest(let root): wire = .digest(root: root)
-        case .bucketDigests(let digests): wire = .bucketDigests(digests)
+        case .bucketDigests(let digests, let sections): wire = .bucketDigests(digests, sections: sections)
         case .delta(let delta, let purpose): wire = .delta(self.wire(delta), purpose: purpose)
         case .syncRequest(let digests): wire = .syncRequest(durableDigests: digests)
         case .syncDone(let ready): wire = .syncDone(ready: ready)

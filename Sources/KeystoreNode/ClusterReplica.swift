@@ -21,7 +21,8 @@ protocol ClusterReplica: AnyObject, Sendable {
 
     var rootDigest: UInt64 { get }
     var bucketDigests: [UInt64] { get }
-    func wireDelta(forBuckets buckets: [Int]) -> WireDelta
+    var sectionDigests: SectionDigests { get }
+    func wireDelta(forBuckets buckets: [Int], sections: [BucketSections]) -> WireDelta
     func fullWireDelta() -> WireDelta
     var durableBucketDigests: [UInt64] { get }
     func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta

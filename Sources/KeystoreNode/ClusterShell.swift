@@ -125,7 +125,10 @@ struct NodeReplicaContent: ReplicaContent {
     let chunkBytes: Int
     var rootDigest: UInt64 { replica.rootDigest }
     var bucketDigests: [UInt64] { replica.bucketDigests }
-    func chunks(forBuckets buckets: [Int]) -> [WireDelta] { chunks(of: replica.wireDelta(forBuckets: buckets)) }
+    var sectionDigests: SectionDigests { replica.sectionDigests }
+    func chunks(forBuckets buckets: [Int], sections: [BucketSections]) -> [WireDelta] {
+        chunks(of: replica.wireDelta(forBuckets: buckets, sections: sections))
+    }
     func fullStateChunks() -> [WireDelta] { chunks(of: replica.fullWireDelta()) }
     var durableBucketDigests: [UInt64] { replica.durableBucketDigests }
     func joinChunks(peerDurableDigests: [UInt64]) -> [WireDelta] {

@@ -307,7 +307,10 @@ extension NodeOperations: ClusterReplica {
     func observe(_ stamp: HLCTimestamp) throws(ClockError) { try state.observe(stamp) }
     var rootDigest: UInt64 { state.rootDigest }
     var bucketDigests: [UInt64] { state.bucketDigests }
-    func wireDelta(forBuckets buckets: [Int]) -> WireDelta { state.wireDelta(forBuckets: buckets) }
+    var sectionDigests: SectionDigests { state.sectionDigests }
+    func wireDelta(forBuckets buckets: [Int], sections: [BucketSections]) -> WireDelta {
+        state.wireDelta(forBuckets: buckets, sections: sections)
+    }
     func fullWireDelta() -> WireDelta { state.fullWireDelta() }
     var durableBucketDigests: [UInt64] { state.durableBucketDigests }
     func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta { state.joinWireDelta(peerDurableDigests: peerDurableDigests) }

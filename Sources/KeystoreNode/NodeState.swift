@@ -441,12 +441,13 @@ final class NodeState: Sendable {
 
     var durableBucketDigests: [UInt64] { inner.withLock { $0.store.durableBucketDigests() } }
 
-    func wireDelta(forBuckets buckets: [Int]) -> WireDelta {
-        inner.withLock { Self.wire(for: $0.store.delta(forBuckets: buckets), secrets: $0.ramSecrets) }
+    func wireDelta(forBuckets buckets: [Int], sections: [BucketSections]) -> WireDelta {
+        inner.withLock { Self.wire(for: $0.store.delta(forBuckets: buckets, sections: sections), secrets: $0.ramSecrets) }
     }
 
     var rootDigest: UInt64 { inner.withLock { $0.store.rootDigest() } }
     var bucketDigests: [UInt64] { inner.withLock { $0.store.bucketDigests() } }
+    var sectionDigests: SectionDigests { inner.withLock { $0.store.sectionDigests() } }
 
     /// Current HLC reading for outgoing messages.
     func stamp() -> HLCTimestamp {

@@ -161,20 +161,33 @@ public enum PeerFrameCodec {
             out.writeInteger(MessageType.digest.rawValue)
             out.writeInteger(root)
             writeStamp(stamp, &out)
-        case .bucketDigests(let digests):
+        case .bucketDigests(let digests, let sections):
             out.writeInteger(MessageType.bucketDigests.rawValue)
             writeStamp(stamp, &out)
             out.writeInteger(UInt32(digests.count))
             for d in digests { out.writeInteger(d) }
+            // Optional tail: the three per-section lists of 16-bit digests, each counted.
+            if let sections, features.sectionRepairs {
+                for list in [sections.keyVersions, sections.pskFingerprints, sections.durable] {
+                    out.writeInteger(UInt32(list.count))
+                    for d in list { out.writeInteger(d) }
+                }
+            }
         case .delta(let delta, let purpose):
             out.writeInteger(MessageType.delta.rawValue)
             writeStamp(stamp, &out)
             switch purpose {
             case .push: out.writeInteger(UInt8(0))
-            case .repair(let buckets):
-                out.writeInteger(UInt8(1))
+            case .repair(let buckets, let sections):
+                // Tag 1 (all 0.1 decodes) when every bucket is repaired whole; tag 4 adds a
+                // section mask per bucket. An older peer gets tag 1 and answers whole buckets.
+                let whole = !features.sectionRepairs || (sections.count == buckets.count && sections.allSatisfy { $0 == .all })
+                out.writeInteger(UInt8(whole ? 1 : 4))
                 out.writeInteger(UInt32(buckets.count))
                 for b in buckets { out.writeInteger(UInt32(b)) }
+                if !whole {
+                    for i in buckets.indices { out.writeInteger(i < sections.count ? sections[i].rawValue : BucketSections.all.rawValue) }
+                }
             case .repairReply: out.writeInteger(UInt8(2))
             case .sync: out.writeInteger(UInt8(3))
             }
@@ -225,22 +238,45 @@ public enum PeerFrameCodec {
             var digests: [UInt64] = []
             digests.reserveCapacity(count)
             for _ in 0..<count { digests.append(try read(&b, "bucket digest")) }
-            return .replication(.bucketDigests(digests), stamp: stamp)
+            guard b.readableBytes > 0 else { return .replication(.bucketDigests(digests, sections: nil), stamp: stamp) }
+            var lists: [[UInt16]] = []
+            for what in ["key version", "PSK fingerprint", "durable"] {
+                let sectionCount = try readCount(&b, minimumElementBytes: 2, "\(what) bucket digests")
+                guard sectionCount == count else {
+                    throw .invalidField("\(sectionCount) \(what) bucket digests for \(count) buckets")
+                }
+                var list: [UInt16] = []
+                list.reserveCapacity(count)
+                for _ in 0..<count { list.append(try read(&b, "\(what) bucket digest")) }
+                lists.append(list)
+            }
+            return .replication(.bucketDigests(digests, sections: SectionDigests(keyVersions: lists[0], pskFingerprints: lists[1],
+                                                                                 durable: lists[2])), stamp: stamp)
         case .delta:
             let stamp = try readStamp(&b)
             let purposeTag: UInt8 = try read(&b, "delta purpose")
             let purpose: DeltaPurpose
             switch purposeTag {
             case 0: purpose = .push
-            case 1:
-                let count = try readCount(&b, minimumElementBytes: 4, "repair buckets")
+            case 1, 4:
+                let count = try readCount(&b, minimumElementBytes: purposeTag == 4 ? 5 : 4, "repair buckets")
                 var buckets: [Int] = []
                 for _ in 0..<count {
                     let bucket: UInt32 = try read(&b, "bucket index")
                     guard bucket < 1 << 16 else { throw .invalidField("bucket index \(bucket)") }
                     buckets.append(Int(bucket))
                 }
-                purpose = .repair(buckets: buckets)
+                var sections = Array(repeating: BucketSections.all, count: count)
+                if purposeTag == 4 {
+                    for i in 0..<count {
+                        let mask: UInt8 = try read(&b, "repair section mask")
+                        guard mask != 0, BucketSections.all.isSuperset(of: BucketSections(rawValue: mask)) else {
+                            throw .invalidField("repair section mask \(mask)")
+                        }
+                        sections[i] = BucketSections(rawValue: mask)
+                    }
+                }
+                purpose = .repair(buckets: buckets, sections: sections)
             case 2: purpose = .repairReply
             case 3: purpose = .sync
             default: throw .invalidField("delta purpose \(purposeTag)")

@@ -21,21 +21,26 @@ public struct PeerWireFeatures: Sendable, Equatable {
     /// restarts from its database is sent only the certificate records it lacks. An older peer
     /// gets the bare request (it refuses trailing bytes) and answers with its full state.
     public var syncRequestDigests: Bool
+    /// Bucket digests followed by per-section digests, and repairs naming the sections of each
+    /// bucket they carry (0.2.0+), so a repair after a join does not resend every certificate and
+    /// key secret. An older peer gets bare bucket digests and whole-bucket repairs.
+    public var sectionRepairs: Bool
 
     public init(tokenSequenceFloors: Bool, compactedCertificates: Bool, answersOnDialedConnection: Bool,
-                syncRequestDigests: Bool) {
+                syncRequestDigests: Bool, sectionRepairs: Bool) {
         self.tokenSequenceFloors = tokenSequenceFloors
         self.compactedCertificates = compactedCertificates
         self.answersOnDialedConnection = answersOnDialedConnection
         self.syncRequestDigests = syncRequestDigests
+        self.sectionRepairs = sectionRepairs
     }
 
     /// Everything this build encodes.
     public static let current = PeerWireFeatures(tokenSequenceFloors: true, compactedCertificates: true, answersOnDialedConnection: true,
-                                                 syncRequestDigests: true)
+                                                 syncRequestDigests: true, sectionRepairs: true)
     /// What keystored 0.1.0 decodes.
     public static let version0_1 = PeerWireFeatures(tokenSequenceFloors: false, compactedCertificates: false, answersOnDialedConnection: false,
-                                                    syncRequestDigests: false)
+                                                    syncRequestDigests: false, sectionRepairs: false)
 
     /// From the `softwareVersion` of a peer's hello ("major.minor.patch", optionally followed by
     /// "-suffix" or "+build"). 0.2.0 and later get `current`; 0.1.x, and anything that does not

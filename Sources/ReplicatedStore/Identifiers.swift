@@ -222,3 +222,54 @@ public struct MergeOutcome: Sendable {
         self.forwardable = forwardable
     }
 }
+
+/// The parts of an anti-entropy bucket that can be digested and repaired on their own. After a
+/// join every key declaration of the new node lands in almost every bucket; repairing whole
+/// buckets then sent every certificate record and every key secret both ways (measured: 64 MB
+/// of certificates each way between two nodes holding 100,000, both event loops busy for
+/// seconds and SWIM probes late enough to declare a live member dead).
+public struct BucketSections: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let keyVersions = BucketSections(rawValue: 1)
+    public static let pskFingerprints = BucketSections(rawValue: 2)
+    /// Certificate records and token floors: what a node keeps in its database.
+    public static let durable = BucketSections(rawValue: 4)
+    public static let all: BucketSections = [.keyVersions, .pskFingerprints, .durable]
+}
+
+/// Per-bucket digests of each section (`ReplicatedStore.sectionDigests()`), 16 bits each: they
+/// travel with every bucket-digest answer (6 KB at 1,024 buckets, beside the 8 KB of the totals),
+/// and only choose what a repair carries. Two different sections that collide are not repaired
+/// in that round; the bucket's total still differs, and once no section looks different the
+/// whole bucket is repaired (`differingSections`), so a collision delays, never loses, a repair.
+public struct SectionDigests: Hashable, Sendable {
+    public var keyVersions: [UInt16]
+    public var pskFingerprints: [UInt16]
+    public var durable: [UInt16]
+
+    public init(keyVersions: [UInt16], pskFingerprints: [UInt16], durable: [UInt16]) {
+        self.keyVersions = keyVersions
+        self.pskFingerprints = pskFingerprints
+        self.durable = durable
+    }
+
+    /// For each of `buckets`, the sections whose digests differ between `self` and `other`.
+    /// Every section when the bucket counts differ (indices then mean nothing) or when no
+    /// section differs (the totals differed, so something does: a digest collision).
+    public func differingSections(from other: SectionDigests, in buckets: [Int]) -> [BucketSections] {
+        let count = keyVersions.count
+        guard pskFingerprints.count == count, durable.count == count, other.keyVersions.count == count,
+              other.pskFingerprints.count == count, other.durable.count == count else {
+            return Array(repeating: .all, count: buckets.count)
+        }
+        return buckets.map { b in
+            guard b >= 0 && b < count else { return .all }
+            var sections = BucketSections()
+            if keyVersions[b] != other.keyVersions[b] { sections.insert(.keyVersions) }
+            if pskFingerprints[b] != other.pskFingerprints[b] { sections.insert(.pskFingerprints) }
+            if durable[b] != other.durable[b] { sections.insert(.durable) }
+            return sections.isEmpty ? .all : sections
+        }
+    }
+}

@@ -73,6 +73,12 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// Internal (not private) so the certificate extension keeps them in step too.
     var bucketSums: [UInt64]
     var bucketCounts: [UInt64]
+    /// The same sums over key versions only and over PSK fingerprints only (the durable part of
+    /// a bucket is the rest), so a repair can carry just the sections of a bucket that differ.
+    private var versionSums: [UInt64]
+    private var versionCounts: [UInt64]
+    private var pskSums: [UInt64]
+    private var pskCounts: [UInt64]
 
     /// `bucketCount` below 1 is treated as 1 rather than trapping; all nodes of a cluster must
     /// use the same value or anti-entropy degrades to full exchanges.
@@ -81,6 +87,10 @@ public struct ReplicatedStore: Sendable, Equatable {
         self.bucketCount = max(1, bucketCount)
         self.bucketSums = Array(repeating: 0, count: self.bucketCount)
         self.bucketCounts = Array(repeating: 0, count: self.bucketCount)
+        self.versionSums = self.bucketSums
+        self.versionCounts = self.bucketCounts
+        self.pskSums = self.bucketSums
+        self.pskCounts = self.bucketCounts
     }
 
     /// Replicas are equal when their replicated content is; the digest caches follow from it.
@@ -271,6 +281,16 @@ public struct ReplicatedStore: Sendable, Equatable {
         (0..<bucketCount).map { Self.bucketDigest(sum: bucketSums[$0], count: bucketCounts[$0]) }
     }
 
+    /// Each bucket's short digest per section (key versions, PSK fingerprints, durable entries).
+    /// O(bucketCount): the section sums are kept as entries change.
+    public func sectionDigests() -> SectionDigests {
+        func short(_ digest: UInt64) -> UInt16 { UInt16(truncatingIfNeeded: digest) }  // the digest is mixed: any 16 bits do
+        return SectionDigests(
+            keyVersions: (0..<bucketCount).map { short(Self.bucketDigest(sum: versionSums[$0], count: versionCounts[$0])) },
+            pskFingerprints: (0..<bucketCount).map { short(Self.bucketDigest(sum: pskSums[$0], count: pskCounts[$0])) },
+            durable: durableBucketDigests().map(short))
+    }
+
     public func rootDigest() -> UInt64 {
         var h = StableHasher()
         h.byte(EntryTag.root.rawValue)
@@ -285,14 +305,26 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// certificate records, tombstones included).
     /// Out-of-range indices are ignored.
     public func delta(forBuckets buckets: [Int]) -> StoreDelta {
-        let wanted = bucketMask(buckets)
+        delta(forBuckets: buckets, sections: Array(repeating: .all, count: buckets.count))
+    }
+
+    /// The given sections of the given buckets (`sections[i]` for `buckets[i]`; a bucket
+    /// without a section mask gets every section).
+    public func delta(forBuckets buckets: [Int], sections: [BucketSections]) -> StoreDelta {
+        var wanted = Array(repeating: BucketSections(), count: bucketCount)
+        for (i, b) in buckets.enumerated() where b >= 0 && b < bucketCount {
+            wanted[b].formUnion(i < sections.count ? sections[i] : .all)
+        }
         var delta = StoreDelta()
-        for (key, entry) in keys where wanted[entry.bucket] {
+        for (key, entry) in keys where wanted[entry.bucket].contains(.keyVersions) {
             delta.keyVersions[key] = entry.versions
         }
-        delta.pskFingerprints = psk.values.filter { wanted[$0.bucket] }.map(\.record).sorted(by: Self.pskOrder)
-        delta.certificates = certificates(inBuckets: wanted).sorted { $0.id < $1.id }
-        delta.tokenSequenceFloors = floors(inBuckets: wanted).sorted(by: Self.floorOrder)
+        delta.pskFingerprints = psk.values.filter { wanted[$0.bucket].contains(.pskFingerprints) }.map(\.record).sorted(by: Self.pskOrder)
+        let durable = wanted.map { $0.contains(.durable) }
+        if durable.contains(true) {
+            delta.certificates = certificates(inBuckets: durable).sorted { $0.id < $1.id }
+            delta.tokenSequenceFloors = floors(inBuckets: durable).sorted(by: Self.floorOrder)
+        }
         return delta
     }
 
@@ -332,19 +364,11 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// ones a node keeps in its database across a restart. A restarting node sends them with its
     /// state request, so that a ready peer streams the durable buckets that differ instead of
     /// 100,000 records the node already holds (RAM key versions and PSK fingerprints are not
-    /// durable and always travel). O(records) over the cached entry hashes; asked once per join.
+    /// durable and always travel).
     public func durableBucketDigests() -> [UInt64] {
-        var sums = Array(repeating: UInt64(0), count: bucketCount)
-        var counts = Array(repeating: UInt64(0), count: bucketCount)
-        certificateTable.forEachSlot { _, slot in
-            sums[Int(slot.bucket)] &+= slot.entryHash
-            counts[Int(slot.bucket)] += 1
+        (0..<bucketCount).map {
+            Self.bucketDigest(sum: bucketSums[$0] &- versionSums[$0] &- pskSums[$0], count: bucketCounts[$0] - versionCounts[$0] - pskCounts[$0])
         }
-        for entry in tokenFloors.values {
-            sums[entry.bucket] &+= entry.entryHash
-            counts[entry.bucket] += 1
-        }
-        return (0..<bucketCount).map { Self.bucketDigest(sum: sums[$0], count: counts[$0]) }
     }
 
     /// The state answer for a joining peer whose durable entries have `peerDurableDigests`
@@ -513,12 +537,18 @@ public struct ReplicatedStore: Sendable, Equatable {
     private mutating func install(_ key: KeyRef, _ versions: [KeyVersion], added: [KeyVersion], removed: [KeyVersion]) {
         let bucket = keys[key]?.bucket ?? bucket(of: key)
         for version in removed {
-            bucketSums[bucket] &-= StableHash.entry(key, version)
+            let hash = StableHash.entry(key, version)
+            bucketSums[bucket] &-= hash
             bucketCounts[bucket] -= 1
+            versionSums[bucket] &-= hash
+            versionCounts[bucket] -= 1
         }
         for version in added {
-            bucketSums[bucket] &+= StableHash.entry(key, version)
+            let hash = StableHash.entry(key, version)
+            bucketSums[bucket] &+= hash
             bucketCounts[bucket] += 1
+            versionSums[bucket] &+= hash
+            versionCounts[bucket] += 1
         }
         if versions.isEmpty {
             keys[key] = nil
@@ -532,13 +562,17 @@ public struct ReplicatedStore: Sendable, Equatable {
         let slot = PSKSlot(node: record.node, key: record.key)
         if let current = psk[slot] {
             guard record.supersedes(current.record) else { return false }
-            bucketSums[current.bucket] &-= StableHash.entry(current.record)
-            bucketSums[current.bucket] &+= StableHash.entry(record)
+            let change = StableHash.entry(record) &- StableHash.entry(current.record)
+            bucketSums[current.bucket] &+= change
+            pskSums[current.bucket] &+= change
             psk[slot] = PSKEntry(record: record, bucket: current.bucket)
         } else {
             let bucket = Int(StableHash.identity(node: record.node, key: record.key) % UInt64(bucketCount))
-            bucketSums[bucket] &+= StableHash.entry(record)
+            let hash = StableHash.entry(record)
+            bucketSums[bucket] &+= hash
             bucketCounts[bucket] += 1
+            pskSums[bucket] &+= hash
+            pskCounts[bucket] += 1
             psk[slot] = PSKEntry(record: record, bucket: bucket)
         }
         pskChanges &+= 1

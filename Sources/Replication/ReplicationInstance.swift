@@ -26,8 +26,9 @@ import ReplicatedStore
 ///   for a rumour). What a merge of a push found new is forwarded to ⌈√N⌉ random alive members
 ///   (at least `minimumFanout`), not back to the sender.
 /// - **Anti-entropy.** Once ready, every interval a digest goes to one random alive member; a
-///   differing digest is answered with bucket digests, those with the differing buckets'
-///   entries (`repair`), those with the receiver's entries (`repairReply`). One repair per peer at
+///   differing digest is answered with bucket digests (total and per section), those with the
+///   differing sections of the differing buckets (`repair`), those with the receiver's entries
+///   of the same sections (`repairReply`). One repair per peer at
 ///   a time, a new one only after the reply or `repairCooldownMillis`; none while joining (the
 ///   full state is on its way then).
 /// - **Streaming.** A full-state answer is sent one chunk per `pump`, only while the connection
@@ -90,7 +91,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
         /// chunk sent those buckets' whole content back once per chunk (measured: a 12-chunk repair
         /// of all 1,024 buckets drew 1,236 reply chunks, about 1 GB, from a node holding 100,000
         /// certificates, which held them in memory while the peer read).
-        var answeredRepair: (buckets: [Int], at: UInt64)?
+        var answeredRepair: (buckets: [Int], sections: [BucketSections], at: UInt64)?
         /// A state request that arrived while this node was finishing its join.
         var heldSyncRequest: HeldRequest?
         // Join bookkeeping (only while joining).
@@ -268,12 +269,12 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             switch purpose {
             case .push:
                 break
-            case .repair(let buckets):
+            case .repair(let buckets, let sections):
                 // The same repair's next chunks: already answered (one answer per repair).
-                if let answered = state[node]?.answeredRepair, answered.buckets == buckets,
+                if let answered = state[node]?.answeredRepair, answered.buckets == buckets, answered.sections == sections,
                    now < answered.at &+ settings.repairCooldownMillis { break }
-                state[node]?.answeredRepair = (buckets, now)
-                for chunk in nonEmptyChunks(replica.chunks(forBuckets: buckets)) {
+                state[node]?.answeredRepair = (buckets, sections, now)
+                for chunk in nonEmptyChunks(replica.chunks(forBuckets: buckets, sections: sections)) {
                     out.append(.send(.delta(chunk, purpose: .repairReply), to: node))
                 }
             case .repairReply:
@@ -295,14 +296,18 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             if let asked = state[node]?.repairRequestedAt, now < asked &+ settings.repairCooldownMillis { break }
             state[node]?.repairRequestedAt = now
             state[node]?.sync = .repairing
-            out.append(.send(.bucketDigests(replica.bucketDigests), to: node))
+            out.append(.send(.bucketDigests(replica.bucketDigests, sections: replica.sectionDigests), to: node))
 
-        case .bucketDigests(let theirs):
+        case .bucketDigests(let theirs, let theirSections):
             guard isReady else { break }
             let differing = ReplicatedStore.differingBuckets(mine: replica.bucketDigests, theirs: theirs)
             guard !differing.isEmpty else { break }
-            for chunk in nonEmptyChunks(replica.chunks(forBuckets: differing)) {
-                out.append(.send(.delta(chunk, purpose: .repair(buckets: differing)), to: node))
+            // Only the sections that differ: after a join the new node's key declarations change
+            // nearly every bucket, and whole buckets would carry every certificate and key secret.
+            let sections = theirSections.map { replica.sectionDigests.differingSections(from: $0, in: differing) }
+                ?? Array(repeating: .all, count: differing.count)
+            for chunk in nonEmptyChunks(replica.chunks(forBuckets: differing, sections: sections)) {
+                out.append(.send(.delta(chunk, purpose: .repair(buckets: differing, sections: sections)), to: node))
             }
         }
         return out

@@ -41,8 +41,12 @@ public protocol ReplicaContent<Payload> {
     associatedtype Payload: ReplicationPayload
     var rootDigest: UInt64 { get }
     var bucketDigests: [UInt64] { get }
-    /// Every entry of these buckets, in message-sized chunks.
-    func chunks(forBuckets buckets: [Int]) -> [Payload]
+    /// Each bucket's digest per section, sent along with `bucketDigests` so the peer repairs
+    /// only the sections that differ.
+    var sectionDigests: SectionDigests { get }
+    /// The entries of these sections of these buckets (`sections[i]` of `buckets[i]`), in
+    /// message-sized chunks.
+    func chunks(forBuckets buckets: [Int], sections: [BucketSections]) -> [Payload]
     /// The whole replicated state, in message-sized chunks, for a joining peer.
     func fullStateChunks() -> [Payload]
     /// Per-bucket digests of the durable entries (certificate records, token floors: what a
@@ -60,8 +64,9 @@ public enum DeltaPurpose: Sendable, Hashable {
     /// New entries (a local change, or news forwarded after a merge); no answer.
     case push
     /// Anti-entropy repair of these buckets: the receiver merges and answers with `.repairReply`
-    /// carrying its own entries of the same buckets.
-    case repair(buckets: [Int])
+    /// carrying its own entries of the same sections of the same buckets (`sections[i]` of
+    /// `buckets[i]`; `.all` for each when the peer sent no section digests).
+    case repair(buckets: [Int], sections: [BucketSections])
     case repairReply
     /// One chunk of a full-state answer to `syncRequest`.
     case sync
@@ -72,8 +77,9 @@ public enum DeltaPurpose: Sendable, Hashable {
 public enum ReplicationMessage<Payload: ReplicationPayload>: Sendable {
     /// Anti-entropy opener: "this is my state's digest".
     case digest(root: UInt64)
-    /// Answer to a differing digest: my per-bucket digests.
-    case bucketDigests([UInt64])
+    /// Answer to a differing digest: my per-bucket digests, and per section (nil from a peer
+    /// that does not send them: keystored 0.1).
+    case bucketDigests([UInt64], sections: SectionDigests?)
     case delta(Payload, purpose: DeltaPurpose)
     /// A starting node asks for the cluster's state (DESIGN.md RAM keys 2). `durableDigests`:
     /// the per-bucket digests of the certificate records and token floors it loaded from its

@@ -17,7 +17,10 @@ public struct StoreReplicaContent: ReplicaContent {
 
     public var rootDigest: UInt64 { store.rootDigest() }
     public var bucketDigests: [UInt64] { store.bucketDigests() }
-    public func chunks(forBuckets buckets: [Int]) -> [StoreDelta] { chunks(of: store.delta(forBuckets: buckets)) }
+    public var sectionDigests: SectionDigests { store.sectionDigests() }
+    public func chunks(forBuckets buckets: [Int], sections: [BucketSections]) -> [StoreDelta] {
+        chunks(of: store.delta(forBuckets: buckets, sections: sections))
+    }
     public func fullStateChunks() -> [StoreDelta] { chunks(of: store.fullDelta()) }
     public var durableBucketDigests: [UInt64] { store.durableBucketDigests() }
     public func joinChunks(peerDurableDigests: [UInt64]) -> [StoreDelta] {

@@ -50,7 +50,7 @@ final class DeltaSectionTests: XCTestCase {
         let delta = WireDelta(certificates: [compacted()], tokenSequenceFloors: floors(3) + [
             TokenSequenceFloor(domain: "d", user: "u", floor: UInt64.max, stamp: HLCTimestamp(wallMillis: UInt64.max, logical: UInt32.max),
                                origin: "ü-node")])
-        for purpose: DeltaPurpose in [.push, .repair(buckets: [1]), .repairReply, .sync] {
+        for purpose: DeltaPurpose in [.push, .repair(buckets: [1], sections: [.all]), .repairReply, .sync] {
             let decoded = try decodedDelta(try frameBody(.replication(.delta(delta, purpose: purpose), stamp: .zero)))
             XCTAssertEqual(decoded.certificates, delta.certificates)
             XCTAssertEqual(decoded.tokenSequenceFloors, delta.tokenSequenceFloors)

@@ -37,7 +37,7 @@ final class PeerFrameCodecTests: XCTestCase {
         guard case .replication(.digest(let root), let s) = try roundTrip(.replication(.digest(root: 0xDEAD_BEEF_0102_0304), stamp: stamp)) else { return XCTFail() }
         XCTAssertEqual(root, 0xDEAD_BEEF_0102_0304)
         XCTAssertEqual(s, stamp)
-        guard case .replication(.bucketDigests(let digests), _) = try roundTrip(.replication(.bucketDigests([1, 2, UInt64.max]), stamp: stamp)) else { return XCTFail() }
+        guard case .replication(.bucketDigests(let digests, nil), _) = try roundTrip(.replication(.bucketDigests([1, 2, UInt64.max], sections: nil), stamp: stamp)) else { return XCTFail() }
         XCTAssertEqual(digests, [1, 2, UInt64.max])
         guard case .replication(.syncDone(let ready), _) = try roundTrip(.replication(.syncDone(ready: true), stamp: stamp)) else { return XCTFail() }
         XCTAssertTrue(ready)
@@ -84,13 +84,38 @@ final class PeerFrameCodecTests: XCTestCase {
         }
     }
 
+    /// Section digests and per-bucket section masks reach a current peer; a 0.1 peer gets the
+    /// bare bucket digests and a whole-bucket repair (tag 1), byte for byte what it always got.
+    func testSectionDigestsAndSectionRepairsGoOnlyToPeersThatDecodeThem() throws {
+        let stamp = HLCTimestamp(wallMillis: 7, logical: 1)
+        let sections = SectionDigests(keyVersions: [1, 2, 3], pskFingerprints: [4, 5, UInt16.max], durable: [0, 0, 9])
+        guard case .replication(.bucketDigests(let digests, let decoded), _) =
+                try roundTrip(.replication(.bucketDigests([7, 8, 9], sections: sections), stamp: stamp)) else { return XCTFail() }
+        XCTAssertEqual(digests, [7, 8, 9])
+        XCTAssertEqual(decoded, sections)
+        var old = ByteBufferAllocator().buffer(capacity: 64), bare = ByteBufferAllocator().buffer(capacity: 64)
+        try PeerFrameCodec.encode(.replication(.bucketDigests([7, 8, 9], sections: sections), stamp: stamp), into: &old, for: .version0_1)
+        try PeerFrameCodec.encode(.replication(.bucketDigests([7, 8, 9], sections: nil), stamp: stamp), into: &bare)
+        XCTAssertEqual(old, bare)
+
+        let repair = DeltaPurpose.repair(buckets: [0, 5, 63], sections: [.pskFingerprints, [.keyVersions, .durable], .all])
+        guard case .replication(.delta(_, let purpose), _) = try roundTrip(.replication(.delta(WireDelta(), purpose: repair), stamp: stamp))
+        else { return XCTFail() }
+        XCTAssertEqual(purpose, repair)
+        old.clear(); bare.clear()
+        try PeerFrameCodec.encode(.replication(.delta(WireDelta(), purpose: repair), stamp: stamp), into: &old, for: .version0_1)
+        try PeerFrameCodec.encode(.replication(.delta(WireDelta(), purpose: .repair(buckets: [0, 5, 63], sections: [.all, .all, .all])),
+                                               stamp: stamp), into: &bare)
+        XCTAssertEqual(old, bare, "an old peer is asked for whole buckets")
+    }
+
     func testDeltaCarriesSecretsIntoProtectedMemory() throws {
         let key = KeyRef(domain: "first.com", name: "token_secret")
         let version = KeyVersion(id: VersionID(created: HLCTimestamp(wallMillis: 5, logical: 1), origin: "node1"), generation: 2)
         let bytes = (0..<2048).map { UInt8($0 & 0xFF) }
         let fp = PSKFingerprint(node: "node2", key: KeyRef(domain: "first.com", name: "psk"), fingerprint: [1, 2, 3], stamp: HLCTimestamp(wallMillis: 9, logical: 0))
         let delta = WireDelta(versions: [WireKeyVersion(key: key, version: version, secret: try secret(bytes))], pskFingerprints: [fp])
-        for purpose: DeltaPurpose in [.push, .repair(buckets: [0, 63]), .repairReply, .sync] {
+        for purpose: DeltaPurpose in [.push, .repair(buckets: [0, 63], sections: [.all, .durable]), .repairReply, .sync] {
             guard case .replication(.delta(let decoded, let p), _) = try roundTrip(.replication(.delta(delta, purpose: purpose), stamp: .zero)) else { return XCTFail() }
             XCTAssertEqual(p, purpose)
             XCTAssertEqual(decoded.versions.count, 1)
@@ -254,13 +279,16 @@ final class AntiEntropyCostTests: XCTestCase {
             _ = b.rotate(KeyRef(domain: "d7.example", name: "k7"), id: rotated)
             let differing = a.differingBuckets(mine: a.bucketDigests(), theirs: b.bucketDigests())
             XCTAssertEqual(differing.count, 1)
-            let repair = PeerFrameCodec.chunks(of: wire(a.delta(forBuckets: differing))).reduce(0) {
-                $0 + frameBytes(.replication(.delta($1, purpose: .repair(buckets: differing)), stamp: .zero))
+            let sections = a.sectionDigests().differingSections(from: b.sectionDigests(), in: differing)
+            XCTAssertEqual(sections, [.keyVersions])
+            let repair = PeerFrameCodec.chunks(of: wire(a.delta(forBuckets: differing, sections: sections))).reduce(0) {
+                $0 + frameBytes(.replication(.delta($1, purpose: .repair(buckets: differing, sections: sections)), stamp: .zero))
             }
-            let reply = PeerFrameCodec.chunks(of: wire(b.delta(forBuckets: differing))).reduce(0) {
+            let reply = PeerFrameCodec.chunks(of: wire(b.delta(forBuckets: differing, sections: sections))).reduce(0) {
                 $0 + frameBytes(.replication(.delta($1, purpose: .repairReply), stamp: .zero))
             }
-            let oneDiff = agree + frameBytes(.replication(.bucketDigests(b.bucketDigests()), stamp: .zero)) + repair + reply
+            let digests = frameBytes(.replication(.bucketDigests(b.bucketDigests(), sections: b.sectionDigests()), stamp: .zero))
+            let oneDiff = agree + digests + repair + reply
             fullStateBytes = PeerFrameCodec.chunks(of: wire(a.fullDelta())).reduce(0) { $0 + frameBytes(.replication(.delta($1, purpose: .sync), stamp: .zero)) }
             report.append("\(buckets) buckets: agree \(agree) B, one entry differs \(oneDiff) B")
             if buckets == 1024 {

@@ -93,6 +93,67 @@ final class DigestTests: XCTestCase {
         XCTAssertNotEqual(populated(keys: 50, bucketCount: 8).rootDigest(), populated(keys: 50, bucketCount: 16).rootDigest())
     }
 
+    /// Each section digest is the bucket digest of a store holding only that section's entries,
+    /// through rotations, superseded fingerprints, revocations, expiry and raised floors; and a
+    /// sectioned delta carries exactly the sections asked for.
+    func testSectionDigestsAreTheDigestsOfEachSectionAlone() {
+        var whole = populated(keys: 200, bucketCount: 16)
+        var records = ReplicatedStore(graceMillis: 60_000, bucketCount: 16)
+        for i in 0..<40 {
+            _ = records.appendCertificate(certID("u\(i)@first.com", UInt8(i)), certContent("d", added: ts(10), origin: "node1"))
+        }
+        records.raiseTokenSequenceFloor(domain: "first.com", user: "u1@first.com", stamp: ts(11), origin: "node1")
+        _ = whole.merge(records.fullDelta(), nowMillis: 2_000)
+        func check(_ context: String, line: UInt = #line) {
+            let full = whole.fullDelta()
+            var versionsOnly = ReplicatedStore(graceMillis: 60_000, bucketCount: 16)
+            _ = versionsOnly.merge(StoreDelta(keyVersions: full.keyVersions), nowMillis: 2_000)
+            var pskOnly = ReplicatedStore(graceMillis: 60_000, bucketCount: 16)
+            _ = pskOnly.merge(StoreDelta(pskFingerprints: full.pskFingerprints), nowMillis: 2_000)
+            var durableOnly = ReplicatedStore(graceMillis: 60_000, bucketCount: 16)
+            _ = durableOnly.merge(StoreDelta(certificates: full.certificates, tokenSequenceFloors: full.tokenSequenceFloors), nowMillis: 2_000)
+            let sections = whole.sectionDigests()
+            func short(_ digests: [UInt64]) -> [UInt16] { digests.map { UInt16(truncatingIfNeeded: $0) } }
+            XCTAssertEqual(sections.keyVersions, short(versionsOnly.bucketDigests()), context, line: line)
+            XCTAssertEqual(sections.pskFingerprints, short(pskOnly.bucketDigests()), context, line: line)
+            XCTAssertEqual(sections.durable, short(durableOnly.bucketDigests()), context, line: line)
+            XCTAssertEqual(whole.durableBucketDigests(), durableOnly.bucketDigests(), context, line: line)
+        }
+        check("populated")
+        _ = whole.rotate(KeyRef(domain: "d3.com", name: "key10"), id: vid(3_000, "node1"))
+        _ = whole.merge(StoreDelta(pskFingerprints: [PSKFingerprint(node: "node1", key: KeyRef(domain: "p.com", name: "psk1"),
+                                                                    fingerprint: [9], stamp: ts(50))]), nowMillis: 2_000)
+        _ = whole.removeCertificates(domain: "first.com", user: "u7@first.com", name: "d", kind: .revoked, stamp: ts(20), origin: "node2")
+        whole.raiseTokenSequenceFloor(domain: "first.com", user: "u1@first.com", stamp: ts(21), origin: "node2")
+        check("after changes to every section")
+        _ = whole.expire(nowMillis: 10_000_000)
+        check("after expiry")
+
+        let buckets = Array(0..<16)
+        let pskOnlyDelta = whole.delta(forBuckets: buckets, sections: Array(repeating: .pskFingerprints, count: 16))
+        XCTAssertEqual(pskOnlyDelta, StoreDelta(pskFingerprints: whole.pskFingerprints()))
+        let durableDelta = whole.delta(forBuckets: buckets, sections: Array(repeating: .durable, count: 16))
+        XCTAssertTrue(durableDelta.keyVersions.isEmpty && durableDelta.pskFingerprints.isEmpty)
+        XCTAssertEqual(durableDelta.certificates.count, 40)
+        XCTAssertEqual(durableDelta.tokenSequenceFloors.count, 1)
+        XCTAssertEqual(whole.delta(forBuckets: buckets, sections: Array(repeating: .all, count: 16)), whole.delta(forBuckets: buckets))
+        XCTAssertEqual(whole.delta(forBuckets: [3], sections: [.keyVersions]).keyVersions,
+                       whole.delta(forBuckets: [3]).keyVersions)
+        XCTAssertTrue(whole.delta(forBuckets: [3], sections: [.keyVersions]).certificates.isEmpty)
+
+        // Only a fingerprint differs: only that section of its bucket.
+        var other = whole
+        _ = other.merge(StoreDelta(pskFingerprints: [PSKFingerprint(node: "node2", key: KeyRef(domain: "p.com", name: "new"),
+                                                                    fingerprint: [1], stamp: ts(60))]), nowMillis: 2_000)
+        let differing = ReplicatedStore.differingBuckets(mine: whole.bucketDigests(), theirs: other.bucketDigests())
+        XCTAssertEqual(differing.count, 1)
+        XCTAssertEqual(whole.sectionDigests().differingSections(from: other.sectionDigests(), in: differing), [.pskFingerprints])
+        XCTAssertEqual(whole.sectionDigests().differingSections(from: SectionDigests(keyVersions: [], pskFingerprints: [], durable: []),
+                                                                in: differing), [.all], "another bucket count: whole buckets")
+        XCTAssertEqual(whole.sectionDigests().differingSections(from: whole.sectionDigests(), in: differing), [.all],
+                       "the totals differ but no section seems to (16-bit digests collided): the whole bucket")
+    }
+
     /// The join of a node that kept its database: durable digests cover certificate records and
     /// token floors only, and the answer carries every key and PSK fingerprint but only the
     /// durable entries of the buckets that differ.

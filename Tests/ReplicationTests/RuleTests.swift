@@ -283,7 +283,7 @@ final class RuleTests: XCTestCase {
         for node in peers { _ = joining.memberChanged(member(node, .alive), previous: nil, replica: empty) }
         XCTAssertEqual(summary(joining.tick(nowMillis: 5_000, random: &random, replica: empty)), [], "no digest while joining")
         XCTAssertEqual(summary(joining.receive(.digest(root: 1), from: "node2", nowMillis: 5_001, replica: empty)), [], "no repair while joining")
-        XCTAssertEqual(summary(joining.receive(.bucketDigests([1]), from: "node2", nowMillis: 5_002, replica: empty)), [])
+        XCTAssertEqual(summary(joining.receive(.bucketDigests([1], sections: nil), from: "node2", nowMillis: 5_002, replica: empty)), [])
 
         var instance = readyInstance()
         var digests: [String] = []
@@ -324,18 +324,48 @@ final class RuleTests: XCTestCase {
     func testBucketDigestsAreAnsweredWithTheDifferingBucketsAndARepairWithOurs() {
         var instance = readyInstance()
         let mine = replica(certificates: 6, chunk: 100)
-        XCTAssertEqual(summary(instance.receive(.bucketDigests(mine.bucketDigests), from: "node2", nowMillis: 1, replica: mine)), [],
+        XCTAssertEqual(summary(instance.receive(.bucketDigests(mine.bucketDigests, sections: nil), from: "node2", nowMillis: 1, replica: mine)), [],
                        "nothing differs")
         let theirs = StoreReplicaContent(store: ReplicatedStore(graceMillis: 60_000, bucketCount: 8))
-        let out = instance.receive(.bucketDigests(theirs.bucketDigests), from: "node2", nowMillis: 2, replica: mine)
-        guard case .send(.delta(let payload, .repair(let buckets)), "node2")? = out.first else { return XCTFail("\(summary(out))") }
+        let out = instance.receive(.bucketDigests(theirs.bucketDigests, sections: nil), from: "node2", nowMillis: 2, replica: mine)
+        guard case .send(.delta(let payload, .repair(let buckets, let sections)), "node2")? = out.first else { return XCTFail("\(summary(out))") }
+        XCTAssertEqual(sections, Array(repeating: .all, count: buckets.count), "no section digests: whole buckets")
         XCTAssertEqual(out.count, 1)
         XCTAssertEqual(buckets, ReplicatedStore.differingBuckets(mine: mine.bucketDigests, theirs: theirs.bucketDigests))
         XCTAssertEqual(payload.certificates.count, 6)
         // The other side merges and answers with its own entries of those buckets: even none.
         var other = readyInstance()
-        let answer = other.receive(.delta(payload, purpose: .repair(buckets: buckets)), from: "node2", nowMillis: 3, replica: theirs)
+        let answer = other.receive(.delta(payload, purpose: .repair(buckets: buckets, sections: sections)), from: "node2", nowMillis: 3, replica: theirs)
         XCTAssertEqual(summary(answer), ["apply←node2", "repairReply→node2"])
+    }
+
+    /// With section digests, a bucket whose key declarations differ is repaired by its
+    /// declarations only: after a join every bucket differs that way, and whole buckets carried
+    /// every certificate record (and key secret) both ways.
+    func testARepairCarriesOnlyTheSectionsThatDiffer() {
+        let mine = replica(certificates: 6, chunk: 100)
+        var theirStore = mine.store
+        let declaration = PSKFingerprint(node: "node2", key: key, fingerprint: [1, 2, 3], stamp: HLCTimestamp(wallMillis: 9, logical: 0))
+        _ = theirStore.setLocalPSKFingerprint(declaration)
+        let theirs = StoreReplicaContent(store: theirStore, maxEntriesPerChunk: 100)
+
+        var instance = readyInstance()
+        let out = instance.receive(.bucketDigests(theirs.bucketDigests, sections: theirs.sectionDigests), from: "node2", nowMillis: 2, replica: mine)
+        guard case .send(.delta(let payload, .repair(let buckets, let sections)), "node2")? = out.first, out.count == 1 else {
+            return XCTFail("\(summary(out))")
+        }
+        XCTAssertEqual(buckets.count, 1)
+        XCTAssertEqual(sections, [.pskFingerprints])
+        XCTAssertTrue(payload.isEmpty, "this side holds no declaration in that bucket: no certificate, no key version")
+
+        var other = readyInstance()
+        let answer = other.receive(.delta(payload, purpose: .repair(buckets: buckets, sections: sections)), from: "node2", nowMillis: 3,
+                                   replica: theirs)
+        let replies = answer.compactMap { directive -> StoreDelta? in
+            guard case .send(.delta(let reply, .repairReply), "node2") = directive else { return nil }
+            return reply
+        }
+        XCTAssertEqual(replies, [StoreDelta(pskFingerprints: [declaration])], "the answer carries the declaration alone")
     }
 
     /// A repair comes in as many chunks as its content needs, each naming the same buckets: it is
@@ -346,9 +376,9 @@ final class RuleTests: XCTestCase {
         let theirs = replica(certificates: 10, chunk: 3)  // their repair: 4 chunks (key + 10 records, 3 a chunk)
         let mine = replica(versionAt: 20, certificates: 7, chunk: 3)
         var sender = readyInstance()
-        let repair = sender.receive(.bucketDigests(mine.bucketDigests), from: "node2", nowMillis: 1, replica: theirs)
+        let repair = sender.receive(.bucketDigests(mine.bucketDigests, sections: nil), from: "node2", nowMillis: 1, replica: theirs)
         let chunks = repair.compactMap { directive -> (StoreDelta, [Int])? in
-            guard case .send(.delta(let payload, .repair(let buckets)), "node2") = directive else { return nil }
+            guard case .send(.delta(let payload, .repair(let buckets, _)), "node2") = directive else { return nil }
             return (payload, buckets)
         }
         XCTAssertGreaterThan(chunks.count, 1, summary(repair).joined(separator: " "))
@@ -360,25 +390,27 @@ final class RuleTests: XCTestCase {
         let whole = nonEmptyReplyCount(mine, chunks[0].1)
         var answered = 0
         for (index, (payload, buckets)) in chunks.enumerated() {
-            answered += replies(receiver.receive(.delta(payload, purpose: .repair(buckets: buckets)), from: "node2",
+            answered += replies(receiver.receive(.delta(payload, purpose: .repair(buckets: buckets, sections: allSections(buckets))), from: "node2",
                                                  nowMillis: 10 + UInt64(index), replica: mine))
         }
         XCTAssertEqual(answered, whole, "one answer (\(whole) chunks) for the whole repair")
 
-        let later = receiver.receive(.delta(chunks[0].0, purpose: .repair(buckets: chunks[0].1)), from: "node2", nowMillis: 6_000, replica: mine)
+        let later = receiver.receive(.delta(chunks[0].0, purpose: .repair(buckets: chunks[0].1, sections: allSections(chunks[0].1))), from: "node2", nowMillis: 6_000, replica: mine)
         XCTAssertEqual(replies(later), whole, "after the cooldown the same buckets are a new repair")
         _ = receiver.linkChanged("node2", .down, nowMillis: 6_001)
         _ = receiver.linkChanged("node2", .up, nowMillis: 6_002)
-        let reconnected = receiver.receive(.delta(chunks[0].0, purpose: .repair(buckets: chunks[0].1)), from: "node2", nowMillis: 6_003,
+        let reconnected = receiver.receive(.delta(chunks[0].0, purpose: .repair(buckets: chunks[0].1, sections: allSections(chunks[0].1))), from: "node2", nowMillis: 6_003,
                                            replica: mine)
         XCTAssertEqual(replies(reconnected), whole, "on a new connection too")
-        let otherBuckets = receiver.receive(.delta(StoreDelta(), purpose: .repair(buckets: [0])), from: "node2", nowMillis: 6_004, replica: mine)
+        let otherBuckets = receiver.receive(.delta(StoreDelta(), purpose: .repair(buckets: [0], sections: [.all])), from: "node2", nowMillis: 6_004, replica: mine)
         XCTAssertGreaterThan(replies(otherBuckets), 0, "a repair of other buckets is answered at once")
     }
 
     private func nonEmptyReplyCount(_ replica: StoreReplicaContent, _ buckets: [Int]) -> Int {
-        max(1, replica.chunks(forBuckets: buckets).filter { !$0.isEmpty }.count)
+        max(1, replica.chunks(forBuckets: buckets, sections: allSections(buckets)).filter { !$0.isEmpty }.count)
     }
+
+    private func allSections(_ buckets: [Int]) -> [BucketSections] { Array(repeating: .all, count: buckets.count) }
 
     // MARK: Push
 
