@@ -201,8 +201,10 @@ final class NodeState: Sendable {
         return records
     }
 
-    /// The RAM keys some member (this node included) declares.
-    private static func declaredRAMKeys(in state: inout Inner) -> Set<KeyRef> {
+    /// Whether some member (this node included) declares a RAM key. A predicate, not a set: the
+    /// union of the members' and this node's 10,000 keys was built for every chunk of a join
+    /// (measured: 40 ms of a restart's 300–450 ms join).
+    private static func declaredRAMKeys(in state: inout Inner) -> (KeyRef) -> Bool {
         let byMembers: Set<KeyRef>
         if let cached = state.declaredByMembersCache, cached.changes == state.store.pskChanges {
             byMembers = cached.keys
@@ -210,14 +212,15 @@ final class NodeState: Sendable {
             byMembers = state.store.keys(withFingerprint: ramDeclaration)
             state.declaredByMembersCache = (state.store.pskChanges, byMembers)
         }
-        return byMembers.union(state.layout.ramKeys.keys)
+        let mine = state.layout.ramKeys
+        return { mine[$0] != nil || byMembers.contains($0) }
     }
 
     /// Forgets RAM keys no member declares any more, zeroing their secrets.
     private static func forgetUndeclaredKeys(_ state: inout Inner) -> [KeyRef] {
         var forgotten: [KeyRef] = []
-        let declared = declaredRAMKeys(in: &state)
-        for ref in state.store.keyRefs() where !declared.contains(ref) {
+        let isDeclared = declaredRAMKeys(in: &state)
+        for ref in state.store.keyRefs() where !isDeclared(ref) {
             for id in state.store.forgetKey(ref) { state.ramSecrets[id] = nil }
             state.prepared.invalidate(ref)
             forgotten.append(ref)
@@ -473,10 +476,10 @@ final class NodeState: Sendable {
         return inner.withLock { state in
             var outcome = state.store.merge(StoreDelta(pskFingerprints: wire.pskFingerprints), nowMillis: now)
             let forgotten = outcome.pskChanged ? Self.forgetUndeclaredKeys(&state) : []
-            let declared = wire.versions.isEmpty ? [] : Self.declaredRAMKeys(in: &state)
+            let isDeclared = wire.versions.isEmpty ? { _ in false } : Self.declaredRAMKeys(in: &state)
             var secrets: [VersionID: SecretBytes] = [:]
             var delta = StoreDelta()
-            for item in wire.versions where declared.contains(item.key) {
+            for item in wire.versions where isDeclared(item.key) {
                 secrets[item.version.id] = item.secret
                 delta.keyVersions[item.key, default: []].append(item.version)
             }

@@ -173,6 +173,16 @@ public struct ReplicatedStore: Sendable, Equatable {
         var outcome = MergeOutcome()
         for (key, incoming) in delta.keyVersions where !incoming.isEmpty {
             let entry = keys[key]
+            // A join's common case: one version of a key not held yet. A lone version is primary
+            // and cannot expire, so it is admitted as it is: the steps below reach the same
+            // outcome through several temporary arrays and sets per key.
+            if entry == nil, incoming.count == 1 {
+                outcome.added.append((key, incoming[0]))
+                outcome.primaryChanged.append(key)
+                outcome.forwardable.keyVersions[key] = incoming
+                install(key, incoming, added: incoming, removed: [])
+                continue
+            }
             let previous = entry?.versions ?? []
             let merged = Self.union(previous, incoming)
             // Nothing new and nothing due: the held list stands as it is.
