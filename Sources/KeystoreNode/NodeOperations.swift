@@ -233,6 +233,7 @@ public final class NodeOperations: Sendable {
         // Reading and decoding rows and indexing them in the store take about as long each
         // (0.4–0.5 s per 100,000 rows here): the store takes each batch on its own thread while
         // the next one is read, which is what brings a restart with 100,000 records near 1 s.
+        // The reader also computes the records' hashes, which leaves the two steps about even.
         let indexing = DispatchQueue(label: "keystore.load-certificates")
         let indexed = DispatchGroup()
         var renamed: [CertificateID] = []
@@ -241,7 +242,7 @@ public final class NodeOperations: Sendable {
         let loaded: Result<Void, RegistryDatabaseError>
         do {
             try database.forEachCertificateBatch { rows in
-                var batch: [CertificateRecord] = []
+                var batch: [HashedCertificateRecord] = []
                 batch.reserveCapacity(rows.count)
                 for row in rows {
                     guard let record = CertificateRecord(stored: row) else { continue }
@@ -253,7 +254,7 @@ public final class NodeOperations: Sendable {
                         continue
                     }
                     if record.needsCompaction { rewrite.append(record.compacted()) }
-                    batch.append(record)
+                    batch.append(HashedCertificateRecord(record))
                 }
                 indexing.async(group: indexed) { [batch] in state.loadPersisted(batch, floors: []) }
             }
@@ -266,7 +267,7 @@ public final class NodeOperations: Sendable {
         try loaded.get()
         if !renamedRecords.isEmpty {
             // Joined with whatever else has their new key (the store's join), and rewritten under it.
-            state.loadPersisted(renamedRecords, floors: [])
+            state.loadPersisted(renamedRecords.map(HashedCertificateRecord.init), floors: [])
             let targets = Set(renamedRecords.map(\.id))
             rewrite.removeAll { targets.contains($0.id) }
             rewrite += state.certificateRecords(Array(targets)).map { $0.compacted() }

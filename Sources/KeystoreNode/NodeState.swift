@@ -606,7 +606,8 @@ final class NodeState: Sendable {
     }
 
     /// Start-up: the records read from the local database.
-    func loadPersisted(_ records: [CertificateRecord], floors: [TokenSequenceFloor]) {
+    /// The records' hashes are computed by the caller, off this lock (see `NodeOperations.loadPersisted`).
+    func loadPersisted(_ records: [HashedCertificateRecord], floors: [TokenSequenceFloor]) {
         inner.withLock { state in
             state.store.loadCertificates(records)
             state.store.loadTokenSequenceFloors(floors)

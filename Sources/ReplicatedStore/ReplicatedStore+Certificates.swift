@@ -157,8 +157,22 @@ extension ReplicatedStore {
     /// DER): the shell finds them with `record.compacted() != record` to rewrite them, and
     /// leaves expired records to its first `expireCertificates` call, which reports them.
     public mutating func loadCertificates(_ records: [CertificateRecord]) {
+        loadCertificates(records.map(HashedCertificateRecord.init))
+    }
+
+    /// `loadCertificates` with the records' hashes already computed (off the store's lock).
+    public mutating func loadCertificates(_ records: [HashedCertificateRecord]) {
         reserveCertificateCapacity(records.count)
-        for record in records { applyCertificate(record) }
+        for hashed in records {
+            // An id already held (not in a load from one database, whose rows have distinct
+            // keys) is joined the general way.
+            if certificateTable.find(hashed.record.id) != nil {
+                applyCertificate(hashed.record)
+            } else if hashed.record.content != nil || hashed.record.removal != nil {
+                insertCertificate(hashed.record.compacted(), identityHash: hashed.identityHash, contentHash: hashed.contentHash,
+                                  entryHash: hashed.entryHash)
+            }
+        }
     }
 
     /// The record held for `id` (live, removed or a bare tombstone), if any.
@@ -286,14 +300,18 @@ extension ReplicatedStore {
         }
         guard incoming.content != nil || incoming.removal != nil else { return (nil, nil) }
         let record = incoming.compacted()
-        let bucket = Int(StableHash.identity(record.id) % UInt64(bucketCount))
-        let contentHash = record.content.map(StableHash.content)
-        let entryHash = StableHash.entry(record, contentHash: contentHash)
+        let hashes = HashedCertificateRecord.hashes(of: record)
+        insertCertificate(record, identityHash: hashes.identity, contentHash: hashes.content, entryHash: hashes.entry)
+        return (record, nil)
+    }
+
+    /// Stores a record whose id is not held (`record` already compacted), with its hashes.
+    private mutating func insertCertificate(_ record: CertificateRecord, identityHash: UInt64, contentHash: UInt64?, entryHash: UInt64) {
+        let bucket = Int(identityHash % UInt64(bucketCount))
         bucketSums[bucket] &+= entryHash
         bucketCounts[bucket] += 1
         certificateTable.insert(record, bucket: bucket, contentHash: contentHash, entryHash: entryHash)
         noteForgettable(record.content)
-        return (record, nil)
     }
 
     /// Removes a record entirely (rule 2/3 of the type's comment), keeping digests and the
@@ -320,5 +338,27 @@ extension ReplicatedStore {
         case (nil, .some): return false
         case (nil, nil): return a.id < b.id
         }
+    }
+}
+
+/// A certificate record with the hashes the store keeps for it (identity, content, entry, all of
+/// the record as stored: compacted). They depend on the record alone, so a bulk load computes
+/// them off the store's lock: a restart's reader thread hashes each batch while the store indexes
+/// the previous one (hashing was a quarter of the indexing, the longer of the two steps).
+public struct HashedCertificateRecord: Sendable {
+    /// As given (not compacted): an id already held is joined with exactly this.
+    public let record: CertificateRecord
+    let identityHash: UInt64
+    let contentHash: UInt64?
+    let entryHash: UInt64
+
+    public init(_ record: CertificateRecord) {
+        self.record = record
+        (identityHash, contentHash, entryHash) = Self.hashes(of: record.compacted())
+    }
+
+    static func hashes(of stored: CertificateRecord) -> (identity: UInt64, content: UInt64?, entry: UInt64) {
+        let content = stored.content.map(StableHash.content)
+        return (StableHash.identity(stored.id), content, StableHash.entry(stored, contentHash: content))
     }
 }

@@ -293,6 +293,26 @@ final class CertificateTests: XCTestCase {
         XCTAssertEqual(a.description, "first.com/\(alice)/" + String(repeating: "01", count: 32))
     }
 
+    /// A load with hashes computed ahead (a restart's reader thread) holds what a merge of the
+    /// same records holds, digests included, also when a later batch brings an id already
+    /// held (joined the general way) and for a revoked row still carrying its DER (compacted).
+    func testLoadingHashedRecordsHoldsWhatAMergeHolds() {
+        let live = record(certID(alice, 1), certContent("a", added: ts(5), origin: "n1"))
+        let revokedWithDER = record(certID(alice, 2), certContent("b", added: ts(5), origin: "n1"), removal(.revoked, 6, "n2"))
+        let disabled = record(certID(alice, 3), certContent("c", added: ts(5), origin: "n1"), removal(.disabled, 7, "n2"))
+        let liveRevokedLater = record(certID(alice, 1), nil, removal(.revoked, 9, "n3"))
+        var merged = ReplicatedStore(graceMillis: 1, bucketCount: 16)
+        _ = merged.merge(StoreDelta(certificates: [live, revokedWithDER, disabled, liveRevokedLater]), nowMillis: 0)
+        var loaded = ReplicatedStore(graceMillis: 1, bucketCount: 16)
+        loaded.loadCertificates([live, revokedWithDER, disabled].map(HashedCertificateRecord.init))
+        loaded.loadCertificates([HashedCertificateRecord(liveRevokedLater)])
+        XCTAssertEqual(loaded, merged)
+        XCTAssertEqual(loaded.bucketDigests(), merged.bucketDigests())
+        XCTAssertEqual(loaded.durableBucketDigests(), merged.durableBucketDigests())
+        XCTAssertEqual(loaded.certificateRecord(certID(alice, 2))?.content?.der, [], "stored compacted")
+        XCTAssertEqual(loaded.certificateRecord(certID(alice, 1))?.removal?.kind, .revoked)
+    }
+
     func testDigestsChangeOnRemovalAndDifferingBucketsIdentifyIt() throws {
         var a = ReplicatedStore(graceMillis: 1)
         for i in 0..<1_000 {
