@@ -282,7 +282,13 @@ public final class RegistryDatabase {
     }
 
     private func configure() throws(RegistryDatabaseError) {
-        // The first statement is the first read of the header: a non-SQLite file fails here (NOTADB).
+        // 16 KiB pages for a new file (an existing one keeps its size: SQLite changes it only by
+        // VACUUM, and never in WAL mode, so this must come before the journal mode). A record is
+        // ~700 bytes, about a sixth of a 4 KiB page; with 16 KiB pages a fresh node's 100,000-row
+        // join writes a quarter as many pages and checkpoints a quarter as often (the sqlite3
+        // shell, 100,000 such rows in 1,200-row transactions: 1.4–1.6 s → 1.0–1.25 s).
+        try execute("PRAGMA page_size=16384", what: "set the page size")
+        // The first read of the header: a non-SQLite file fails here (NOTADB).
         let mode = try scalar("PRAGMA journal_mode=WAL", what: "enable WAL")
         guard mode?.lowercased() == "wal" else {
             throw .cannotOpen(path: path, reason: "cannot switch to WAL journal mode (got \(mode ?? "nothing")); "

@@ -262,6 +262,16 @@ final class RegistryDatabaseTests: XCTestCase {
         XCTAssertEqual(RegistryDatabase.schemaVersion, 2)
     }
 
+    /// A new file gets 16 KiB pages (a fresh node's bulk write); one made with SQLite's default
+    /// 4 KiB keeps them and works as before (see the schema-one migration test).
+    func testANewDatabaseHasSixteenKiBPages() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        try db.upsert([fullRecord(1)])
+        db.close()
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA page_size;"), "16384")
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA journal_mode;"), "wal")
+    }
+
     func testSchemaTooNewIsRefused() throws {
         let db = try RegistryDatabase(directory: dataDir)
         try db.upsert([fullRecord(1)])
@@ -469,6 +479,7 @@ final class RegistryDatabaseTests: XCTestCase {
         defer { again.close() }
         XCTAssertEqual(try again.loadAll(), expected)
         XCTAssertEqual(try again.loadTokenSequenceFloors(), [floor("alice@first.com", 2)])
+        XCTAssertEqual(try sqlite3(dbPath, "PRAGMA page_size;"), "4096", "an existing file keeps its page size")
     }
 
     /// Each migration step commits together with its user_version bump: a step that fails
