@@ -164,14 +164,10 @@ public enum PeerFrameCodec {
         case .bucketDigests(let digests, let sections):
             out.writeInteger(MessageType.bucketDigests.rawValue)
             writeStamp(stamp, &out)
-            out.writeInteger(UInt32(digests.count))
-            for d in digests { out.writeInteger(d) }
+            writeIntegers(digests, &out)
             // Optional tail: the three per-section lists of 16-bit digests, each counted.
             if let sections, features.sectionRepairs {
-                for list in [sections.keyVersions, sections.pskFingerprints, sections.durable] {
-                    out.writeInteger(UInt32(list.count))
-                    for d in list { out.writeInteger(d) }
-                }
+                for list in [sections.keyVersions, sections.pskFingerprints, sections.durable] { writeIntegers(list, &out) }
             }
         case .delta(let delta, let purpose):
             out.writeInteger(MessageType.delta.rawValue)
@@ -216,10 +212,7 @@ public enum PeerFrameCodec {
             out.writeInteger(MessageType.syncRequest.rawValue)
             writeStamp(stamp, &out)
             // Optional tail: absent means "nothing durable held" (and is all 0.1 decodes).
-            if let durableDigests, features.syncRequestDigests {
-                out.writeInteger(UInt32(durableDigests.count))
-                for d in durableDigests { out.writeInteger(d) }
-            }
+            if let durableDigests, features.syncRequestDigests { writeIntegers(durableDigests, &out) }
         case .syncDone(let ready):
             out.writeInteger(MessageType.syncDone.rawValue)
             writeStamp(stamp, &out)
@@ -234,20 +227,14 @@ public enum PeerFrameCodec {
             return .replication(.digest(root: root), stamp: try readStamp(&b))
         case .bucketDigests:
             let stamp = try readStamp(&b)
-            let count = try readCount(&b, minimumElementBytes: 8, "bucket digests")
-            var digests: [UInt64] = []
-            digests.reserveCapacity(count)
-            for _ in 0..<count { digests.append(try read(&b, "bucket digest")) }
+            let digests: [UInt64] = try readIntegers(&b, "bucket digest")
             guard b.readableBytes > 0 else { return .replication(.bucketDigests(digests, sections: nil), stamp: stamp) }
             var lists: [[UInt16]] = []
             for what in ["key version", "PSK fingerprint", "durable"] {
-                let sectionCount = try readCount(&b, minimumElementBytes: 2, "\(what) bucket digests")
-                guard sectionCount == count else {
-                    throw .invalidField("\(sectionCount) \(what) bucket digests for \(count) buckets")
+                let list: [UInt16] = try readIntegers(&b, "\(what) bucket digest")
+                guard list.count == digests.count else {
+                    throw .invalidField("\(list.count) \(what) bucket digests for \(digests.count) buckets")
                 }
-                var list: [UInt16] = []
-                list.reserveCapacity(count)
-                for _ in 0..<count { list.append(try read(&b, "\(what) bucket digest")) }
                 lists.append(list)
             }
             return .replication(.bucketDigests(digests, sections: SectionDigests(keyVersions: lists[0], pskFingerprints: lists[1],
@@ -319,11 +306,7 @@ public enum PeerFrameCodec {
         case .syncRequest:
             let stamp = try readStamp(&b)
             guard b.readableBytes > 0 else { return .replication(.syncRequest(durableDigests: nil), stamp: stamp) }
-            let count = try readCount(&b, minimumElementBytes: 8, "durable bucket digests")
-            var digests: [UInt64] = []
-            digests.reserveCapacity(count)
-            for _ in 0..<count { digests.append(try read(&b, "durable bucket digest")) }
-            return .replication(.syncRequest(durableDigests: digests), stamp: stamp)
+            return .replication(.syncRequest(durableDigests: try readIntegers(&b, "durable bucket digest")), stamp: stamp)
         case .syncDone:
             let stamp = try readStamp(&b)
             let ready: UInt8 = try read(&b, "ready flag")
@@ -576,6 +559,22 @@ public enum PeerFrameCodec {
     private static func read<I: FixedWidthInteger>(_ b: inout ByteBuffer, _ what: String) throws(PeerWireError) -> I {
         guard let value = b.readInteger(as: I.self) else { throw .truncated(what) }
         return value
+    }
+
+    /// `u32 count | count × I`: the digest lists.
+    private static func writeIntegers<I: FixedWidthInteger>(_ list: [I], _ out: inout ByteBuffer) {
+        out.writeInteger(UInt32(list.count))
+        for value in list { out.writeInteger(value) }
+    }
+
+    /// A list written by `writeIntegers`; `what` names one element ("bucket digest"), and its
+    /// plural the list in errors.
+    private static func readIntegers<I: FixedWidthInteger>(_ b: inout ByteBuffer, _ what: String) throws(PeerWireError) -> [I] {
+        let count = try readCount(&b, minimumElementBytes: MemoryLayout<I>.size, "\(what)s")
+        var list: [I] = []
+        list.reserveCapacity(count)
+        for _ in 0..<count { list.append(try read(&b, what)) }
+        return list
     }
 
     /// A list count that the remaining bytes could actually hold.
