@@ -9,7 +9,8 @@
 # Environment: DURATION (s per load row, default 3), WARMUP (1), CONNECTIONS (1,8,32,128), ROUNDS (3, get-key),
 #   NGINX_WORKERS (default: keystored's event loops, min(cores, 4)), FLOOR (1: also measure a bare-NIO
 #   server with the same body, the floor of any Swift NIO server; 0: skip it),
-#   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), CERTS (100000), BASE_PORT (27400),
+#   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), CERTS (100000),
+#   SYNC_RUNS (3 fresh starts, each with its restart; a summary line per kind), BASE_PORT (27400),
 #   DETECT_NODES (5) x DETECT_RUNS (10) kill -9s for detect,
 #   KEEP=1 keeps the temp dir (logs, configs) for inspection.
 set -euo pipefail
@@ -17,7 +18,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 DURATION="${DURATION:-3}"; WARMUP="${WARMUP:-1}"; CONNECTIONS="${CONNECTIONS:-1,8,32,128}"; ROUNDS="${ROUNDS:-3}"
 SIZES="${SIZES:-3 10 25}"; ROTATIONS="${ROTATIONS:-40}"; BASE_PORT="${BASE_PORT:-27400}"
-SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"; FLOOR="${FLOOR:-1}"
+SYNC_DOMAINS="${SYNC_DOMAINS:-100}"; SYNC_KEYS="${SYNC_KEYS:-100}"; SYNC_RUNS="${SYNC_RUNS:-3}"; FLOOR="${FLOOR:-1}"
 parts=("$@"); [ "${#parts[@]}" -gt 0 ] || parts=(get-key converge sync detect)
 
 die() { echo "bench/run.sh: $*" >&2; exit 1; }
@@ -281,7 +282,7 @@ run_sync() {
     echo
     "$bench" sync --keystored "$keystored" --config "$tmp/sync.json" --node node2 --socket "$tmp/node2.sock" \
         --reference "$tmp/node1.sock" --reference-pid "$ref_pid" --domains "$domains" --log "$tmp/node2.log" \
-        --certificates "$n" --database "$tmp/data/node2/registry.sqlite3" --restart || echo "(the check above failed)"
+        --certificates "$n" --database "$tmp/data/node2/registry.sqlite3" --restart --runs "$SYNC_RUNS" || echo "(the check above failed)"
     grep -E 'loaded [0-9]+ certificate|ready after' "$tmp/node2.log" | sed -E 's/^[^ ]+ [a-z]+ keystored: node=node2 \[KeystoreNode\]/    node2 log:/'
     # Idle traffic with replicas in agreement (anti-entropy digests + SWIM probes), both directions.
     start_node "$tmp/sync.json" node2
