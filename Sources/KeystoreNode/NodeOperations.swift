@@ -362,18 +362,18 @@ extension NodeOperations: ClusterReplica {
     private func persistPeerRecords(_ incoming: PendingRegistry, from source: String, in database: RegistryDatabase) -> StoreDelta {
         let now = wallClockMillis()
         // Write the join of what is held and what was pending: joins only grow, so the row
-        // written is never older than one written before it.
+        // written is never older than one written before it. A pending floor is in memory
+        // already (applied when its write failed), so it is written as held, not as a change.
         let pending = registry.pendingPeerRecords.value
         let pendingCertificates = pending.certificates.map { record in state.certificateRecord(record.id).map { $0.merged(with: record) } ?? record }
         let certificates = pendingCertificates + state.certificateChanges(incoming.certificates, nowMillis: now)
-        let floors = state.tokenFloorChanges(pending.floors + incoming.floors)
+        let floors = state.joinedTokenFloors(pending.floors + state.tokenFloorChanges(incoming.floors))
         guard !certificates.isEmpty || !floors.isEmpty else { return StoreDelta() }
         do {
             try database.write(RegistryWrite(certificates: certificates.map(\.stored), tokenSequenceFloors: floors.map(\.stored)))
         } catch {
-            var kept = PendingRegistry(certificates: Array(Dictionary(certificates.map { ($0.id, $0) }, uniquingKeysWith: { $0.merged(with: $1) }).values),
+            let kept = PendingRegistry(certificates: Array(Dictionary(certificates.map { ($0.id, $0) }, uniquingKeysWith: { $0.merged(with: $1) }).values),
                                        floors: floors)
-            kept.floors = state.tokenFloorChanges(kept.floors)
             registry.pendingPeerRecords.value = kept
             registry.recordPeerWrite(failedRecords: kept.count, error: "\(error)")
             metrics.counter("keystore_registry_write_failures_total", [("source", "peer")], by: kept.count)

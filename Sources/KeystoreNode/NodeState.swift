@@ -576,6 +576,21 @@ final class NodeState: Sendable {
         }
     }
 
+    /// For each user of `floors`, the join of the floor held and theirs: what the user's row
+    /// must hold (the highest), sorted by (domain, user). Changes nothing.
+    func joinedTokenFloors(_ floors: [TokenSequenceFloor]) -> [TokenSequenceFloor] {
+        guard !floors.isEmpty else { return [] }
+        return inner.withLock { state in
+            var best: [String: TokenSequenceFloor] = [:]
+            for record in floors {
+                let key = record.domain + "\u{0}" + record.user
+                let held = best[key] ?? state.store.tokenSequenceFloor(domain: record.domain, user: record.user)
+                if held.map({ record.supersedes($0) }) ?? true { best[key] = record } else { best[key] = held }
+            }
+            return best.values.sorted { ($0.domain, $0.user) < ($1.domain, $1.user) }
+        }
+    }
+
     /// The floor record a revocation of the user's refresh tokens stores. Changes nothing.
     func planTokenRevocation(domain: String, user: JID) -> TokenSequenceFloor {
         let now = wallClockMillis()

@@ -213,6 +213,39 @@ final class DataSafetyTests: ClusterTestCase {
         XCTAssertTrue(try verifies(cluster, on: "node2", phone))
         XCTAssertFalse(try verifies(cluster, on: "node2", old))
     }
+
+    /// A token revocation from a peer is applied at once even when it cannot be stored (as a
+    /// certificate revocation is), and the retry then stores it: after the disk has room again
+    /// the node is healthy, and restarted alone from its own database it still refuses the token.
+    func testATokenRevocationFromAPeerThatCouldNotBeStoredIsStoredByTheRetry() throws {
+        // token_secret as a file key: the token outlives the restart of the whole cluster.
+        var domains: [String: Any] = [:]
+        domains["second.com"] = ["keys": [["name": "token_secret", "type": "file", "path": "psk/second_provision"]]]
+        let cluster = try makeCluster(nodes: ["node1", "node2"], domains: domains)
+        let data2 = cluster.scratch.file("data/node2")
+        try mountTmpfs(data2)
+        try cluster.startAll()
+        let refresh = try cluster.client("node1").issueToken(domain: "second.com", type: .refresh, jid: "carol@second.com")
+
+        try fill(data2)
+        XCTAssertEqual(try cluster.client("node1").revokeTokens(domain: "second.com", user: "carol").sequence, 2)
+        waitUntil("node2 refuses the revoked refresh token at once") {
+            (try? cluster.client("node2").verifyToken(domain: "second.com", token: refresh.token).reason) == .revoked
+        }
+        waitUntil("node2 reports that it cannot store the revocation") {
+            guard let health = try? self.health(cluster, "node2") else { return false }
+            return health.problems.contains { $0.contains("registry database") && $0.contains("could not be written") }
+        }
+
+        try FileManager.default.removeItem(atPath: data2 + "/filler")
+        waitUntil("node2 stores the revocation and is healthy again") { (try? self.health(cluster, "node2").status) == .ok }
+        cluster.processes["node1"]?.stop()
+        cluster.processes["node2"]?.stop()
+        try cluster.start("node2")
+        cluster.waitReady("node2")
+        XCTAssertEqual(try cluster.client("node2").verifyToken(domain: "second.com", token: refresh.token).reason, .revoked,
+                       "the revocation was stored, not only applied")
+    }
 }
 
 /// A prerequisite the test could not set up: it fails the test (never skips it).
