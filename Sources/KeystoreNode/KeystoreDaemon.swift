@@ -157,8 +157,16 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         installReloadHandler()
         // DESIGN.md RAM keys 2: adopt the cluster's keys before generating any.
         let started = monotonicMillis()
+        // A join's records that could not be stored hold the join until a retry stores them
+        // (`NodeOperations.applyWhileJoining`); after ready, housekeeping retries.
+        let joinRetry = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [operations] _ in
+            operations.retryPendingPeerRecords()
+        }
         // nil: asked to shut down while still waiting for peers; then no key may be generated.
-        guard let outcome = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis) else {
+        let joined = await cluster.joinCluster(timeoutMillis: state.config.joinTimeoutMillis)
+        if joined != nil { await operations.finishJoin() }
+        joinRetry.cancel()
+        guard let outcome = joined else {
             for s in servers { await s.close() }
             await cluster.shutdown()
             await operations.registry.close()

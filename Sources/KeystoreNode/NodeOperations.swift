@@ -9,6 +9,7 @@ import PeerWire
 import RegistryDatabase
 import ReplicatedStore
 import SecretMemory
+import ServiceLifecycle
 import Synchronization
 
 /// The one path every change takes: persist → apply → publish to peers → emit event.
@@ -25,6 +26,9 @@ public final class NodeOperations: Sendable {
     let metrics: NodeMetrics
     /// Sends locally made changes to peers (the cluster shell); set once the shell exists.
     private let publisher = Mutex<(@Sendable (WireDelta) -> Void)?>(nil)
+    /// True until the join ends (`finishJoin`): registry records from peers are applied as
+    /// they arrive and stored behind them (`applyWhileJoining`).
+    private let joinApplies = Mutex(true)
     /// Parts of the node outside the state that follow a reload (cluster membership, log level).
     private let reconfigurationHandlers = Mutex<[@Sendable (ClusterConfig, ConfigChanges) -> Void]>([])
 
@@ -339,8 +343,14 @@ extension NodeOperations: ClusterReplica {
             return
         }
         let incoming = PendingRegistry(certificates: wire.certificates, floors: wire.tokenSequenceFloors)
+        let appliedWhileJoining = joinApplies.withLock { joining in
+            guard joining, !state.isReady else { return false }
+            applyWhileJoining(incoming, forwardKeys: forwardKeys, from: node, completion: completion)
+            return true
+        }
+        if appliedWhileJoining { return }
         registry.perform { [self] database -> StoreDelta in
-            let registryForward = persistPeerRecords(incoming, from: node, in: database)
+            let registryForward = persistPeerRecords(incoming, from: node, in: database).forward
             var forward = forwardKeys
             forward.certificates = registryForward.certificates
             forward.tokenSequenceFloors = registryForward.tokenSequenceFloors
@@ -351,6 +361,62 @@ extension NodeOperations: ClusterReplica {
         }
     }
 
+    /// While the node joins it serves nothing (no request is answered before ready), so the
+    /// registry records of its join are applied here, on the cluster loop, as they are decoded,
+    /// and stored behind them by the writer (each id's value as held at write time): the store's
+    /// merge and the database's writes run on two threads rather than one after the other on
+    /// the writer, which was most of a fresh node's time to ready (BENCHMARKS.md, large state).
+    /// Ready still waits for every write: the join counts this completion, which comes once the
+    /// records are stored; when the write fails it waits for a retry that stores them
+    /// (`finishJoin` waits for the rest), so a node is never ready with records it could not store.
+    private func applyWhileJoining(_ incoming: PendingRegistry, forwardKeys: StoreDelta, from node: String,
+                                   completion: @escaping @Sendable (WireDelta) -> Void) {
+        let now = wallClockMillis()
+        // Records whose certificate has expired are not admitted (as `certificateChanges` leaves
+        // them out of a write after ready).
+        let certificates = incoming.certificates.filter { record in !(record.content?.isForgettable(atMillis: now) ?? false) }
+        let outcome = state.applyRegistry(certificates: certificates, floors: incoming.floors, nowMillis: now)
+        announce(outcome)
+        var forward = outcome.forwardable
+        forward.keyVersions = forwardKeys.keyVersions
+        forward.pskFingerprints = forwardKeys.pskFingerprints
+        let finish: @Sendable () -> Void = { [state, forward] in completion(forward.isEmpty ? WireDelta() : state.wireDelta(for: forward)) }
+        let changed = PendingRegistry(certificates: outcome.certificatesChanged, floors: outcome.tokenSequenceFloorsChanged)
+        let forgotten = outcome.certificatesForgotten
+        guard !changed.isEmpty || !forgotten.isEmpty else {
+            finish()
+            return
+        }
+        registry.perform { [self] database -> Bool in
+            if !forgotten.isEmpty { try? database.write(RegistryWrite(deletedCertificates: forgotten.map(\.storedKey))) }
+            guard !changed.isEmpty, !persistPeerRecords(changed, alreadyApplied: true, from: node, in: database).stored else { return true }
+            registry.waitingForPendingRecords.value.append(finish)
+            return false
+        }.whenComplete { result in
+            // Not run (the writer is shutting down): answered as before, the process is ending.
+            if (try? result.get()) ?? true { finish() }
+        }
+    }
+
+    /// Ends the join's way of applying registry records (`applyWhileJoining`) and waits until
+    /// every record applied that way is stored (or the process is asked to stop): only then may
+    /// the node serve. Records arriving from now on are persisted, then applied.
+    func finishJoin() async {
+        joinApplies.withLock { $0 = false }
+        let resumed = Mutex<CheckedContinuation<Void, Never>?>(nil)
+        let resume: @Sendable () -> Void = { resumed.withLock { $0.take() }?.resume() }
+        await withGracefulShutdownHandler {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                resumed.withLock { $0 = continuation }
+                registry.perform { [registry] _ in
+                    if registry.pendingPeerRecords.value.isEmpty { resume() } else { registry.waitingForPendingRecords.value.append(resume) }
+                }.whenFailure { _ in resume() }
+            }
+        } onGracefulShutdown: {
+            resume()
+        }
+    }
+
     /// Persist, then apply, registry records from peers (on the writer). When the write fails,
     /// the records are kept and retried with every later write and every second
     /// (`retryPendingPeerRecords`) until one succeeds, and health reports it meanwhile.
@@ -358,17 +424,27 @@ extension NodeOperations: ClusterReplica {
     /// Revocations (certificate removals, token floors) are applied in memory at once all the
     /// same, because a revocation this node ignored would be worse than one it might forget:
     /// after a restart it relearns it from peers before serving the registry.
-    /// Returns what changed here, for forwarding.
-    private func persistPeerRecords(_ incoming: PendingRegistry, from source: String, in database: RegistryDatabase) -> StoreDelta {
+    /// `alreadyApplied`: the records were applied during the join (`applyWhileJoining`); what
+    /// is written is each id's value as held now, and nothing is applied.
+    /// Returns what changed here, for forwarding, and whether the records are stored.
+    private func persistPeerRecords(_ incoming: PendingRegistry, alreadyApplied: Bool = false, from source: String,
+                                    in database: RegistryDatabase) -> (forward: StoreDelta, stored: Bool) {
         let now = wallClockMillis()
         // Write the join of what is held and what was pending: joins only grow, so the row
         // written is never older than one written before it. A pending floor is in memory
         // already (applied when its write failed), so it is written as held, not as a change.
         let pending = registry.pendingPeerRecords.value
         let pendingCertificates = pending.certificates.map { record in state.certificateRecord(record.id).map { $0.merged(with: record) } ?? record }
-        let certificates = pendingCertificates + state.certificateChanges(incoming.certificates, nowMillis: now)
-        let floors = state.joinedTokenFloors(pending.floors + state.tokenFloorChanges(incoming.floors))
-        guard !certificates.isEmpty || !floors.isEmpty else { return StoreDelta() }
+        let certificates: [CertificateRecord]
+        let floors: [TokenSequenceFloor]
+        if alreadyApplied {
+            certificates = pendingCertificates + state.certificateRecords(incoming.certificates.map(\.id))
+            floors = state.joinedTokenFloors(pending.floors + incoming.floors)
+        } else {
+            certificates = pendingCertificates + state.certificateChanges(incoming.certificates, nowMillis: now)
+            floors = state.joinedTokenFloors(pending.floors + state.tokenFloorChanges(incoming.floors))
+        }
+        guard !certificates.isEmpty || !floors.isEmpty else { return (StoreDelta(), true) }
         do {
             try database.write(RegistryWrite(certificates: certificates.map(\.stored), tokenSequenceFloors: floors.map(\.stored)))
         } catch {
@@ -377,34 +453,46 @@ extension NodeOperations: ClusterReplica {
             registry.pendingPeerRecords.value = kept
             registry.recordPeerWrite(failedRecords: kept.count, error: "\(error)")
             metrics.counter("keystore_registry_write_failures_total", [("source", "peer")], by: kept.count)
+            if alreadyApplied {
+                logger.error("cannot persist \(kept.count) registry records from \(source) (\(error)); the join waits until they are stored; retrying every second")
+                return (StoreDelta(), false)
+            }
             logger.error("cannot persist \(kept.count) registry records from \(source) (\(error)); registrations wait, revocations apply in memory; retrying every second")
             let removals = certificates.filter { $0.removal != nil }
-            guard !removals.isEmpty || !floors.isEmpty else { return StoreDelta() }
+            guard !removals.isEmpty || !floors.isEmpty else { return (StoreDelta(), false) }
             let outcome = state.applyRegistry(certificates: removals, floors: floors, nowMillis: now)
             announce(outcome)
-            return outcome.forwardable
+            return (outcome.forwardable, false)
         }
-        if !registry.pendingPeerRecords.value.isEmpty {
-            logger.notice("registry database writable again: \(registry.pendingPeerRecords.value.count) pending peer records stored")
+        let pendingStored = !pending.isEmpty
+        if pendingStored {
+            logger.notice("registry database writable again: \(pending.count) pending peer records stored")
             registry.pendingPeerRecords.value = PendingRegistry()
         }
         registry.recordPeerWrite(failedRecords: 0, error: nil)
-        let outcome = state.applyRegistry(certificates: certificates, floors: floors, nowMillis: now)
+        // Records applied during the join are held already; pending ones that waited for this
+        // write are applied now (a no-op for a join's).
+        let outcome = state.applyRegistry(certificates: alreadyApplied ? pendingCertificates : certificates, floors: floors, nowMillis: now)
         if !outcome.certificatesForgotten.isEmpty {
             try? database.write(RegistryWrite(deletedCertificates: outcome.certificatesForgotten.map(\.storedKey)))
         }
         announce(outcome)
+        if pendingStored {
+            let waiting = registry.waitingForPendingRecords.value
+            registry.waitingForPendingRecords.value = []
+            for resume in waiting { resume() }
+        }
         var forward = outcome.forwardable
         forward.keyVersions = [:]
         forward.pskFingerprints = []
-        return forward
+        return (forward, true)
     }
 
     /// Housekeeping: another attempt at peer records a failed write left pending.
     func retryPendingPeerRecords() {
         registry.perform { [self] database -> StoreDelta in
             guard !registry.pendingPeerRecords.value.isEmpty else { return StoreDelta() }
-            return persistPeerRecords(PendingRegistry(), from: "the retry queue", in: database)
+            return persistPeerRecords(PendingRegistry(), from: "the retry queue", in: database).forward
         }.whenSuccess { [self] forward in
             publish(forward)
         }

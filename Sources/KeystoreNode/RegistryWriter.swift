@@ -23,6 +23,9 @@ final class RegistryWriter: Sendable {
     /// Records from peers that could not be written yet (confined to the writer's loop). They
     /// are retried on every later write and by `retryPending`, until one succeeds.
     let pendingPeerRecords: NIOLoopBoundBox<PendingRegistry>
+    /// Called, and emptied, once `pendingPeerRecords` is stored (confined to the writer's loop):
+    /// what waits for records that were applied before they could be stored (a join's).
+    let waitingForPendingRecords: NIOLoopBoundBox<[@Sendable () -> Void]>
 
     struct PersistFailures: Sendable {
         /// Peer records not stored at the last attempt (they stay unapplied; anti-entropy
@@ -49,6 +52,7 @@ final class RegistryWriter: Sendable {
         self.loop = loop
         self.database = NIOLoopBoundBox.makeBoxSendingValue(database, eventLoop: loop)
         self.pendingPeerRecords = NIOLoopBoundBox.makeBoxSendingValue(PendingRegistry(), eventLoop: loop)
+        self.waitingForPendingRecords = NIOLoopBoundBox.makeBoxSendingValue([], eventLoop: loop)
     }
 
     /// Runs `body` with the database on the writer thread, after everything submitted before.

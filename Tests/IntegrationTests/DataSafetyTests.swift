@@ -246,6 +246,45 @@ final class DataSafetyTests: ClusterTestCase {
         XCTAssertEqual(try cluster.client("node2").verifyToken(domain: "second.com", token: refresh.token).reason, .revoked,
                        "the revocation was stored, not only applied")
     }
+
+    /// A joining node serves nothing, so it applies the join's registry records as they arrive
+    /// and stores them behind; when it cannot store them it stays not ready, says why, and
+    /// becomes ready once a retry has stored them (not before, with records only in memory).
+    func testAJoiningNodeThatCannotStoreTheClustersRecordsIsNotReadyUntilItHas() throws {
+        let cluster = try makeCluster(nodes: ["node1", "node2"])
+        let library = try faultyDiskLibrary(in: cluster)
+        let trigger = cluster.scratch.file("fail-now")
+        let faulty = ["LD_PRELOAD": library, "KS_FAIL_SYNC_TRIGGER": trigger]
+        try cluster.start("node1", waitForSocket: false)
+        try cluster.start("node2", environment: faulty, waitForSocket: false)
+        for node in ["node1", "node2"] { cluster.waitReady(node) }
+        cluster.processes["node2"]?.stop()
+        let phone = try UserCertificates.make(jids: ["alice@first.com"], in: cluster.scratch.path, name: "phone")
+        XCTAssertEqual(try addCertificate(cluster, on: "node1", name: "phone", pem: phone).status, 201)
+
+        // node2 restarts from its database; the registration reaches it in its join, on a disk whose syncs fail.
+        XCTAssertTrue(FileManager.default.createFile(atPath: trigger, contents: nil), "cannot create \(trigger)")
+        try cluster.start("node2", environment: faulty)
+        waitUntil("node2 is not ready and says it cannot store records from peers") {
+            guard let health = try? self.health(cluster, "node2") else { return false }
+            return !health.ready && health.problems.contains { $0.contains("registry database") && $0.contains("could not be written") }
+        }
+        waitUntil("node2 failed to store them twice more (its retries, a second apart)") {
+            (cluster.processes["node2"]?.log.components(separatedBy: "cannot persist").count ?? 0) > 3
+        }
+        XCTAssertFalse(try health(cluster, "node2").ready, "node2 does not become ready with a record it has not stored")
+
+        try FileManager.default.removeItem(atPath: trigger)
+        cluster.waitReady("node2")
+        XCTAssertTrue(try verifies(cluster, on: "node2", phone))
+        XCTAssertEqual(try health(cluster, "node2").status, .ok)
+        // Stored for real: node2 alone, from its own database, still knows it.
+        cluster.processes["node1"]?.stop()
+        cluster.processes["node2"]?.stop()
+        try cluster.start("node2")
+        cluster.waitReady("node2")
+        XCTAssertTrue(try verifies(cluster, on: "node2", phone))
+    }
 }
 
 /// A prerequisite the test could not set up: it fails the test (never skips it).
