@@ -403,11 +403,26 @@ extension NodeOperations: ClusterReplica {
     /// the node serve. Records arriving from now on are persisted, then applied.
     func finishJoin() async {
         joinApplies.withLock { $0 = false }
-        let resumed = Mutex<CheckedContinuation<Void, Never>?>(nil)
-        let resume: @Sendable () -> Void = { resumed.withLock { $0.take() }?.resume() }
+        // Resumed once, by the writer or by a shutdown, whichever comes first (a shutdown may
+        // come before the continuation exists).
+        let waiter = Mutex<(continuation: CheckedContinuation<Void, Never>?, done: Bool)>((nil, false))
+        let resume: @Sendable () -> Void = {
+            waiter.withLock { state -> CheckedContinuation<Void, Never>? in
+                state.done = true
+                defer { state.continuation = nil }
+                return state.continuation
+            }?.resume()
+        }
         await withGracefulShutdownHandler {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                resumed.withLock { $0 = continuation }
+                let done = waiter.withLock { state -> Bool in
+                    if !state.done { state.continuation = continuation }
+                    return state.done
+                }
+                if done {
+                    continuation.resume()
+                    return
+                }
                 registry.perform { [registry] _ in
                     if registry.pendingPeerRecords.value.isEmpty { resume() } else { registry.waitingForPendingRecords.value.append(resume) }
                 }.whenFailure { _ in resume() }
