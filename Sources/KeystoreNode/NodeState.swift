@@ -563,16 +563,12 @@ final class NodeState: Sendable {
 
     /// The incoming floors that would raise what is held (the highest per user). Changes nothing.
     func tokenFloorChanges(_ incoming: [TokenSequenceFloor]) -> [TokenSequenceFloor] {
-        inner.withLock { state in
-            var best: [String: TokenSequenceFloor] = [:]
-            for record in incoming {
-                let key = record.domain + "\u{0}" + record.user
-                let held = best[key] ?? state.store.tokenSequenceFloor(domain: record.domain, user: record.user)
-                if held.map({ record.supersedes($0) }) ?? true { best[key] = record }
+        guard !incoming.isEmpty else { return [] }
+        return inner.withLock { state in
+            // Joins only grow: the join differs from what is held exactly when it supersedes it.
+            Self.joined(incoming, with: state.store).filter { floor in
+                state.store.tokenSequenceFloor(domain: floor.domain, user: floor.user).map { floor.supersedes($0) } ?? true
             }
-            return best.values.filter { record in
-                state.store.tokenSequenceFloor(domain: record.domain, user: record.user).map { record.supersedes($0) } ?? true
-            }.sorted { ($0.domain, $0.user) < ($1.domain, $1.user) }
         }
     }
 
@@ -580,15 +576,18 @@ final class NodeState: Sendable {
     /// must hold (the highest), sorted by (domain, user). Changes nothing.
     func joinedTokenFloors(_ floors: [TokenSequenceFloor]) -> [TokenSequenceFloor] {
         guard !floors.isEmpty else { return [] }
-        return inner.withLock { state in
-            var best: [String: TokenSequenceFloor] = [:]
-            for record in floors {
-                let key = record.domain + "\u{0}" + record.user
-                let held = best[key] ?? state.store.tokenSequenceFloor(domain: record.domain, user: record.user)
-                if held.map({ record.supersedes($0) }) ?? true { best[key] = record } else { best[key] = held }
-            }
-            return best.values.sorted { ($0.domain, $0.user) < ($1.domain, $1.user) }
+        return inner.withLock { Self.joined(floors, with: $0.store) }
+    }
+
+    /// Per user of `floors`, the highest of the held floor and theirs, sorted by (domain, user).
+    private static func joined(_ floors: [TokenSequenceFloor], with store: ReplicatedStore) -> [TokenSequenceFloor] {
+        var best: [String: TokenSequenceFloor] = [:]
+        for record in floors {
+            let key = record.domain + "\u{0}" + record.user
+            let held = best[key] ?? store.tokenSequenceFloor(domain: record.domain, user: record.user)
+            best[key] = held.map { record.supersedes($0) ? record : $0 } ?? record
         }
+        return best.values.sorted { ($0.domain, $0.user) < ($1.domain, $1.user) }
     }
 
     /// The floor record a revocation of the user's refresh tokens stores. Changes nothing.
