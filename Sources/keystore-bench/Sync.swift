@@ -91,9 +91,10 @@ struct Sync: ParsableCommand {
         // Issue 16's targets, over every run: fresh node ready in 2 s, restart in 1 s, RSS 150 MiB.
         if runs > 1 {
             for (kind, target) in [("fresh node joins", 2000.0), ("restart from its own database", 1000.0)] {
-                let ready = starts.filter { $0.label.hasPrefix(kind) }.map(\.start.readyMillis).sorted()
-                guard !ready.isEmpty else { continue }
-                let rss = starts.filter { $0.label.hasPrefix(kind) }.map { Double($0.start.rss) / 1024 }
+                let ofKind = starts.filter { $0.label.hasPrefix(kind) }.map(\.start)
+                guard !ofKind.isEmpty else { continue }
+                let ready = ofKind.map(\.readyMillis).sorted()
+                let rss = ofKind.map { Double($0.rss) / 1024 }
                 print("\(kind), \(ready.count) runs: spawn → ready min \(fmt(ready[0], 0)) / median \(fmt(ready[ready.count / 2], 0)) / max \(fmt(ready[ready.count - 1], 0)) ms, "
                       + "≤ \(fmt(target, 0)) ms in \(ready.filter { $0 <= target }.count) of \(ready.count); "
                       + "RSS max \(fmt(rss.max() ?? 0, 1)) MiB, ≤ 150 MiB in \(rss.filter { $0 <= 150 }.count) of \(rss.count)")
