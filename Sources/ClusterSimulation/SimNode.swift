@@ -35,16 +35,11 @@ struct CachedStoreContent: ReplicaContent {
     func chunks(forBuckets buckets: [Int], sections: [BucketSections]) -> [StoreDelta] {
         plain.chunks(forBuckets: buckets, sections: sections)
     }
-    func fullStateChunks() -> [StoreDelta] {
-        var full = node.store.fullDelta()
-        full.certificates.sort { $0.id < $1.id }  // reproducible chunking
-        return plain.chunks(of: full)
-    }
     var durableBucketDigests: [UInt64] { node.store.durableBucketDigests() }
-    func joinChunks(peerDurableDigests: [UInt64]) -> [StoreDelta] {
-        var delta = node.store.joinDelta(peerDurableDigests: peerDurableDigests)
+    func stateAnswer(peerDurableDigests: [UInt64]?) -> any StateAnswer<StoreDelta> {
+        var delta = peerDurableDigests.map { node.store.joinDelta(peerDurableDigests: $0) } ?? node.store.fullDelta()
         delta.certificates.sort { $0.id < $1.id }  // reproducible chunking
-        return plain.chunks(of: delta)
+        return PrebuiltStateAnswer(plain.chunks(of: delta))
     }
     func chunks(of payload: StoreDelta) -> [StoreDelta] { plain.chunks(of: payload) }
     private var plain: StoreReplicaContent { StoreReplicaContent(store: node.store) }

@@ -23,9 +23,9 @@ protocol ClusterReplica: AnyObject, Sendable {
     var bucketDigests: [UInt64] { get }
     var sectionDigests: SectionDigests { get }
     func wireDelta(forBuckets buckets: [Int], sections: [BucketSections]) -> WireDelta
-    func fullWireDelta() -> WireDelta
     var durableBucketDigests: [UInt64] { get }
-    func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta
+    /// The state answer for a joining peer, as of now (`ReplicaContent.stateAnswer`).
+    func stateAnswer(peerDurableDigests: [UInt64]?, chunkBytes: Int) -> WireStateAnswer
 
     /// Merges a peer's entries. Certificate records are persisted before they are applied, and
     /// one that cannot be persisted is not applied (anti-entropy delivers it again later).

@@ -129,10 +129,9 @@ struct NodeReplicaContent: ReplicaContent {
     func chunks(forBuckets buckets: [Int], sections: [BucketSections]) -> [WireDelta] {
         chunks(of: replica.wireDelta(forBuckets: buckets, sections: sections))
     }
-    func fullStateChunks() -> [WireDelta] { chunks(of: replica.fullWireDelta()) }
     var durableBucketDigests: [UInt64] { replica.durableBucketDigests }
-    func joinChunks(peerDurableDigests: [UInt64]) -> [WireDelta] {
-        chunks(of: replica.joinWireDelta(peerDurableDigests: peerDurableDigests))
+    func stateAnswer(peerDurableDigests: [UInt64]?) -> any StateAnswer<WireDelta> {
+        replica.stateAnswer(peerDurableDigests: peerDurableDigests, chunkBytes: chunkBytes)
     }
     func chunks(of payload: WireDelta) -> [WireDelta] {
         payload.isEmpty ? [] : PeerFrameCodec.chunks(of: payload, limit: chunkBytes)

@@ -316,9 +316,10 @@ extension NodeOperations: ClusterReplica {
     func wireDelta(forBuckets buckets: [Int], sections: [BucketSections]) -> WireDelta {
         state.wireDelta(forBuckets: buckets, sections: sections)
     }
-    func fullWireDelta() -> WireDelta { state.fullWireDelta() }
     var durableBucketDigests: [UInt64] { state.durableBucketDigests }
-    func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta { state.joinWireDelta(peerDurableDigests: peerDurableDigests) }
+    func stateAnswer(peerDurableDigests: [UInt64]?, chunkBytes: Int) -> WireStateAnswer {
+        state.stateAnswer(peerDurableDigests: peerDurableDigests, chunkBytes: chunkBytes)
+    }
 
     /// Key versions and key declarations live in memory only: applied at once. Registry
     /// records (certificates, token floors) are persisted first, on the registry writer (see

@@ -434,12 +434,13 @@ final class NodeState: Sendable {
         return wire
     }
 
-    func fullWireDelta() -> WireDelta {
-        inner.withLock { Self.wire(for: $0.store.fullDelta(), secrets: $0.ramSecrets) }
-    }
-
-    func joinWireDelta(peerDurableDigests: [UInt64]) -> WireDelta {
-        inner.withLock { Self.wire(for: $0.store.joinDelta(peerDurableDigests: peerDurableDigests), secrets: $0.ramSecrets) }
+    /// The state answer for a joining peer, as of now (see `WireStateAnswer`): the lock is held
+    /// only to copy the store and the secrets' references.
+    func stateAnswer(peerDurableDigests: [UInt64]?, chunkBytes: Int) -> WireStateAnswer {
+        inner.withLock { state in
+            let walk = peerDurableDigests.map { StateWalk(state.store, peerDurableDigests: $0) } ?? StateWalk(state.store)
+            return WireStateAnswer(walk: walk, secrets: state.ramSecrets, chunkBytes: chunkBytes)
+        }
     }
 
     var durableBucketDigests: [UInt64] { inner.withLock { $0.store.durableBucketDigests() } }

@@ -89,41 +89,14 @@ public enum PeerFrameCodec {
 
     /// Splits a delta into frames of at most ~`deltaChunkBytes` each (secrets dominate size).
     public static func chunks(of delta: WireDelta, limit: Int = deltaChunkBytes) -> [WireDelta] {
+        var chunker = WireDeltaChunker(limit: limit)
         var result: [WireDelta] = []
-        var current = WireDelta(pskFingerprints: delta.pskFingerprints)
-        var size = 0
-        for floor in delta.tokenSequenceFloors {
-            let cost = floor.domain.utf8.count + floor.user.utf8.count + floor.origin.utf8.count + 32
-            if size + cost > limit && !current.isEmpty {
-                result.append(current)
-                current = WireDelta()
-                size = 0
-            }
-            current.tokenSequenceFloors.append(floor)
-            size += cost
-        }
-        for v in delta.versions {
-            let cost = v.secret.count + 128
-            if size + cost > limit && !current.isEmpty {
-                result.append(current)
-                current = WireDelta()
-                size = 0
-            }
-            current.versions.append(v)
-            size += cost
-        }
-        for record in delta.certificates {
-            let cost = (record.content?.der.count ?? 0) + 256
-            if size + cost > limit && !current.isEmpty {
-                result.append(current)
-                current = WireDelta()
-                size = 0
-            }
-            current.certificates.append(record)
-            size += cost
-        }
-        if !current.isEmpty || result.isEmpty { result.append(current) }
-        return result
+        for fingerprint in delta.pskFingerprints { chunker.add(fingerprint) }
+        for floor in delta.tokenSequenceFloors { if let full = chunker.add(floor) { result.append(full) } }
+        for version in delta.versions { if let full = chunker.add(version) { result.append(full) } }
+        for record in delta.certificates { if let full = chunker.add(record) { result.append(full) } }
+        if let last = chunker.finish() { result.append(last) }
+        return result.isEmpty ? [WireDelta()] : result
     }
 
     /// Decodes one frame body (from `nextFrame`). Secrets are copied straight into `arena`.
@@ -582,5 +555,60 @@ public enum PeerFrameCodec {
         let count: UInt32 = try read(&b, "\(what) count")
         guard Int(count) * minimumElementBytes <= b.readableBytes else { throw .truncated(what) }
         return Int(count)
+    }
+}
+
+/// Fills message-sized chunks with a delta's entries in the order they are added: what
+/// `PeerFrameCodec.chunks(of:)` does with a whole delta, and a state answer streamed as the
+/// connection drains does entry by entry. PSK fingerprints cost nothing (a handful, small).
+public struct WireDeltaChunker: Sendable {
+    public let limit: Int
+    private var current = WireDelta()
+    private var size = 0
+
+    public init(limit: Int = PeerFrameCodec.deltaChunkBytes) {
+        self.limit = limit
+    }
+
+    public mutating func add(_ fingerprint: PSKFingerprint) {
+        current.pskFingerprints.append(fingerprint)
+    }
+
+    /// Each `add` returns the chunk the entry closed: the entries before it, when it did not fit
+    /// beside them; the entry then starts the next chunk.
+    public mutating func add(_ floor: TokenSequenceFloor) -> WireDelta? {
+        let full = admit(cost: floor.domain.utf8.count + floor.user.utf8.count + floor.origin.utf8.count + 32)
+        current.tokenSequenceFloors.append(floor)
+        return full
+    }
+
+    public mutating func add(_ version: WireKeyVersion) -> WireDelta? {
+        let full = admit(cost: version.secret.count + 128)
+        current.versions.append(version)
+        return full
+    }
+
+    public mutating func add(_ record: CertificateRecord) -> WireDelta? {
+        let full = admit(cost: (record.content?.der.count ?? 0) + 256)
+        current.certificates.append(record)
+        return full
+    }
+
+    /// The last chunk, nil when nothing is left in it.
+    public mutating func finish() -> WireDelta? {
+        guard !current.isEmpty else { return nil }
+        defer { current = WireDelta(); size = 0 }
+        return current
+    }
+
+    private mutating func admit(cost: Int) -> WireDelta? {
+        guard size + cost > limit, !current.isEmpty else {
+            size += cost
+            return nil
+        }
+        let full = current
+        current = WireDelta()
+        size = cost
+        return full
     }
 }

@@ -122,6 +122,17 @@ struct CertificateTable: Sendable {
 
     subscript(index: Int32) -> Slot { slots[Int(index)] }
 
+    /// The first slot in use at or after `index`, for a walk that visits the slots one at a
+    /// time (`StateWalk`); nil past the last.
+    func slotInUse(atOrAfter index: Int) -> Int32? {
+        var i = max(0, index)
+        while i < slots.count {
+            if slots[i].flags & Flags.inUse != 0 { return Int32(i) }
+            i += 1
+        }
+        return nil
+    }
+
     /// The record in `index`.
     func record(_ index: Int32) -> CertificateRecord {
         let slot = slots[Int(index)]

@@ -29,7 +29,7 @@ public struct ReplicatedStore: Sendable, Equatable {
     }
     public let bucketCount: Int
 
-    private struct KeyEntry: Sendable, Equatable {
+    struct KeyEntry: Sendable, Equatable {
         /// Sorted by rank (primary first); never empty.
         var versions: [KeyVersion]
         let bucket: Int
@@ -53,7 +53,8 @@ public struct ReplicatedStore: Sendable, Equatable {
         var user: String
     }
 
-    private var keys: [KeyRef: KeyEntry] = [:]
+    /// Internal (not private) for `StateWalk`, which reads a copy.
+    var keys: [KeyRef: KeyEntry] = [:]
     private var psk: [PSKSlot: PSKEntry] = [:]
     /// Counts changes to the PSK fingerprints and key declarations, so a caller can cache what
     /// it derives from them (`pskMismatches` costs O(declared keys × nodes), and `/v1/health`
@@ -339,7 +340,7 @@ public struct ReplicatedStore: Sendable, Equatable {
     }
 
     /// `wanted[b]` for each bucket index in `buckets`; out-of-range indices are ignored.
-    private func bucketMask(_ buckets: [Int]) -> [Bool] {
+    func bucketMask(_ buckets: [Int]) -> [Bool] {
         var wanted = Array(repeating: false, count: bucketCount)
         for b in buckets where b >= 0 && b < bucketCount { wanted[b] = true }
         return wanted
@@ -359,13 +360,9 @@ public struct ReplicatedStore: Sendable, Equatable {
         tokenFloors.values.filter { wanted[$0.bucket] }.map(\.record)
     }
 
+    /// Everything this replica holds (`StateWalk`, collected).
     public func fullDelta() -> StoreDelta {
-        // Certificates in slot order (the order they were loaded or received: key order for a
-        // registry loaded from its database), floors unsorted: sorting 100k records costs more
-        // than collecting them.
-        StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints(),
-                   certificates: allCertificatesInSlotOrder(),
-                   tokenSequenceFloors: tokenFloors.values.map(\.record))
+        StateWalk(self).collected()
     }
 
     // MARK: - Join of a node that kept its database
@@ -388,9 +385,7 @@ public struct ReplicatedStore: Sendable, Equatable {
     /// records of that bucket (the 64-bit digest is the same trust anti-entropy places in it),
     /// so after merging the answer it holds everything `fullDelta()` would have given it.
     public func joinDelta(peerDurableDigests: [UInt64]) -> StoreDelta {
-        let wanted = bucketMask(Self.differingBuckets(mine: durableBucketDigests(), theirs: peerDurableDigests))
-        return StoreDelta(keyVersions: keys.mapValues(\.versions), pskFingerprints: pskFingerprints(),
-                          certificates: certificates(inBuckets: wanted), tokenSequenceFloors: floors(inBuckets: wanted))
+        StateWalk(self, peerDurableDigests: peerDurableDigests).collected()
     }
 
     /// Bucket indices whose digests differ. If the lists have different lengths the peers use

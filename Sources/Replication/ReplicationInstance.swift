@@ -31,9 +31,10 @@ import ReplicatedStore
 ///   of the same sections (`repairReply`). One repair per peer at
 ///   a time, a new one only after the reply or `repairCooldownMillis`; none while joining (the
 ///   full state is on its way then).
-/// - **Streaming.** A full-state answer is sent one chunk per `pump`, only while the connection
-///   to the requester is up (a chunk is never queued behind a dial), and starts over on a new
-///   connection; `syncDone` follows the last chunk on the same connection.
+/// - **Streaming.** A full-state answer is produced and sent one chunk per `pump` (see
+///   `StateAnswer`), only while the connection to the requester is up (a chunk is never queued
+///   behind a dial), and starts over on a new connection; `syncDone` follows the last chunk on
+///   the same connection.
 public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     public typealias Directive = ReplicationDirective<Payload>
     public typealias Message = ReplicationMessage<Payload>
@@ -75,8 +76,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     private enum Answer: Sendable { case notReady(at: UInt64), ready }
 
     private struct Stream: Sendable {
-        var chunks: [Payload]
-        var next = 0
+        var answer: any StateAnswer<Payload>
     }
 
     private struct Peer: Sendable {
@@ -355,7 +355,7 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
             peer.requestedOnLink = false
             // A full-state answer starts over on the new connection: what went out on the old
             // one may be lost, and `syncDone` must follow every chunk on one connection.
-            streams[node]?.next = 0
+            streams[node]?.answer.rewind()
             state[node] = peer
             requestState(from: node, into: &out)
         case .down:
@@ -510,16 +510,14 @@ public struct ReplicationInstance<Payload: ReplicationPayload>: Sendable {
     /// peer too old to say), so only the durable buckets that differ are sent.
     private mutating func startStream(to node: NodeID, holding durableDigests: [UInt64]?,
                                       replica: some ReplicaContent<Payload>, into out: inout [Directive]) {
-        let chunks = durableDigests.map { replica.joinChunks(peerDurableDigests: $0) } ?? replica.fullStateChunks()
-        streams[node] = Stream(chunks: chunks.filter { !$0.isEmpty })
+        streams[node] = Stream(answer: replica.stateAnswer(peerDurableDigests: durableDigests))
         if state[node]?.linkUp == true { pumpOne(node, into: &out) }
     }
 
     private mutating func pumpOne(_ node: NodeID, into out: inout [Directive]) {
-        guard let stream = streams[node] else { return }
-        if stream.next < stream.chunks.count {
-            out.append(.send(.delta(stream.chunks[stream.next], purpose: .sync), to: node))
-            streams[node]?.next += 1
+        guard streams[node] != nil else { return }
+        if let chunk = streams[node]?.answer.nextChunk() {
+            out.append(.send(.delta(chunk, purpose: .sync), to: node))
         } else {
             out.append(.send(.syncDone(ready: true), to: node))
             streams[node] = nil

@@ -21,8 +21,13 @@ public struct StoreReplicaContent: ReplicaContent {
     public func chunks(forBuckets buckets: [Int], sections: [BucketSections]) -> [StoreDelta] {
         chunks(of: store.delta(forBuckets: buckets, sections: sections))
     }
-    public func fullStateChunks() -> [StoreDelta] { chunks(of: store.fullDelta()) }
     public var durableBucketDigests: [UInt64] { store.durableBucketDigests() }
+    public func stateAnswer(peerDurableDigests: [UInt64]?) -> any StateAnswer<StoreDelta> {
+        PrebuiltStateAnswer(peerDurableDigests.map { joinChunks(peerDurableDigests: $0) } ?? fullStateChunks())
+    }
+    /// The whole state in chunks (what `stateAnswer(peerDurableDigests: nil)` sends).
+    public func fullStateChunks() -> [StoreDelta] { chunks(of: store.fullDelta()) }
+    /// What `stateAnswer(peerDurableDigests:)` sends a peer holding those durable digests.
     public func joinChunks(peerDurableDigests: [UInt64]) -> [StoreDelta] {
         chunks(of: store.joinDelta(peerDurableDigests: peerDurableDigests))
     }

@@ -190,4 +190,41 @@ final class DigestTests: XCTestCase {
         XCTAssertEqual(cluster.joinDelta(peerDurableDigests: Array(repeating: 1, count: 8)).certificates.count, 40)
         XCTAssertEqual(cluster.joinDelta(peerDurableDigests: []).certificates.count, 40)
     }
+
+    /// A state answer is walked entry by entry over a copy of the store taken when it began:
+    /// whatever the store does meanwhile, the walk gives what `fullDelta()` gave then, and
+    /// `rewind` gives it again.
+    func testAStateWalkGivesTheStateAsOfItsStart() {
+        var store = populated(keys: 50, bucketCount: 16)
+        for i in 0..<30 {
+            _ = store.appendCertificate(certID("u\(i)@first.com", UInt8(i)), certContent("d", added: ts(10), origin: "node1"))
+            store.raiseTokenSequenceFloor(domain: "first.com", user: "u\(i)@first.com", stamp: ts(11), origin: "node1")
+        }
+        let before = store.fullDelta()
+        var walk = StateWalk(store)
+        var entries: [StateWalk.Entry] = []
+        for _ in 0..<20 { if let entry = walk.next() { entries.append(entry) } }
+        _ = store.rotate(tokenKey, id: VersionID(created: ts(50), origin: "node2"))
+        _ = store.setLocalPSKFingerprint(PSKFingerprint(node: "node7", key: tokenKey, fingerprint: [9], stamp: ts(51)))
+        _ = store.removeCertificates(domain: "first.com", user: "u29@first.com", name: "d", kind: .revoked, stamp: ts(52), origin: "node2")
+        _ = store.appendCertificate(certID("late@first.com", 99), certContent("d", added: ts(53), origin: "node2"))
+        store.raiseTokenSequenceFloor(domain: "first.com", user: "u0@first.com", stamp: ts(54), origin: "node2")
+        XCTAssertNotEqual(store.fullDelta(), before)
+        while let entry = walk.next() { entries.append(entry) }
+
+        var given = StoreDelta()
+        for entry in entries {
+            switch entry {
+            case .pskFingerprint(let fingerprint): given.pskFingerprints.append(fingerprint)
+            case .tokenFloor(let floor): given.tokenSequenceFloors.append(floor)
+            case .keyVersions(let key, let versions): given.keyVersions[key] = versions
+            case .certificate(let record): given.certificates.append(record)
+            }
+        }
+        XCTAssertEqual(given, before)
+        XCTAssertEqual(given.certificates.count, 30)
+        XCTAssertNil(walk.next())
+        walk.rewind()
+        XCTAssertEqual(walk.collected(), before)
+    }
 }
