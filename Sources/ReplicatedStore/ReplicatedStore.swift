@@ -38,12 +38,12 @@ public struct ReplicatedStore: Sendable, Equatable {
         var nextExpiryMillis: UInt64?
     }
 
-    private struct PSKSlot: Hashable, Sendable {
+    struct PSKSlot: Hashable, Sendable {
         var node: NodeID
         var key: KeyRef
     }
 
-    private struct PSKEntry: Sendable, Equatable {
+    struct PSKEntry: Sendable, Equatable {
         var record: PSKFingerprint
         let bucket: Int
     }
@@ -53,9 +53,9 @@ public struct ReplicatedStore: Sendable, Equatable {
         var user: String
     }
 
-    /// Internal (not private) for `StateWalk`, which reads a copy.
+    /// Internal (not private), like `psk`, for `StateWalk`, which reads a copy.
     var keys: [KeyRef: KeyEntry] = [:]
-    private var psk: [PSKSlot: PSKEntry] = [:]
+    var psk: [PSKSlot: PSKEntry] = [:]
     /// Counts changes to the PSK fingerprints and key declarations, so a caller can cache what
     /// it derives from them (`pskMismatches` costs O(declared keys × nodes), and `/v1/health`
     /// asks for it on every call). Not replicated state: not part of `==`.
@@ -406,7 +406,7 @@ public struct ReplicatedStore: Sendable, Equatable {
         count == 0 ? 0 : mix64(sum &+ mix64(count ^ 0x9E37_79B9_7F4A_7C15))
     }
 
-    private static func pskOrder(_ a: PSKFingerprint, _ b: PSKFingerprint) -> Bool {
+    static func pskOrder(_ a: PSKFingerprint, _ b: PSKFingerprint) -> Bool {
         a.key != b.key ? a.key < b.key : a.node < b.node
     }
 

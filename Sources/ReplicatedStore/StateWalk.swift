@@ -9,8 +9,10 @@
 /// a later change on the node copies what it changes once), so the answer is the state as of
 /// the request, whatever changes while it is sent, and `rewind` gives the same entries again.
 ///
-/// Order: PSK fingerprints (sorted), token floors, keys (dictionary order), certificate records
-/// in slot order (see `CertificateTable`: the order they were loaded or received).
+/// Order: PSK fingerprints, token floors, keys (each in dictionary order: sorting the 20,000
+/// declarations of 10,000 keys on two nodes took ~30 ms under the node's state lock), then the
+/// certificate records in slot order (see `CertificateTable`: the order they were loaded or
+/// received).
 public struct StateWalk: Sendable {
     public enum Entry: Sendable, Equatable {
         case pskFingerprint(PSKFingerprint)
@@ -20,7 +22,7 @@ public struct StateWalk: Sendable {
     }
 
     private enum Position: Sendable {
-        case psk(Int)
+        case psk(Dictionary<ReplicatedStore.PSKSlot, ReplicatedStore.PSKEntry>.Index)
         case floors(Dictionary<ReplicatedStore.UserRef, ReplicatedStore.TokenFloorEntry>.Index)
         case keys(Dictionary<KeyRef, ReplicatedStore.KeyEntry>.Index)
         case certificates(Int)
@@ -30,7 +32,6 @@ public struct StateWalk: Sendable {
     private let store: ReplicatedStore
     /// The durable buckets whose certificate records and token floors are sent; nil: all.
     private let durableBuckets: [Bool]?
-    private let psk: [PSKFingerprint]
     private var position: Position
 
     /// The whole state (`fullDelta`).
@@ -47,23 +48,22 @@ public struct StateWalk: Sendable {
     private init(_ store: ReplicatedStore, durableBuckets: [Bool]?) {
         self.store = store
         self.durableBuckets = durableBuckets
-        self.psk = store.pskFingerprints()
-        self.position = .psk(0)
+        self.position = .psk(store.psk.startIndex)
     }
 
     /// Back to the first entry.
     public mutating func rewind() {
-        position = .psk(0)
+        position = .psk(store.psk.startIndex)
     }
 
     /// The next entry, nil once every entry was given.
     public mutating func next() -> Entry? {
         while true {
             switch position {
-            case .psk(let i):
-                guard i < psk.count else { position = .floors(store.tokenFloors.startIndex); continue }
-                position = .psk(i + 1)
-                return .pskFingerprint(psk[i])
+            case .psk(let index):
+                guard index != store.psk.endIndex else { position = .floors(store.tokenFloors.startIndex); continue }
+                position = .psk(store.psk.index(after: index))
+                return .pskFingerprint(store.psk[index].value.record)
             case .floors(let index):
                 guard index != store.tokenFloors.endIndex else { position = .keys(store.keys.startIndex); continue }
                 position = .floors(store.tokenFloors.index(after: index))
@@ -86,7 +86,7 @@ public struct StateWalk: Sendable {
         }
     }
 
-    /// Every remaining entry, as one delta.
+    /// Every remaining entry, as one delta (PSK fingerprints sorted, as `pskFingerprints()`).
     public func collected() -> StoreDelta {
         var walk = self
         var delta = StoreDelta()
@@ -99,6 +99,7 @@ public struct StateWalk: Sendable {
             case .certificate(let record): delta.certificates.append(record)
             }
         }
+        delta.pskFingerprints.sort(by: ReplicatedStore.pskOrder)
         return delta
     }
 }
