@@ -218,13 +218,28 @@ extension ReplicatedStore {
         // The value after is kept as it changes (nil: forgotten) rather than read back from the
         // table at the end: rebuilding 100,000 records of a joining node's sync cost a lookup
         // and a record each.
-        var touchedIndex: [CertificateID: Int] = [:]
+        //
+        // An id not held before its record was applied cannot have been touched earlier in this
+        // delta (what was touched is held, unless forgotten), so it is a first touch and needs no
+        // lookup: the index of touched ids is built only once some record finds its id held, or
+        // one is forgotten. A fresh node's join touches only new ids and builds none (hashing
+        // 100,000 ids into it and growing it was ~10 % of a joining node's certificate merge in
+        // `perf record`: 85 of 824 ms).
         var touched: [(id: CertificateID, before: CertificateRecord?, after: CertificateRecord?)] = []
+        var touchedIndex: [CertificateID: Int]?
         func touch(_ id: CertificateID, before: CertificateRecord?, after: CertificateRecord?) {
-            if let index = touchedIndex[id] {
+            if before == nil, touchedIndex == nil {
+                touched.append((id, before, after))
+                return
+            }
+            if touchedIndex == nil {
+                // Distinct ids (see above); `uniquingKeysWith` so that no input can trap here.
+                touchedIndex = Dictionary(touched.indices.map { (touched[$0].id, $0) }, uniquingKeysWith: { first, _ in first })
+            }
+            if let index = touchedIndex?[id] {
                 touched[index].after = after
             } else {
-                touchedIndex[id] = touched.count
+                touchedIndex?[id] = touched.count
                 touched.append((id, before, after))
             }
         }

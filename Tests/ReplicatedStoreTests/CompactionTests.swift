@@ -210,4 +210,36 @@ final class CompactionTests: XCTestCase {
                                                                                       notAfter: Int64.min))]), nowMillis: 0)
         XCTAssertTrue(out.certificatesChanged.isEmpty)
     }
+
+    /// Several records for one id in a delta are reported once, with their combined effect, in
+    /// the order of first touch, whether the id was new, held, or forgotten and admitted again
+    /// within the delta (the merge keeps no index of touched ids until an id it touches was
+    /// held: this checks both sides of that switch).
+    func testADeltaTouchingIdsSeveralTimesReportsEachOnceWithItsCombinedEffect() {
+        let now = UInt64(margin) + 1
+        let held = certID(alice, 1), newA = certID(alice, 2), newB = certID(alice, 3), tombstone = certID(alice, 4)
+        var s = ReplicatedStore(graceMillis: 1)
+        _ = s.merge(StoreDelta(certificates: [record(held, content("desk", added: 1, origin: "n1")),
+                                              record(tombstone, nil, removal(.revoked, 2, "n2"))]), nowMillis: now)
+        let expiredCopy = record(tombstone, content("gone", added: 1, origin: "n1", notAfter: 0))
+        let readded = record(tombstone, content("gone", added: 1, origin: "n1"))
+        let delta = [
+            record(newA, content("phone", added: 10, origin: "n1")),
+            record(newB, content("laptop", added: 11, origin: "n1")),
+            record(newA, nil, removal(.disabled, 12, "n1")),
+            record(held, nil, removal(.revoked, 13, "n2")),
+            expiredCopy,  // forgets the bare tombstone
+            readded,      // and its id comes back within the same delta
+            record(newB, nil, removal(.revoked, 14, "n3")),
+        ]
+        let planned = s.certificateChanges(delta, nowMillis: now)
+        let out = s.merge(StoreDelta(certificates: delta), nowMillis: now)
+        XCTAssertEqual(out.certificatesChanged.map(\.id), [newA, newB, held, tombstone])
+        // The re-admitted copy is live: its bare tombstone was forgotten with the expired copy.
+        XCTAssertEqual(out.certificatesChanged.map(\.removal?.kind), [.disabled, .revoked, .revoked, nil])
+        XCTAssertEqual(out.certificatesNewlyRemoved.map(\.id), [newA, newB, held])
+        XCTAssertEqual(out.certificatesForgotten, [], "forgotten and stored again: a change, not a deletion")
+        XCTAssertEqual(Set(out.certificatesChanged.map(\.id)), Set(planned.map(\.id)))
+        for changed in out.certificatesChanged { XCTAssertEqual(s.certificateRecord(changed.id), changed) }
+    }
 }
