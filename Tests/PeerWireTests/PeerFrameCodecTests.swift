@@ -185,8 +185,19 @@ final class PeerFrameCodecTests: XCTestCase {
         XCTAssertEqual(decodeError([1, 3, 0, 0]), .truncated("digest"))
         // A hostile list count must not allocate: it is checked against the remaining bytes.
         XCTAssertEqual(decodeError([1, 4] + [UInt8](repeating: 0, count: 12) + [0xFF, 0xFF, 0xFF, 0xFF]), .truncated("bucket digests"))
-        // Invalid UTF-8 in a string.
+        // Invalid UTF-8 in a string: a bad continuation, an overlong '/', an encoded surrogate, a
+        // lone continuation after ASCII (strings are read in place, ASCII on a fast path).
         XCTAssertEqual(decodeError([1, 1, 0, 2, 0xC3, 0x28]), .invalidField("cluster name (not UTF-8)"))
+        XCTAssertEqual(decodeError([1, 1, 0, 2, 0xC0, 0xAF]), .invalidField("cluster name (not UTF-8)"))
+        XCTAssertEqual(decodeError([1, 1, 0, 3, 0xED, 0xA0, 0x80]), .invalidField("cluster name (not UTF-8)"))
+        XCTAssertEqual(decodeError([1, 1, 0, 3, 0x61, 0x62, 0x80]), .invalidField("cluster name (not UTF-8)"))
+        XCTAssertEqual(decodeError([1, 1, 0, 3, 0x61, 0x62]), .truncated("cluster name"))
+        XCTAssertEqual(decodeError([1, 1, 0]), .truncated("cluster name length"))
+        // Valid non-ASCII strings decode to the same text.
+        let accented = PeerHello(cluster: "zoé", node: "nöde-ü", instance: 1, address: "[::1]:7401", softwareVersion: "0.2.0",
+                                 stamp: .zero)
+        guard case .hello(let decoded) = try roundTrip(.hello(accented)) else { return XCTFail("not a hello") }
+        XCTAssertEqual(decoded, accented)
         // Trailing garbage after a valid message.
         var digest = ByteBufferAllocator().buffer(capacity: 32)
         try PeerFrameCodec.encode(.replication(.syncDone(ready: true), stamp: .zero), into: &digest)
