@@ -14,7 +14,6 @@ import SecretMemory
 struct WireStateAnswer: StateAnswer {
     private var walk: StateWalk
     private let secrets: [VersionID: SecretBytes]
-    private let chunkBytes: Int
     private var chunker: WireDeltaChunker
     /// Chunks closed and not given yet (one entry can close a chunk; a key's versions, several).
     private var closed: [WireDelta] = []
@@ -22,7 +21,6 @@ struct WireStateAnswer: StateAnswer {
     init(walk: StateWalk, secrets: [VersionID: SecretBytes], chunkBytes: Int) {
         self.walk = walk
         self.secrets = secrets
-        self.chunkBytes = chunkBytes
         self.chunker = WireDeltaChunker(limit: chunkBytes)
     }
 
@@ -48,7 +46,7 @@ struct WireStateAnswer: StateAnswer {
 
     mutating func rewind() {
         walk.rewind()
-        chunker = WireDeltaChunker(limit: chunkBytes)
+        chunker = WireDeltaChunker(limit: chunker.limit)
         closed = []
     }
 }
