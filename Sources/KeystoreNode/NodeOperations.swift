@@ -243,6 +243,8 @@ public final class NodeOperations: Sendable {
         var renamed: [CertificateID] = []
         var renamedRecords: [CertificateRecord] = []
         var rewrite: [CertificateRecord] = []
+        let startsEmpty = state.certificateRecordCount == 0
+        if startsEmpty { state.reserveCertificates(try database.estimatedCertificateCount()) }
         let loaded: Result<Void, RegistryDatabaseError>
         do {
             try database.forEachCertificateBatch { rows in
@@ -260,7 +262,9 @@ public final class NodeOperations: Sendable {
                     if record.needsCompaction { rewrite.append(record.compacted()) }
                     batch.append(HashedCertificateRecord(record))
                 }
-                indexing.async(group: indexed) { [batch] in state.loadPersisted(batch, floors: []) }
+                // Rows of one table (distinct primary keys) into a store that held none, and
+                // renamed rows wait until after: then nothing in these batches is held yet.
+                indexing.async(group: indexed) { [batch] in state.loadPersisted(batch, floors: [], noneHeld: startsEmpty) }
             }
             loaded = .success(())
         } catch {

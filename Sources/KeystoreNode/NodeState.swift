@@ -622,11 +622,17 @@ final class NodeState: Sendable {
 
     /// Start-up: the records read from the local database.
     /// The records' hashes are computed by the caller, off this lock (see `NodeOperations.loadPersisted`).
-    func loadPersisted(_ records: [HashedCertificateRecord], floors: [TokenSequenceFloor]) {
+    /// `noneHeld` as in `ReplicatedStore.loadCertificates`.
+    func loadPersisted(_ records: [HashedCertificateRecord], floors: [TokenSequenceFloor], noneHeld: Bool = false) {
         inner.withLock { state in
-            state.store.loadCertificates(records)
+            state.store.loadCertificates(records, noneHeld: noneHeld)
             state.store.loadTokenSequenceFloors(floors)
         }
+    }
+
+    /// Before `loadPersisted`: sizes the empty store for about `expected` records.
+    func reserveCertificates(_ expected: Int) {
+        inner.withLock { $0.store.reserveCertificates(expected) }
     }
 
     /// The records held for these ids (after a load joined renamed rows into them).

@@ -154,6 +154,17 @@ public final class RegistryDatabase {
                      { stmt throws(RegistryDatabaseError) in try decodeRow(stmt) }, body)
     }
 
+    /// About how many certificate rows the file holds, from its size alone (two O(1) PRAGMAs;
+    /// counting the rows reads the whole file): what a start-up load reserves room for. A row
+    /// with a typical client certificate takes 650–1,500 bytes on disk, so this errs high for
+    /// small certificates and low for large ones; capped so a huge file cannot ask for absurd
+    /// reservations.
+    public func estimatedCertificateCount() throws(RegistryDatabaseError) -> Int {
+        let pages = Int(try scalar("PRAGMA page_count", what: "read the page count") ?? "") ?? 0
+        let pageSize = Int(try scalar("PRAGMA page_size", what: "read the page size") ?? "") ?? 0
+        return min(pages * pageSize / 640, 1 << 22)
+    }
+
     /// Every stored refresh-token sequence floor, ordered by (domain, user).
     public func loadTokenSequenceFloors() throws(RegistryDatabaseError) -> [StoredTokenSequenceFloor] {
         try readRows(\.selectFloors, what: "read token floors") { stmt throws(RegistryDatabaseError) in try decodeFloorRow(stmt) }

@@ -160,13 +160,29 @@ extension ReplicatedStore {
         loadCertificates(records.map(HashedCertificateRecord.init))
     }
 
+    /// Sizes an empty store for a start-up load of about `expected` records. A guess is fine:
+    /// slot storage reserved and never used is never touched (so never resident), a guess too
+    /// high costs only the two chain-head arrays (8 bytes per expected record), and more records
+    /// than guessed grow the table as usual. Loaded batch by batch, the table otherwise doubled
+    /// five times on the way to 100,000 records, relinking every record each time (with the
+    /// lookup `noneHeld` skips, ~100 ms of a restart's indexing thread; its peak RSS fell too).
+    public mutating func reserveCertificates(_ expected: Int) {
+        certificateTable.reserve(expected)
+    }
+
     /// `loadCertificates` with the records' hashes already computed (off the store's lock).
-    public mutating func loadCertificates(_ records: [HashedCertificateRecord]) {
+    ///
+    /// `noneHeld`: the caller vouches that no record's id is held yet, byte for byte, and that
+    /// the records' ids differ from each other, as rows of one database do (its primary key is
+    /// the id's bytes, and the table compares bytes) when loaded into an empty store. The lookup
+    /// per record is then skipped (~75 ms of a 100,000-row restart).
+    public mutating func loadCertificates(_ records: [HashedCertificateRecord], noneHeld: Bool = false) {
         reserveCertificateCapacity(records.count)
         for hashed in records {
+            assert(!noneHeld || certificateTable.find(hashed.record.id) == nil, "noneHeld, but \(hashed.record.id) is held")
             // An id already held (not in a load from one database, whose rows have distinct
             // keys) is joined the general way.
-            if certificateTable.find(hashed.record.id) != nil {
+            if !noneHeld, certificateTable.find(hashed.record.id) != nil {
                 applyCertificate(hashed.record)
             } else if hashed.record.content != nil || hashed.record.removal != nil {
                 insertCertificate(hashed.record.compacted(), identityHash: hashed.identityHash, contentHash: hashed.contentHash,

@@ -173,6 +173,18 @@ final class RegistryDatabaseTests: XCTestCase {
         XCTAssertEqual(loaded.first { $0.user == "user4242" }, records[4242])
     }
 
+    /// What a restart reserves room for: from the file's size alone, near the row count for
+    /// certificate-sized rows, and next to nothing for an empty registry.
+    func testEstimatedCertificateCountFollowsTheFileSize() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        XCTAssertLessThan(try db.estimatedCertificateCount(), 100)
+        try db.upsert((0..<4_000).map { fullRecord($0, derSize: 600) })
+        let estimate = try db.estimatedCertificateCount()
+        XCTAssertGreaterThan(estimate, 2_000)
+        XCTAssertLessThan(estimate, 8_000)
+    }
+
     // MARK: - Durability and reopening
 
     func testReopenAfterCloseKeepsEverything() throws {

@@ -313,6 +313,38 @@ final class CertificateTests: XCTestCase {
         XCTAssertEqual(loaded.certificateRecord(certID(alice, 1))?.removal?.kind, .revoked)
     }
 
+    /// A restart reserves room from a guess of the row count (too high or too low) and loads
+    /// rows of one database without looking each id up (`noneHeld`): both hold exactly what
+    /// the plain load holds, and the store still finds, merges and grows afterwards.
+    func testReservedNoneHeldLoadHoldsWhatThePlainLoadHolds() {
+        let records: [CertificateRecord] = (0..<3_000).map { (i: Int) -> CertificateRecord in
+            let fingerprint: [UInt8] = [UInt8(i & 0xFF), UInt8(i >> 8)] + [UInt8](repeating: 7, count: 30)
+            let id = CertificateID(domain: i % 3 == 0 ? "second.com" : "first.com", user: "u\(i % 700)@first.com", sha256: fingerprint)
+            let kind: RemovalKind = i % 2 == 0 ? .revoked : .disabled
+            let removed: CertificateRemoval? = i % 5 == 0 ? removal(kind, UInt64(i + 1), "n1") : nil
+            return record(id, certContent("c\(i)", added: ts(UInt64(i)), origin: "n\(i % 3)"), removed)
+        }
+        var plain = ReplicatedStore(graceMillis: 1, bucketCount: 16)
+        plain.loadCertificates(records.map(HashedCertificateRecord.init))
+        for guess in [0, 1_000, 3_000, 50_000] {
+            var loaded = ReplicatedStore(graceMillis: 1, bucketCount: 16)
+            loaded.reserveCertificates(guess)
+            for batch in stride(from: 0, to: records.count, by: 512) {
+                loaded.loadCertificates(records[batch..<min(batch + 512, records.count)].map(HashedCertificateRecord.init), noneHeld: true)
+            }
+            XCTAssertEqual(loaded, plain, "guess \(guess)")
+            XCTAssertEqual(loaded.durableBucketDigests(), plain.durableBucketDigests(), "guess \(guess)")
+            XCTAssertEqual(loaded.certificateRecord(records[2_999].id), plain.certificateRecord(records[2_999].id))
+            // Still a working table: a later revocation of a loaded id is found and joined.
+            let later = record(records[1].id, nil, removal(.revoked, 99_999, "n3"))
+            var mergedPlain = plain
+            _ = mergedPlain.merge(StoreDelta(certificates: [later]), nowMillis: 0)
+            _ = loaded.merge(StoreDelta(certificates: [later]), nowMillis: 0)
+            XCTAssertEqual(loaded, mergedPlain, "guess \(guess)")
+            XCTAssertEqual(loaded.certificateRecord(records[1].id)?.removal?.kind, .revoked)
+        }
+    }
+
     func testDigestsChangeOnRemovalAndDifferingBucketsIdentifyIt() throws {
         var a = ReplicatedStore(graceMillis: 1)
         for i in 0..<1_000 {
