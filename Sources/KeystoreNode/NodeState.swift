@@ -194,7 +194,7 @@ final class NodeState: Sendable {
         let now = wallClockMillis()
         var records: [PSKFingerprint] = []
         let declared = state.store.keys(withFingerprint: ramDeclaration, from: nodeName)
-        for ref in state.layout.ramKeys.keys.sorted() where !declared.contains(ref) {
+        for ref in state.layout.ramKeys.keys.filter({ !declared.contains($0) }).sorted() {
             let record = PSKFingerprint(node: nodeName, key: ref, fingerprint: ramDeclaration, stamp: state.clock.now(wallMillis: now))
             if state.store.setLocalPSKFingerprint(record) { records.append(record) }
         }

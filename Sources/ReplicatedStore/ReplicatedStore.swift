@@ -210,15 +210,19 @@ public struct ReplicatedStore: Sendable, Equatable {
         }
 
         var changedSlots: Set<PSKSlot> = []
+        var changeOrder: [PSKSlot] = []
         for record in delta.pskFingerprints where apply(record) {
-            changedSlots.insert(PSKSlot(node: record.node, key: record.key))
+            let slot = PSKSlot(node: record.node, key: record.key)
+            if changedSlots.insert(slot).inserted { changeOrder.append(slot) }
         }
-        if !changedSlots.isEmpty {
+        if !changeOrder.isEmpty {
             outcome.pskChanged = true
             // Only the final winner per slot: an input record superseded within the same
             // delta was never part of this replica's state and is not worth forwarding.
-            outcome.forwardable.pskFingerprints = changedSlots.compactMap { psk[$0]?.record }
-                .sorted(by: Self.pskOrder)
+            // In the order of each slot's first change, the delta's own order, which makes
+            // it as deterministic as the input without sorting (the 20,000 records of a
+            // 10,000-key join took ~30 ms to sort).
+            outcome.forwardable.pskFingerprints = changeOrder.compactMap { psk[$0]?.record }
         }
 
         mergeCertificates(delta.certificates, nowMillis: nowMillis, into: &outcome)

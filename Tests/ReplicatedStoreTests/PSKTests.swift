@@ -48,6 +48,15 @@ final class PSKTests: XCTestCase {
         XCTAssertEqual(out.forwardable.pskFingerprints, [fp("n1", psk1, [2], 12), fp("n2", psk1, [1], 3)])
     }
 
+    /// Forwarded in the order of each slot's first change (the delta's own order, as
+    /// deterministic as the input), not sorted: a 10,000-key join sorted 20,000 of them.
+    func testForwardedRecordsKeepTheOrderOfFirstChange() {
+        var store = ReplicatedStore(graceMillis: 1)
+        let out = store.merge(StoreDelta(pskFingerprints: [fp("n2", psk1, [1], 3), fp("n1", psk1, [1], 10),
+                                                          fp("n2", psk1, [5], 4)]), nowMillis: 0)
+        XCTAssertEqual(out.forwardable.pskFingerprints, [fp("n2", psk1, [5], 4), fp("n1", psk1, [1], 10)])
+    }
+
     /// `pskChanges` is what the node's caches of mismatches and declarations are keyed on: it
     /// must move with every accepted record and only then.
     func testPSKChangesCountsEveryAcceptedRecordAndNothingElse() {
