@@ -29,6 +29,17 @@ public final class NodeOperations: Sendable {
     /// True until the join ends (`finishJoin`): registry records from peers are applied as
     /// they arrive and stored behind them (`applyWhileJoining`).
     private let joinApplies = Mutex(true)
+    /// The join's applied records waiting for the writer, stored together by whichever
+    /// `storeJoinWrites` runs next (`applyWhileJoining`).
+    private let joinWrites = Mutex<[JoinWrite]>([])
+
+    private struct JoinWrite: Sendable {
+        let changed: PendingRegistry
+        let forgotten: [CertificateID]
+        let source: String
+        /// Answers the chunk (the join counts it) once its records are stored.
+        let finish: @Sendable () -> Void
+    }
     /// Parts of the node outside the state that follow a reload (cluster membership, log level).
     private let reconfigurationHandlers = Mutex<[@Sendable (ClusterConfig, ConfigChanges) -> Void]>([])
 
@@ -392,14 +403,35 @@ extension NodeOperations: ClusterReplica {
             finish()
             return
         }
-        registry.perform { [self] database -> Bool in
-            if !forgotten.isEmpty { try? database.write(RegistryWrite(deletedCertificates: forgotten.map(\.storedKey))) }
-            guard !changed.isEmpty, !persistPeerRecords(changed, alreadyApplied: true, from: node, in: database).stored else { return true }
-            registry.waitingForPendingRecords.value.append(finish)
-            return false
-        }.whenComplete { result in
+        // Group commit: the chunks that arrive while the writer is busy are stored together by
+        // its next turn, in one transaction and one fsync. One transaction per chunk cost a
+        // fresh node's 100,000-record join ~85 commits, whose fsyncs alone kept the writer
+        // waiting ~0.6 s (strace), and rewrote the same index pages into the WAL every time.
+        let first = joinWrites.withLock { queue in
+            queue.append(JoinWrite(changed: changed, forgotten: forgotten, source: node, finish: finish))
+            return queue.count == 1
+        }
+        guard first else { return }
+        registry.perform { [self] database in storeJoinWrites(in: database) }.whenFailure { [self] _ in
             // Not run (the writer is shutting down): answered as before, the process is ending.
-            if (try? result.get()) ?? true { finish() }
+            for write in joinWrites.withLock({ queue in defer { queue = [] }; return queue }) { write.finish() }
+        }
+    }
+
+    /// The writer's side of `applyWhileJoining`: stores every queued chunk's records as held
+    /// now (each id's current value), then answers the chunks. When the write fails, they are
+    /// answered once a retry has stored them (`persistPeerRecords` keeps them pending).
+    private func storeJoinWrites(in database: RegistryDatabase) {
+        let writes = joinWrites.withLock { queue in defer { queue = [] }; return queue }
+        guard !writes.isEmpty else { return }
+        let forgotten = writes.flatMap(\.forgotten)
+        if !forgotten.isEmpty { try? database.write(RegistryWrite(deletedCertificates: forgotten.map(\.storedKey))) }
+        let changed = PendingRegistry(certificates: writes.flatMap(\.changed.certificates), floors: writes.flatMap(\.changed.floors))
+        let sources = Set(writes.map(\.source)).sorted().joined(separator: ", ")
+        if changed.isEmpty || persistPeerRecords(changed, alreadyApplied: true, from: sources, in: database).stored {
+            for write in writes { write.finish() }
+        } else {
+            registry.waitingForPendingRecords.value += writes.map(\.finish)
         }
     }
 
