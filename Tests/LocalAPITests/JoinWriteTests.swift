@@ -26,8 +26,8 @@ final class JoinWriteTests: XCTestCase {
     }
 
     private func record(_ index: Int) -> CertificateRecord {
-        CertificateRecord(id: CertificateID(domain: "first.com", user: "u\(index)@first.com", sha256: Array(repeating: UInt8(index), count: 32)),
-                          content: CertificateContent(name: "phone", der: [0x30, 3, 1, 2, UInt8(index)], notBeforeMillis: 0,
+        CertificateRecord(id: CertificateID(domain: "first.com", user: "u\(index)@first.com", sha256: Array(repeating: UInt8(truncatingIfNeeded: index), count: 32)),
+                          content: CertificateContent(name: "phone", der: [0x30, 3, 1, 2, UInt8(truncatingIfNeeded: index)], notBeforeMillis: 0,
                                                       notAfterMillis: 4_102_444_800_000, jids: ["u\(index)@first.com"],
                                                       noCertManagement: false, added: HLCTimestamp(wallMillis: 1_000 + UInt64(index), logical: 0),
                                                       origin: "node2"),
@@ -75,6 +75,15 @@ final class JoinWriteTests: XCTestCase {
         writerLoop.run()
         XCTAssertEqual(answered.withLock { $0 }, [1, 2, 3, 4])
         XCTAssertEqual(try storedUsers().count, 7)
+
+        // More than one transaction's worth queued (`joinWriteRecords`): stored over several
+        // turns of the writer, every chunk answered once, in order, and nothing left out.
+        let big = NodeOperations.joinWriteRecords * 3 / 4
+        for chunk in 5...7 { deliver(chunk, Array((chunk * 10_000)..<(chunk * 10_000 + big))) }
+        XCTAssertEqual(answered.withLock { $0 }, [1, 2, 3, 4])
+        writerLoop.run()
+        XCTAssertEqual(answered.withLock { $0 }, [1, 2, 3, 4, 5, 6, 7])
+        XCTAssertEqual(try storedUsers().count, 7 + 3 * big)
         try writerLoop.syncShutdownGracefully()
     }
 }
