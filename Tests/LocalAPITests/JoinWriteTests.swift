@@ -1,5 +1,4 @@
 import Foundation
-import KeystoreConfig
 @testable import KeystoreNode
 import Logging
 import NIOEmbedded
@@ -35,13 +34,7 @@ final class JoinWriteTests: XCTestCase {
     }
 
     func testChunksQueuedWhileTheWriterIsBusyAreStoredTogetherAndAnsweredOnlyOnceStored() throws {
-        let json = """
-        { "cluster": "c", "tls": { "ca": "ca.pem", "cert": "{node}.pem", "key": "{node}.key" },
-          "nodes": { "node1": { "peer": "127.0.0.1:7401", "socket": "/tmp/r.sock", "data_dir": "data" } },
-          "domains": { "first.com": { "keys": [ { "name": "token_secret", "type": "ram" } ] } } }
-        """
-        let config = try ClusterConfig.parse(json: Array(json.utf8), configDirectory: directory, node: "node1")
-        let state = NodeState(config: config, arena: try SecretArena())
+        let state = NodeState(config: try oneNodeConfig(in: directory), arena: try SecretArena())
         let writerLoop = EmbeddedEventLoop()
         let registry = RegistryWriter(database: try RegistryDatabase(directory: directory + "/data"), on: writerLoop)
         let logger = Logger(label: "test")
