@@ -160,12 +160,15 @@ extension ReplicatedStore {
         loadCertificates(records.map(HashedCertificateRecord.init))
     }
 
-    /// Sizes an empty store for a start-up load of about `expected` records. A guess is fine:
-    /// slot storage reserved and never used is never touched (so never resident), a guess too
-    /// high costs only the two chain-head arrays (8 bytes per expected record), and more records
-    /// than guessed grow the table as usual. Loaded batch by batch, the table otherwise doubled
-    /// five times on the way to 100,000 records, relinking every record each time (with the
-    /// lookup `noneHeld` skips, ~100 ms of a restart's indexing thread; its peak RSS fell too).
+    /// Sizes an empty store for a bulk load of about `expected` records (a start-up load, a
+    /// joining node's full sync); does nothing once the store holds records, since most records
+    /// of a later full sync are known already and reserving for all of them would copy the whole
+    /// registry for nothing. A guess is fine: slot storage reserved and never used is never
+    /// touched (so never resident), a guess too high costs only the two chain-head arrays (8
+    /// bytes per expected record), and more records than guessed grow the table as usual. A
+    /// start-up load sized only for its first batch doubled the table five times on the way to
+    /// 100,000 records, relinking every record each time (with the lookup `noneHeld` skips,
+    /// ~100 ms of a restart's indexing thread; its peak RSS fell too).
     public mutating func reserveCertificates(_ expected: Int) {
         certificateTable.reserve(expected)
     }
@@ -177,7 +180,7 @@ extension ReplicatedStore {
     /// the id's bytes, and the table compares bytes) when loaded into an empty store. The lookup
     /// per record is then skipped (~75 ms of a 100,000-row restart).
     public mutating func loadCertificates(_ records: [HashedCertificateRecord], noneHeld: Bool = false) {
-        reserveCertificateCapacity(records.count)
+        reserveCertificates(records.count)
         for hashed in records {
             assert(!noneHeld || certificateTable.find(hashed.record.id) == nil, "noneHeld, but \(hashed.record.id) is held")
             // An id already held (not in a load from one database, whose rows have distinct
@@ -227,7 +230,7 @@ extension ReplicatedStore {
 
     mutating func mergeCertificates(_ incoming: [CertificateRecord], nowMillis: UInt64, into outcome: inout MergeOutcome) {
         guard !incoming.isEmpty else { return }
-        reserveCertificateCapacity(incoming.count)
+        reserveCertificates(incoming.count)
         // Several records for one id in a delta are reported once, with their combined effect
         // (value before the first touch, value after the last), in the order of first touch.
         // Sorting 100k changed records by id cost more than the merge itself.
@@ -298,13 +301,6 @@ extension ReplicatedStore {
         outcome.certificatesNewlyRemoved = newlyRemoved
         outcome.certificatesForgotten = forgotten.sorted()
         outcome.forwardable.certificates = changed
-    }
-
-    /// Sizes the table once for the bulk loads into an empty registry (start-up, a joining
-    /// node's full sync). Not otherwise: most records of a later full sync are already known,
-    /// and reserving for all of them would resize (copy) the whole registry for nothing.
-    private mutating func reserveCertificateCapacity(_ incoming: Int) {
-        certificateTable.reserve(incoming)
     }
 
     /// Joins one record into the store and keeps its bucket digest in step. `changedTo` is the
