@@ -27,15 +27,16 @@ struct StableHasher {
     /// index at a time cost ~50 ms of a 100,000-record restart's load.
     mutating func string(_ s: String) {
         var s = s
-        s.withUTF8 { utf8 in
-            u64(UInt64(utf8.count))
-            for b in utf8 { byte(b) }
-        }
+        s.withUTF8 { lengthPrefixed($0) }
     }
 
     mutating func bytes(_ bs: [UInt8]) {
-        u64(UInt64(bs.count))
-        for b in bs { byte(b) }
+        bs.withUnsafeBufferPointer { lengthPrefixed($0) }
+    }
+
+    private mutating func lengthPrefixed(_ bytes: UnsafeBufferPointer<UInt8>) {
+        u64(UInt64(bytes.count))
+        for b in bytes { byte(b) }
     }
 
     /// Large blobs (certificate DER) eight bytes per step: a byte-wise loop made a 100k-record
