@@ -94,6 +94,19 @@ int ks_malloc_trim(void) {
     return malloc_trim(0);
 }
 
+size_t ks_prepare_thread_heap(size_t bytes) {
+    enum { block_size = 96 * 1024, max_blocks = (48 * 1024 * 1024) / block_size };
+    void *blocks[max_blocks];
+    size_t count = bytes / block_size;
+    if (count > max_blocks) count = max_blocks;
+    size_t held = 0;
+    while (held < count && (blocks[held] = malloc(block_size)) != NULL) held++;
+    // In allocation order: the blocks coalesce into one free chunk that joins the top with the
+    // last free, so the heap is trimmed once.
+    for (size_t i = 0; i < held; i++) free(blocks[i]);
+    return held * (size_t)block_size;
+}
+
 long long ks_resident_free_heap_bytes(void) {
     FILE *status = fopen("/proc/self/status", "re");
     if (status == NULL) return -1;

@@ -258,7 +258,15 @@ public final class NodeOperations: Sendable {
         var renamedRecords: [CertificateRecord] = []
         var rewrite: [CertificateRecord] = []
         let startsEmpty = state.certificateRecordCount == 0
-        if startsEmpty { state.reserveCertificates(try database.estimatedCertificateCount()) }
+        let expected = startsEmpty ? try database.estimatedCertificateCount() : 0
+        if startsEmpty { state.reserveCertificates(expected) }
+        if expected > 0 {
+            // Both threads' heaps readied for what they allocate (`ProcessMemory.prepareThreadHeap`):
+            // the indexer keeps every record's DER and strings, about the file's size; the reader
+            // holds the batches in flight.
+            indexing.async(group: indexed) { ProcessMemory.prepareThreadHeap(forBytes: expected * 640) }
+            ProcessMemory.prepareThreadHeap(forBytes: 16 << 20)
+        }
         let loaded: Result<Void, RegistryDatabaseError>
         do {
             try database.forEachCertificateBatch { rows in
