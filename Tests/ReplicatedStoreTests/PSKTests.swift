@@ -1,5 +1,5 @@
 import XCTest
-import ReplicatedStore
+@testable import ReplicatedStore
 import TestSupport
 
 final class PSKTests: XCTestCase {
@@ -92,5 +92,45 @@ final class PSKTests: XCTestCase {
         // A node that deleted its file is not a mismatch.
         _ = store.merge(StoreDelta(pskFingerprints: [fp("n2", psk2, [], 2)]), nowMillis: 0)
         XCTAssertEqual(store.pskMismatches(among: ["n1", "n2", "n3"]), [])
+    }
+
+    /// `pskMismatches` answers from counts kept as records change when no key disagrees: after
+    /// every record of a random history (replacements, deletions, stale copies, re-added files)
+    /// it must equal the mismatches computed from the records held, among every subset tried.
+    func testMismatchesFollowEveryChangeOfARandomHistory() {
+        let nodes: [NodeID] = ["n1", "n2", "n3"]
+        let keys = [psk1, psk2, KeyRef(domain: "third.com", name: "k")]
+        let fingerprints: [[UInt8]] = [[], [1], [2], [3]]
+        func expected(_ store: ReplicatedStore, among alive: Set<NodeID>) -> [PSKMismatch] {
+            var byKey: [KeyRef: [NodeID: [UInt8]]] = [:]
+            for record in store.pskFingerprints() where alive.contains(record.node) && !record.isDeletion {
+                byKey[record.key, default: [:]][record.node] = record.fingerprint
+            }
+            return byKey.filter { Set($0.value.values).count > 1 }.map { PSKMismatch(key: $0.key, fingerprintsByNode: $0.value) }
+                .sorted { $0.key < $1.key }
+        }
+        var rng = SplitMix64(seed: 16)
+        var sawMismatch = false, sawAgreement = false
+        for _ in 0..<20 {
+            var store = ReplicatedStore(graceMillis: 1)
+            for step in 0..<60 {
+                let record = fp(nodes.randomElement(using: &rng)!, keys.randomElement(using: &rng)!,
+                                fingerprints.randomElement(using: &rng)!, UInt64(Int.random(in: 0...step, using: &rng)))
+                if Bool.random(using: &rng) {
+                    _ = store.merge(StoreDelta(pskFingerprints: [record]), nowMillis: 0)
+                } else {
+                    _ = store.setLocalPSKFingerprint(record)
+                }
+                // Kept exactly (not only never too low, which the answers above check): a count
+                // that stays high would only cost the scan, but the scan on every health call.
+                XCTAssertEqual(store.pskKeysDisagreeing, expected(store, among: Set(nodes)).count)
+                for alive in [Set(nodes), ["n1", "n2"], ["n2", "n3"], ["n1"]] as [Set<NodeID>] {
+                    let held = store.pskMismatches(among: alive)
+                    XCTAssertEqual(held, expected(store, among: alive), "after \(record) among \(alive.sorted())")
+                    if alive.count == 3 { if held.isEmpty { sawAgreement = true } else { sawMismatch = true } }
+                }
+            }
+        }
+        XCTAssertTrue(sawMismatch && sawAgreement, "the history reaches both")
     }
 }
