@@ -171,7 +171,7 @@ struct CertificateTable: Sendable {
               (slot.flags & Flags.noCertManagement != 0) == content.noCertManagement,
               slot.name == content.name, strings[Int(slot.origin)] == content.origin else { return false }
         if slot.flags & Flags.jidsAreUser != 0 {
-            guard content.jids.count == 1, content.jids[0].utf8.elementsEqual(record.id.user.utf8) else { return false }
+            guard content.jids.count == 1, Self.sameBytes(content.jids[0], record.id.user) else { return false }
         } else if slot.jids != content.jids {
             return false
         }
@@ -278,7 +278,7 @@ struct CertificateTable: Sendable {
             slot.der = content.der.withUnsafeBufferPointer { Array($0) }
             slot.notBefore = content.notBeforeMillis
             slot.notAfter = content.notAfterMillis
-            if content.jids.count == 1 && content.jids[0].utf8.elementsEqual(record.id.user.utf8) {
+            if content.jids.count == 1 && Self.sameBytes(content.jids[0], record.id.user) {
                 slot.flags |= Flags.jidsAreUser
             } else {
                 slot.jids = content.jids
@@ -311,8 +311,8 @@ struct CertificateTable: Sendable {
 
     private func interned(_ string: String) -> UInt32? {
         guard let index = stringIndex[string] else { return nil }
-        if strings[Int(index)].utf8.elementsEqual(string.utf8) { return index }
-        return strings.firstIndex { $0.utf8.elementsEqual(string.utf8) }.map { UInt32($0) }
+        if Self.sameBytes(strings[Int(index)], string) { return index }
+        return strings.firstIndex { Self.sameBytes($0, string) }.map { UInt32($0) }
     }
 
     /// Doubles both head arrays (from 16) until they have a bucket per record for `n` records,
@@ -401,28 +401,42 @@ struct CertificateTable: Sendable {
     /// `user` without "@domain" when it is exactly localpart + "@" + domain (compared as UTF-8,
     /// not by Unicode equivalence: ids are byte strings), else nil.
     static func localpart(of user: String, domain: String) -> String? {
-        let userBytes = user.utf8, domainBytes = domain.utf8
-        guard userBytes.count > domainBytes.count + 1 else { return nil }
-        let localCount = userBytes.count - domainBytes.count - 1
-        let at = userBytes.index(userBytes.startIndex, offsetBy: localCount)
-        guard userBytes[at] == UInt8(ascii: "@"), userBytes[userBytes.index(after: at)...].elementsEqual(domainBytes) else { return nil }
-        return String(decoding: userBytes[..<at], as: UTF8.self)
-    }
-
-    /// Whether the slot's user (whole, or localpart + "@" + domain) equals `user`.
-    private func matches(_ i: Int, user: String) -> Bool {
-        guard slots[i].flags & Flags.userAtDomain != 0 else { return slots[i].user.utf8.elementsEqual(user.utf8) }
-        let local = slots[i].user.utf8, domain = strings[Int(slots[i].domain)].utf8, bytes = user.utf8
-        guard bytes.count == local.count + 1 + domain.count else { return false }
-        var position = bytes.startIndex
-        for byte in local {
-            guard bytes[position] == byte else { return false }
-            position = bytes.index(after: position)
+        var user = user, domain = domain
+        return user.withUTF8 { userBytes in
+            domain.withUTF8 { domainBytes -> String? in
+                guard userBytes.count > domainBytes.count + 1 else { return nil }
+                let at = userBytes.count - domainBytes.count - 1
+                guard userBytes[at] == UInt8(ascii: "@"), UnsafeBufferPointer(rebasing: userBytes[(at + 1)...]).elementsEqual(domainBytes) else {
+                    return nil
+                }
+                return String(decoding: UnsafeBufferPointer(rebasing: userBytes[..<at]), as: UTF8.self)
+            }
         }
-        guard bytes[position] == UInt8(ascii: "@") else { return false }
-        return bytes[bytes.index(after: position)...].elementsEqual(domain)
     }
 
+    /// Whether the slot's user (whole, or localpart + "@" + domain) equals `user`, byte for byte.
+    private func matches(_ i: Int, user: String) -> Bool {
+        guard slots[i].flags & Flags.userAtDomain != 0 else { return Self.sameBytes(slots[i].user, user) }
+        var local = slots[i].user, domain = strings[Int(slots[i].domain)], user = user
+        return user.withUTF8 { bytes in
+            local.withUTF8 { local in
+                domain.withUTF8 { domain in
+                    bytes.count == local.count + 1 + domain.count && bytes[local.count] == UInt8(ascii: "@")
+                        && UnsafeBufferPointer(rebasing: bytes[..<local.count]).elementsEqual(local)
+                        && UnsafeBufferPointer(rebasing: bytes[(local.count + 1)...]).elementsEqual(domain)
+                }
+            }
+        }
+    }
+
+    /// Byte-for-byte equality of two strings' UTF-8 (`==` is Unicode equivalence), compared in
+    /// contiguous memory: `utf8.elementsEqual` stepped through the views a byte at a time, which
+    /// with the other view walks here was ~15 % of a 100,000-row load's indexing (`perf record`).
+    static func sameBytes(_ a: String, _ b: String) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        var a = a, b = b
+        return a.withUTF8 { x in b.withUTF8 { y in x.elementsEqual(y) } }
+    }
 
     private static func words(_ bytes: [UInt8]) -> (UInt64, UInt64, UInt64, UInt64)? {
         guard bytes.count == 32 else { return nil }
