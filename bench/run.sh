@@ -12,7 +12,9 @@
 #   SIZES (3 10 25), ROTATIONS (40), SYNC_DOMAINS x SYNC_KEYS (100 x 100), CERTS (100000),
 #   SYNC_RUNS (3 fresh starts, each with its restart; a summary line per kind), BASE_PORT (27400),
 #   DETECT_NODES (5) x DETECT_RUNS (10) kill -9s for detect,
-#   KEEP=1 keeps the temp dir (logs, configs) for inspection.
+#   KEEP=1 keeps the temp dir (logs, configs) for inspection,
+#   KEYSTORED=/path/to/keystored measures that binary instead of this tree's release build (an older
+#   build against the same harness, in the same hour: this VM's speed drifts by 10-20 % over a day).
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -43,7 +45,9 @@ if [[ " ${parts[*]} " =~ " converge " || " ${parts[*]} " =~ " sync " || " ${part
     (cd "$root" && swift build -c release --product keystore-bench)
 fi
 bindir="$(cd "$root" && swift build -c release --show-bin-path)"
-keystored="$bindir/keystored"; bench="$bindir/keystore-bench"
+keystored="${KEYSTORED:-$bindir/keystored}"; bench="$bindir/keystore-bench"
+[ -x "$keystored" ] || die "KEYSTORED=$keystored is not an executable"
+[ -z "${KEYSTORED:-}" ] || echo "measuring KEYSTORED=$keystored"
 loadgen="$bindir/loadgen"
 gcc -O2 -Wall -Wextra -o "$loadgen" "$root/bench/loadgen.c" || die "cannot build bench/loadgen.c (apt-get install gcc)"
 
