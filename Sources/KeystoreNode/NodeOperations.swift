@@ -519,7 +519,7 @@ extension NodeOperations: ClusterReplica {
         let certificates: [CertificateRecord]
         let floors: [TokenSequenceFloor]
         if alreadyApplied {
-            certificates = pendingCertificates + state.certificateRecords(incoming.certificates.map(\.id))
+            certificates = pendingCertificates + state.heldCertificates(incoming.certificates)
             floors = state.joinedTokenFloors(pending.floors + incoming.floors)
         } else {
             certificates = pendingCertificates + state.certificateChanges(incoming.certificates, nowMillis: now)

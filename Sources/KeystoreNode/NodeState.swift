@@ -640,6 +640,11 @@ final class NodeState: Sendable {
         inner.withLock { state in ids.compactMap { state.store.certificateRecord($0) } }
     }
 
+    /// What is held for these records' ids (`ReplicatedStore.heldCertificates`).
+    func heldCertificates(_ records: [CertificateRecord]) -> [CertificateRecord] {
+        inner.withLock { $0.store.heldCertificates(records) }
+    }
+
     /// Certificate records held, removed ones included.
     var certificateRecordCount: Int {
         inner.withLock { state in

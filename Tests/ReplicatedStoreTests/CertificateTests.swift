@@ -345,6 +345,34 @@ final class CertificateTests: XCTestCase {
         }
     }
 
+    /// What a joining node's writer stores for the records it applied: per id, what is held now
+    /// (the record itself when unchanged, the later value when something changed it since, nothing
+    /// once it is forgotten), exactly what `certificateRecord` gives.
+    func testHeldCertificatesAreWhatIsHeldForEachId() {
+        var store = ReplicatedStore(graceMillis: 1)
+        let applied: [CertificateRecord] = (0..<40).map { (i: Int) -> CertificateRecord in
+            let fingerprint: [UInt8] = [UInt8(i)] + [UInt8](repeating: 3, count: 31)
+            let id = CertificateID(domain: i % 2 == 0 ? "first.com" : "second.com", user: "u\(i)@first.com", sha256: fingerprint)
+            return record(id, certContent("c\(i)", added: ts(UInt64(i + 1)), origin: "n1"))
+        }
+        _ = store.merge(StoreDelta(certificates: applied), nowMillis: 0)
+        XCTAssertEqual(store.heldCertificates(applied), applied, "unchanged: the records themselves")
+
+        // Since applied: one revoked, one given a later removal by another node, one never held.
+        let revoked = record(applied[3].id, nil, removal(.revoked, 500, "n2"))
+        let disabled = record(applied[8].id, nil, removal(.disabled, 600, "n3"))
+        _ = store.merge(StoreDelta(certificates: [revoked, disabled]), nowMillis: 0)
+        let stranger = record(CertificateID(domain: "first.com", user: "nobody@first.com", sha256: [UInt8](repeating: 9, count: 32)),
+                              certContent("x", added: ts(1), origin: "n1"))
+        let asked = applied + [stranger]
+        let held = store.heldCertificates(asked)
+        XCTAssertEqual(held, applied.compactMap { store.certificateRecord($0.id) }, "what is held, in order, the stranger left out")
+        XCTAssertEqual(held[3].removal?.kind, .revoked)
+        XCTAssertNil(held[3].content?.der.first, "compacted as held: a revoked record keeps no DER")
+        XCTAssertEqual(held[8].removal?.kind, .disabled)
+        XCTAssertEqual(held.count, applied.count)
+    }
+
     func testDigestsChangeOnRemovalAndDifferingBucketsIdentifyIt() throws {
         var a = ReplicatedStore(graceMillis: 1)
         for i in 0..<1_000 {
