@@ -15,8 +15,8 @@ public enum ProcessMemory {
 
     /// Readies the calling thread's heap for about `bytes` of allocations it is about to make
     /// (`ks_prepare_thread_heap`): glibc grows a thread's arena one page and one `mprotect` at a
-    /// time, which was ~80 ms of a 100,000-certificate restart's indexing thread (`perf record`,
-    /// `strace -c`: 22,290 `mprotect` calls, 2,214 with this). Leaves nothing resident; returns
+    /// time, which was ~80 ms of a 100,000-certificate restart's indexing thread (`perf record`;
+    /// `strace -c`: 22,290 `mprotect` calls, 5,300 with this). Leaves nothing resident; returns
     /// the bytes it readied (at most 48 MiB).
     @discardableResult
     public static func prepareThreadHeap(forBytes bytes: Int) -> Int {
