@@ -264,7 +264,8 @@ public final class NodeOperations: Sendable {
             // Both threads' heaps readied for what they allocate (`ProcessMemory.prepareThreadHeap`):
             // the indexer keeps every record's DER and strings, about the file's size; the reader
             // holds the batches in flight.
-            indexing.async(group: indexed) { ProcessMemory.prepareThreadHeap(forBytes: expected * 640) }
+            let indexedBytes = expected * RegistryDatabase.estimatedBytesPerCertificateRow
+            indexing.async(group: indexed) { ProcessMemory.prepareThreadHeap(forBytes: indexedBytes) }
             ProcessMemory.prepareThreadHeap(forBytes: 16 << 20)
         }
         let loaded: Result<Void, RegistryDatabaseError>

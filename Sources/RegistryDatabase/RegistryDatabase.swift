@@ -154,6 +154,10 @@ public final class RegistryDatabase {
                      { stmt throws(RegistryDatabaseError) in try decodeRow(stmt) }, body)
     }
 
+    /// The file bytes `estimatedCertificateCount` counts per row; a loader sizing its memory from
+    /// that count multiplies back by it.
+    public static let estimatedBytesPerCertificateRow = 640
+
     /// About how many certificate rows the file holds, from its size alone (two O(1) PRAGMAs;
     /// counting the rows reads the whole file): what a start-up load reserves room for. A row
     /// with a typical client certificate takes 650–1,500 bytes on disk, so this errs high for
@@ -162,7 +166,7 @@ public final class RegistryDatabase {
     public func estimatedCertificateCount() throws(RegistryDatabaseError) -> Int {
         let pages = Int(try scalar("PRAGMA page_count", what: "read the page count") ?? "") ?? 0
         let pageSize = Int(try scalar("PRAGMA page_size", what: "read the page size") ?? "") ?? 0
-        return min(pages * pageSize / 640, 1 << 22)
+        return min(pages * pageSize / Self.estimatedBytesPerCertificateRow, 1 << 22)
     }
 
     /// Every stored refresh-token sequence floor, ordered by (domain, user).
