@@ -177,6 +177,7 @@ public final class KeystoreDaemon: NodeEnvironment, Service {
         let generated: Int
         do { generated = try operations.becomeReady() } catch { throw DaemonError.startup(error.description) }
         metrics.joinDuration(milliseconds: monotonicMillis() - started)
+        operations.checkpointAfterJoin()
         switch outcome {
         case .adopted(let peer):
             logger.info("ready after \(monotonicMillis() - started) ms: adopted the cluster's keys from \(peer); generated \(generated) missing ram keys")

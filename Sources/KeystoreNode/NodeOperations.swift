@@ -454,6 +454,10 @@ extension NodeOperations: ClusterReplica {
         }
         if more { scheduleJoinWrites() }
         guard !writes.isEmpty else { return }
+        // Only while the join lasts: `checkpointAfterJoin` turns them back on after it, on this
+        // thread, so a write queued before the join ended and run after cannot pause them again.
+        // It fails only on a closed database, and then the write below says so.
+        if joinApplies.withLock({ $0 }) { try? database.pauseAutomaticCheckpoints() }
         let forgotten = writes.flatMap(\.forgotten)
         if !forgotten.isEmpty { try? database.write(RegistryWrite(deletedCertificates: forgotten.map(\.storedKey))) }
         let changed = PendingRegistry(certificates: writes.flatMap(\.changed.certificates), floors: writes.flatMap(\.changed.floors))
@@ -465,11 +469,16 @@ extension NodeOperations: ClusterReplica {
         }
     }
 
+    /// Records arriving from now on are persisted, then applied (`finishJoin`'s first step).
+    func stopApplyingWhileJoining() {
+        joinApplies.withLock { $0 = false }
+    }
+
     /// Ends the join's way of applying registry records (`applyWhileJoining`) and waits until
     /// every record applied that way is stored (or the process is asked to stop): only then may
     /// the node serve. Records arriving from now on are persisted, then applied.
     func finishJoin() async {
-        joinApplies.withLock { $0 = false }
+        stopApplyingWhileJoining()
         // Resumed once, by the writer or by a shutdown, whichever comes first (a shutdown may
         // come before the continuation exists).
         let waiter = Mutex<(continuation: CheckedContinuation<Void, Never>?, done: Bool)>((nil, false))
@@ -496,6 +505,25 @@ extension NodeOperations: ClusterReplica {
             }
         } onGracefulShutdown: {
             resume()
+        }
+    }
+
+    /// After ready: moves what the join wrote into the database file and turns SQLite's
+    /// automatic checkpoints back on (`storeJoinWrites` paused them: without the pause a fresh
+    /// node wrote each of the join's pages twice, into the WAL and then into the file, before
+    /// it could be ready). Registrations made meanwhile wait behind it on the writer (~0.3 s
+    /// after a 100,000-record join); reads are served from memory and do not wait.
+    func checkpointAfterJoin() {
+        let started = monotonicMillis()
+        registry.perform { database in try database.checkpointAndResumeAutomaticCheckpoints() }.whenComplete { [logger] result in
+            switch result {
+            case .success(let outcome) where !outcome.complete:
+                logger.notice("the registry database's WAL (\(outcome.walBytes >> 20) MiB after the join) is busy with another reader; SQLite moves it into the database file on later writes")
+            case .success(let outcome):
+                logger.debug("moved the join's \(outcome.walBytes >> 20) MiB of WAL into the registry database in \(monotonicMillis() - started) ms")
+            case .failure(let error):
+                logger.warning("cannot checkpoint the registry database after the join (\(error)); SQLite retries on later writes")
+            }
         }
     }
 

@@ -118,6 +118,14 @@ final class CertificateRegistryClusterTests: ClusterTestCase {
         let error = apiError { _ = try cluster.client("node3").verifyCert(domain: "first.com", certificate: cert) }
         XCTAssertEqual(error?.0, 403, "node3's database still had the live record; the cluster's tombstone must win")
         XCTAssertTrue(cluster.processes["node3"]!.log.contains("loaded 1 certificate records"), cluster.processes["node3"]!.log)
+        // The join wrote the tombstone with SQLite's automatic checkpoints paused; after ready
+        // node3 moved its WAL (the kill -9 left one) into the database file and truncated it, so
+        // the file itself now holds the tombstone.
+        waitUntil("node3 checkpointed its WAL after the join") {
+            ((try? FileManager.default.attributesOfItem(atPath: database + "-wal"))?[.size] as? Int) == 0
+        }
+        XCTAssertEqual(try SharedCertificates.run("/usr/bin/sqlite3", [database, "SELECT count(*) FROM certificates WHERE removal_kind IS NOT NULL"])
+                        .trimmingCharacters(in: .whitespacesAndNewlines), "1")
         // node3 said what it kept; a ready peer sent the keys and only the bucket with the
         // revoked record (every other bucket is empty on both sides).
         let answered = ["node1", "node2"].map { cluster.processes[$0]!.log }.joined()

@@ -185,6 +185,69 @@ final class RegistryDatabaseTests: XCTestCase {
         XCTAssertLessThan(estimate, 8_000)
     }
 
+    // MARK: - Checkpoints
+
+    private func fileSize(_ path: String) -> Int {
+        ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? -1
+    }
+
+    /// A fresh node's join pauses SQLite's automatic checkpoints, so its pages are written once
+    /// (into the WAL) before it is ready, and checkpoints them after. Committed rows are in the
+    /// WAL meanwhile (another process reads them); the checkpoint moves every one into the
+    /// database file and truncates the WAL; automatic checkpoints work again after it.
+    func testPausedCheckpointsLeaveTheFileAloneUntilTheCheckpointAfterTheJoin() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        try db.upsert([fullRecord(0)])
+        try db.checkpointAndResumeAutomaticCheckpoints()
+        let fileBefore = fileSize(dbPath)
+        XCTAssertFalse(db.automaticCheckpointsPaused)
+
+        // ~24 MB of rows, past the 1,000-page (16 MiB) automatic checkpoint.
+        try db.pauseAutomaticCheckpoints()
+        try db.pauseAutomaticCheckpoints()  // idempotent
+        XCTAssertTrue(db.automaticCheckpointsPaused)
+        for batch in 0..<8 {
+            try db.upsert((1 + batch * 4_000..<1 + (batch + 1) * 4_000).map { fullRecord($0, derSize: 600) })
+        }
+        XCTAssertEqual(fileSize(dbPath), fileBefore, "no checkpoint wrote into the database file while paused")
+        XCTAssertGreaterThan(fileSize(dbPath + "-wal"), 20 << 20, "every committed page is in the WAL")
+        XCTAssertEqual(try sqlite3(dbPath, "SELECT count(*) FROM certificates;"), "32001", "committed: another process reads them")
+
+        let outcome = try db.checkpointAndResumeAutomaticCheckpoints()
+        XCTAssertTrue(outcome.complete)
+        XCTAssertGreaterThan(outcome.walBytes, 20 << 20)
+        XCTAssertFalse(db.automaticCheckpointsPaused)
+        XCTAssertEqual(fileSize(dbPath + "-wal"), 0, "truncated")
+        XCTAssertGreaterThan(fileSize(dbPath), fileBefore + (20 << 20), "the rows are in the database file")
+
+        // Automatic again: the next 24 MB grow the file without being asked.
+        let fileAfter = fileSize(dbPath)
+        for batch in 8..<16 {
+            try db.upsert((1 + batch * 4_000..<1 + (batch + 1) * 4_000).map { fullRecord($0, derSize: 600) })
+        }
+        XCTAssertGreaterThan(fileSize(dbPath), fileAfter + (10 << 20), "SQLite checkpointed by itself")
+        XCTAssertEqual(try sqlite3(dbPath, "SELECT count(*) FROM certificates;"), "64001")
+    }
+
+    /// Another process in the middle of a transaction keeps the WAL from being truncated: the
+    /// checkpoint says it is incomplete (it is not an error: SQLite finishes it on a later
+    /// commit) and automatic checkpoints are back on all the same.
+    func testACheckpointBlockedByAnotherProcessIsIncompleteNotAnError() throws {
+        let db = try RegistryDatabase(directory: dataDir)
+        defer { db.close() }
+        try db.pauseAutomaticCheckpoints()
+        try db.upsert((0..<100).map { fullRecord($0) })
+        let holder = try LockHolder(dbPath: dbPath)
+        let outcome = try db.checkpointAndResumeAutomaticCheckpoints()
+        try holder.release()
+        XCTAssertFalse(outcome.complete)
+        XCTAssertGreaterThan(outcome.walBytes, 0)
+        XCTAssertFalse(db.automaticCheckpointsPaused)
+        XCTAssertTrue(try db.checkpointAndResumeAutomaticCheckpoints().complete, "complete once the other process is gone")
+        XCTAssertEqual(fileSize(dbPath + "-wal"), 0)
+    }
+
     // MARK: - Durability and reopening
 
     func testReopenAfterCloseKeepsEverything() throws {
