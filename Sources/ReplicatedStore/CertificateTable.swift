@@ -177,7 +177,7 @@ struct CertificateTable: Sendable {
         } else if slot.jids != content.jids {
             return false
         }
-        return slot.der == content.der
+        return Self.sameBytes(slot.der, content.der)
     }
 
     // MARK: Changes
@@ -450,7 +450,30 @@ struct CertificateTable: Sendable {
     static func sameBytes(_ a: String, _ b: String) -> Bool {
         guard a.utf8.count == b.utf8.count else { return false }
         var a = a, b = b
-        return a.withUTF8 { x in b.withUTF8 { y in x.elementsEqual(y) } }
+        return a.withUTF8 { x in b.withUTF8 { y in sameBytes(UnsafeRawBufferPointer(x), UnsafeRawBufferPointer(y)) } }
+    }
+
+    /// `Array ==` for bytes steps a byte at a time too: comparing the DERs of a join's 100,000
+    /// records in `holds` was ~55 ms of the fresh node's writer (`perf record`).
+    static func sameBytes(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        a.count == b.count && a.withUnsafeBytes { x in b.withUnsafeBytes { y in sameBytes(x, y) } }
+    }
+
+    /// Equal lengths and bytes, compared eight bytes at a time.
+    static func sameBytes(_ x: UnsafeRawBufferPointer, _ y: UnsafeRawBufferPointer) -> Bool {
+        guard x.count == y.count else { return false }
+        var offset = 0
+        while offset + 8 <= x.count {
+            guard x.loadUnaligned(fromByteOffset: offset, as: UInt64.self) == y.loadUnaligned(fromByteOffset: offset, as: UInt64.self) else {
+                return false
+            }
+            offset += 8
+        }
+        while offset < x.count {
+            guard x[offset] == y[offset] else { return false }
+            offset += 1
+        }
+        return true
     }
 
     private static func words(_ bytes: [UInt8]) -> (UInt64, UInt64, UInt64, UInt64)? {

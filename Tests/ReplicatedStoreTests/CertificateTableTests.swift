@@ -132,6 +132,24 @@ final class CertificateTableTests: XCTestCase {
         XCTAssertNil(reserved.find(id(2)))
     }
 
+    /// The word-at-a-time comparison behind `holds` and the id lookups: a difference in any
+    /// byte, in a whole word or in the tail, and any difference in length, is seen.
+    func testSameBytesSeesEveryDifference() {
+        for length in 0...41 {
+            let bytes = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 37 &+ 11) }
+            XCTAssertTrue(CertificateTable.sameBytes(bytes, Array(bytes)), "length \(length)")
+            XCTAssertFalse(CertificateTable.sameBytes(bytes, bytes + [0]), "length \(length) + 1")
+            for position in 0..<length {
+                var other = bytes
+                other[position] ^= 0x80
+                XCTAssertFalse(CertificateTable.sameBytes(bytes, other), "length \(length), byte \(position)")
+            }
+        }
+        XCTAssertTrue(CertificateTable.sameBytes("alice@first.com", "alice@" + "first.com"))
+        XCTAssertFalse(CertificateTable.sameBytes("zo\u{E9}@first.com", "zoe\u{301}@first.com"), "bytes, not Unicode equivalence")
+        XCTAssertFalse(CertificateTable.sameBytes("alice@first.com", "alice@first.con"))
+    }
+
     func testRecordsComeBackByteForByte() {
         // Canonically equivalent spellings are different ids: the table must not fold them.
         var table = CertificateTable()
