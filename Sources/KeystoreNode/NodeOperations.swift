@@ -511,7 +511,7 @@ extension NodeOperations: ClusterReplica {
     /// After ready: moves what the join wrote into the database file and turns SQLite's
     /// automatic checkpoints back on (`storeJoinWrites` paused them: without the pause a fresh
     /// node wrote each of the join's pages twice, into the WAL and then into the file, before
-    /// it could be ready). Registrations made meanwhile wait behind it on the writer (~0.3 s
+    /// it could be ready). Registrations made meanwhile wait behind it on the writer (~0.45 s
     /// after a 100,000-record join); reads are served from memory and do not wait.
     func checkpointAfterJoin() {
         let started = monotonicMillis()
