@@ -182,8 +182,8 @@ public final class RegistryDatabase {
     /// commit is durable once its WAL frames are fsynced, and a checkpoint only moves committed
     /// pages into the main file. Without the pause, a join of 100,000 rows wrote every page twice
     /// (~70 MB into the WAL, then again into the file, each checkpoint with its own fsync of the
-    /// file) before the node was ready: `bench`-style fresh joins, 13 alternated pairs, median
-    /// spawn to ready −175 to −200 ms (BENCHMARKS.md, "Large state"). The WAL grows to the size
+    /// file) before the node was ready: 14 fresh joins alternated with the code before, median
+    /// spawn to ready −130 to −160 ms (BENCHMARKS.md, "Large state"). The WAL grows to the size
     /// of what is written until `checkpointAndResumeAutomaticCheckpoints`; a crash meanwhile
     /// loses nothing (the next open reads the WAL, the next checkpoint moves it).
     public func pauseAutomaticCheckpoints() throws(RegistryDatabaseError) {
