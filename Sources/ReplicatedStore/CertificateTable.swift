@@ -421,7 +421,7 @@ struct CertificateTable: Sendable {
             domain.withUTF8 { domainBytes -> String? in
                 guard userBytes.count > domainBytes.count + 1 else { return nil }
                 let at = userBytes.count - domainBytes.count - 1
-                guard userBytes[at] == UInt8(ascii: "@"), UnsafeBufferPointer(rebasing: userBytes[(at + 1)...]).elementsEqual(domainBytes) else {
+                guard userBytes[at] == UInt8(ascii: "@"), Self.sameBytes(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: userBytes[(at + 1)...])), UnsafeRawBufferPointer(domainBytes)) else {
                     return nil
                 }
                 return String(decoding: UnsafeBufferPointer(rebasing: userBytes[..<at]), as: UTF8.self)
@@ -437,8 +437,8 @@ struct CertificateTable: Sendable {
             local.withUTF8 { local in
                 domain.withUTF8 { domain in
                     bytes.count == local.count + 1 + domain.count && bytes[local.count] == UInt8(ascii: "@")
-                        && UnsafeBufferPointer(rebasing: bytes[..<local.count]).elementsEqual(local)
-                        && UnsafeBufferPointer(rebasing: bytes[(local.count + 1)...]).elementsEqual(domain)
+                        && Self.sameBytes(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: bytes[..<local.count])), UnsafeRawBufferPointer(local))
+                        && Self.sameBytes(UnsafeRawBufferPointer(UnsafeBufferPointer(rebasing: bytes[(local.count + 1)...])), UnsafeRawBufferPointer(domain))
                 }
             }
         }
