@@ -100,6 +100,70 @@ final class DeltaSectionTests: XCTestCase {
                        Array(try frameBody(.replication(.delta(plain, purpose: .sync), stamp: stamp)).readableBytesView))
     }
 
+    /// A certificate record with every field, pinned byte for byte: the encoder writes a record
+    /// in one pass into memory it sized first, and this is the layout every version decodes
+    /// (0.1.0 included). Non-ASCII strings count bytes, not characters.
+    func testACertificateRecordIsWrittenInTheWireLayout() throws {
+        let content = CertificateContent(name: "téléphone", der: [0x30, 0x03, 0x02, 0x01, 0x07], notBeforeMillis: -5,
+                                         notAfterMillis: 0x0102_0304_0506_0708, jids: ["alice@first.com", "ålice@first.com/x"],
+                                         noCertManagement: true, added: HLCTimestamp(wallMillis: 7, logical: 0x0A0B_0C0D), origin: "node1")
+        let disabled = CertificateRemoval(kind: .disabled, stamp: HLCTimestamp(wallMillis: 9, logical: 2), origin: "nöde2")
+        let records = [CertificateRecord(id: id, content: content, removal: disabled),
+                       CertificateRecord(id: id, content: content, removal: nil),
+                       CertificateRecord(id: id, content: nil, removal: revocation)]
+        let stamp = HLCTimestamp(wallMillis: 1, logical: 2)
+        for features in [PeerWireFeatures.current, .version0_1] {
+            let body = try frameBody(.replication(.delta(WireDelta(certificates: records), purpose: .push), stamp: stamp), for: features)
+
+            var expected = ByteBufferAllocator().buffer(capacity: 256)
+            func string(_ s: String) { expected.writeInteger(UInt16(s.utf8.count)); expected.writeBytes(Array(s.utf8)) }
+            func stampBytes(_ s: HLCTimestamp) { expected.writeInteger(s.wallMillis); expected.writeInteger(s.logical) }
+            func contentBytes() {
+                expected.writeInteger(UInt8(1))
+                string("téléphone")
+                expected.writeInteger(UInt32(5)); expected.writeBytes([0x30, 0x03, 0x02, 0x01, 0x07])
+                expected.writeInteger(Int64(-5)); expected.writeInteger(Int64(0x0102_0304_0506_0708))
+                expected.writeInteger(UInt16(2)); string("alice@first.com"); string("ålice@first.com/x")
+                expected.writeInteger(UInt8(1))                          // no_cert_management
+                stampBytes(content.added); string("node1")
+            }
+            expected.writeBytes([1, 5]); stampBytes(stamp); expected.writeInteger(UInt8(0))   // version, delta, stamp, push
+            expected.writeInteger(UInt32(0)); expected.writeInteger(UInt32(0))              // no versions, no fingerprints
+            expected.writeInteger(UInt32(3))
+            for record in records {
+                string("first.com"); string("alice@first.com")
+                expected.writeInteger(UInt8(32)); expected.writeBytes(id.sha256)
+                if record.content != nil { contentBytes() } else { expected.writeInteger(UInt8(0)) }
+                if let removal = record.removal {
+                    expected.writeInteger(removal.kind.rawValue); stampBytes(removal.stamp); string(removal.origin)
+                } else {
+                    expected.writeInteger(UInt8(0))
+                }
+            }
+            XCTAssertEqual(Array(body.readableBytesView), Array(expected.readableBytesView), "\(features)")
+            XCTAssertEqual(try decodedDelta(body).certificates, records)
+        }
+    }
+
+    /// A string of a certificate record too long for the wire fails the encoding before any of
+    /// the record is written.
+    func testACertificateRecordWithAnOverlongStringIsRefused() throws {
+        var record = compacted()
+        record.content?.der = [0x30, 0x00]
+        record.content?.jids = ["alice@first.com", String(repeating: "j", count: 1025)]
+        var buffer = ByteBufferAllocator().buffer(capacity: 64)
+        XCTAssertThrowsError(try PeerFrameCodec.encode(.replication(.delta(WireDelta(certificates: [record]), purpose: .push), stamp: .zero),
+                                                        into: &buffer)) { error in
+            XCTAssertEqual(error as? PeerWireError, .fieldTooLong(bytes: 1025, limit: 1024))
+        }
+        record.content?.jids = ["alice@first.com"]
+        record.removal?.origin = String(repeating: "n", count: 2000)
+        XCTAssertThrowsError(try PeerFrameCodec.encode(.replication(.delta(WireDelta(certificates: [record]), purpose: .push), stamp: .zero),
+                                                        into: &buffer)) { error in
+            XCTAssertEqual(error as? PeerWireError, .fieldTooLong(bytes: 2000, limit: 1024))
+        }
+    }
+
     func testVersionParsing() {
         for (version, expected) in [("0.1.0", PeerWireFeatures.version0_1), ("0.1.9", .version0_1), ("0.2.0", .current),
                                     ("0.2.0-dev+abc", .current), ("0.10.0", .current), ("1.0.0", .current),
