@@ -111,9 +111,11 @@ public final class RegistryDatabase {
                 try bind(key, to: statements.deleteCertificate)
                 try runWrite(statements.deleteCertificate, what: "delete \(key.user)@\(key.domain)")
             }
-            for (record, jids) in zip(batch.certificates, encodedJIDs) {
-                try bind(record, jids: jids, to: statements.upsert)
-                try runWrite(statements.upsert, what: "write \(record.user)@\(record.domain)")
+            // By index: a `zip` iterator hands out a copy of each record (~30 ms of retains and
+            // releases per 100,000 rows of a join).
+            for index in batch.certificates.indices {
+                try bind(batch.certificates[index], jids: encodedJIDs[index], to: statements.upsert)
+                try runWrite(statements.upsert, what: "write \(batch.certificates[index].user)@\(batch.certificates[index].domain)")
             }
             for user in batch.deletedTokenSequenceFloors {
                 sqlite3_reset(statements.deleteFloor)
@@ -509,13 +511,15 @@ public final class RegistryDatabase {
         }
     }
 
-    private func runWrite(_ stmt: OpaquePointer, what: String) throws(RegistryDatabaseError) {
+    /// `what` is built only for an error: interpolated for every row, it was ~30 ms of writing
+    /// a fresh node's 100,000 rows.
+    private func runWrite(_ stmt: OpaquePointer, what: @autoclosure () -> String) throws(RegistryDatabaseError) {
         defer {
             sqlite3_reset(stmt)
             sqlite3_clear_bindings(stmt)
         }
         let rc = sqlite3_step(stmt)
-        guard rc == SQLITE_DONE else { throw writeError(rc, what: what) }
+        guard rc == SQLITE_DONE else { throw writeError(rc, what: what()) }
     }
 
     private func execute(_ sql: String, what: String) throws(RegistryDatabaseError) {
@@ -703,13 +707,36 @@ public final class RegistryDatabase {
         return String(data: data, encoding: .utf8)
     }
 
-    /// The hand-built form of `encodeJIDs`, nil when a JID needs the encoder.
+    /// The hand-built form of `encodeJIDs`, nil when a JID needs the encoder. Checked and copied
+    /// from each JID's contiguous bytes into one string of the exact length: joining and
+    /// concatenating (three intermediate strings per row) and stepping through `utf8` were ~65 ms
+    /// of a fresh node's registry writer storing 100,000 rows (`perf record`).
     static func encodePlainJIDs(_ jids: [String]) -> String? {
-        let plain = jids.allSatisfy { jid in
-            jid.utf8.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "\"") && $0 != UInt8(ascii: "\\") }
+        let quote = UInt8(ascii: "\""), backslash = UInt8(ascii: "\\")
+        var length = 2 + max(0, jids.count - 1)
+        for jid in jids {
+            var jid = jid
+            let plain = jid.withUTF8 { bytes in bytes.allSatisfy { $0 >= 0x20 && $0 < 0x7F && $0 != quote && $0 != backslash } }
+            guard plain else { return nil }
+            length += jid.utf8.count + 2
         }
-        guard plain else { return nil }
-        return jids.isEmpty ? "[]" : "[\"" + jids.joined(separator: "\",\"") + "\"]"
+        return String(unsafeUninitializedCapacity: length) { out in
+            var at = 0
+            func put(_ byte: UInt8) { out[at] = byte; at += 1 }
+            put(UInt8(ascii: "["))
+            for (index, jid) in jids.enumerated() {
+                if index > 0 { put(UInt8(ascii: ",")) }
+                put(quote)
+                var jid = jid
+                jid.withUTF8 { bytes in
+                    _ = UnsafeMutableBufferPointer(rebasing: out[at...]).initialize(fromContentsOf: bytes)
+                    at += bytes.count
+                }
+                put(quote)
+            }
+            put(UInt8(ascii: "]"))
+            return at
+        }
     }
 
     /// The inverse of `encodeJIDs`: the exact shape it writes (no whitespace, no escapes) is read
